@@ -1,0 +1,13 @@
+"""Built-in taps, found by name (``--taps logger,mangler``).
+
+`BUILTIN` maps each name to its ``module:Class``; `tinspect.taploader` looks
+names up here first, then in the ``tinspect.taps`` entry-point group that
+installed packages may add to.
+"""
+
+__all__ = ["BUILTIN"]
+
+BUILTIN: dict[str, str] = {
+    "logger": "taps.logger:LoggerTap",
+    "mangler": "taps.mangler:ManglerTap",
+}

@@ -1,0 +1,63 @@
+"""The ``mangler`` tap: search and replace in payloads.
+
+Works on raw TCP chunks (`Data`) and UDP datagrams (`Datagram`). On a raw TCP
+stream a match split across two chunks is not seen: the tap never holds bytes
+back waiting for more, since an interactive protocol might wait forever for
+them. (HTTP bodies and WebSocket messages, once those layers decode them, are
+whole units where that does not arise.)
+
+Options:
+    search: what to look for (required). From the command line a string, in
+        which ``\\r``, ``\\n``, ``\\t``, ``\\xNN`` and ``\\\\`` are escapes.
+    replace: what to put instead (default empty: delete).
+    direction: ``both`` (default), ``to_server`` or ``to_client``.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+from tinspect.chain import Tap
+from tinspect.flow import Flow
+from tinspect.units import Data, Datagram, Direction, Unit
+
+__all__ = ["ManglerTap"]
+
+
+def _as_bytes(value: str | bytes, option: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    try:
+        return codecs.escape_decode(value.encode("utf-8"))[0]
+    except ValueError as e:
+        raise ValueError(f"{option}: bad escape in {value!r}: {e}") from None
+
+
+class ManglerTap(Tap):
+    """Replaces every occurrence of ``search`` with ``replace``.
+
+    Args:
+        search: bytes (or escaped string) to find; must not be empty.
+        replace: bytes (or escaped string) to put instead.
+        direction: ``"both"``, ``"to_server"`` or ``"to_client"``.
+    """
+
+    kinds = (Data, Datagram)
+
+    def __init__(self, search: str | bytes, replace: str | bytes = b"", direction: str = "both") -> None:
+        self.search = _as_bytes(search, "search")
+        if not self.search:
+            raise ValueError("search must not be empty")
+        self.replace = _as_bytes(replace, "replace")
+        if direction == "both":
+            self.directions = frozenset(Direction)
+        else:
+            try:
+                self.directions = frozenset([Direction(direction)])
+            except ValueError:
+                raise ValueError(f"direction must be both, to_server or to_client, not {direction!r}") from None
+
+    def handle(self, unit: Unit, flow: Flow) -> Unit:
+        if unit.direction in self.directions and self.search in unit.data:
+            unit.data = unit.data.replace(self.search, self.replace)
+        return unit

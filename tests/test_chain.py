@@ -1,0 +1,343 @@
+"""Semantics of the tap chain: order, both arms, async taps, drop, inject, errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet.defer import Deferred, succeed, fail
+from twisted.logger import globalLogPublisher
+
+from tinspect.chain import Arm, Tap, TapChain
+from tinspect.flow import Flow, FlowClosed
+from tinspect.units import TO_CLIENT, TO_SERVER, Data, Datagram
+
+import pytest
+
+
+class Record(Tap):
+    """Appends (name, direction, payload) to a shared log and passes the unit on."""
+
+    def __init__(self, name, log, kinds=None):
+        self.name = name
+        self.log = log
+        if kinds is not None:
+            self.kinds = kinds
+
+    def handle(self, unit, flow):
+        self.log.append((self.name, unit.direction, unit.data))
+        return unit
+
+
+class Suffix(Tap):
+    def __init__(self, suffix):
+        self.suffix = suffix
+
+    def handle(self, unit, flow):
+        return replace(unit, data=unit.data + self.suffix)
+
+
+class Harness:
+    """Two arms on one flow, recording deliveries and pause/resume calls."""
+
+    def __init__(self, taps):
+        self.chain = TapChain(taps)
+        self.flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+        self.delivered = []
+        self.events = []
+        self.errors = []
+        arms = {}
+        for d in (TO_SERVER, TO_CLIENT):
+            arms[d] = Arm(
+                self.chain,
+                self.flow,
+                d,
+                self.delivered.append,
+                pause=lambda d=d: self.events.append(("pause", d)),
+                resume=lambda d=d: self.events.append(("resume", d)),
+                on_error=self.errors.append,
+                on_end=lambda d=d: self.events.append(("end", d)),
+            )
+        self.arms = arms
+        self.flow.attach(arms, abort=lambda reason: self.events.append(("abort", reason)))
+
+    def submit(self, data, direction=TO_SERVER):
+        self.arms[direction].submit(Data(data, direction=direction))
+
+
+@pytest.fixture
+def logged_failures():
+    """Collects logged failures so tests can assert a tap error was logged."""
+    seen = []
+
+    def observer(event):
+        if "log_failure" in event:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_taps_run_in_order_on_both_arms():
+    """Each arm calls the taps in chain order and delivers the last result."""
+    log = []
+    h = Harness([Record("a", log), Suffix(b"!"), Record("b", log)])
+    h.submit(b"up")
+    h.submit(b"down", TO_CLIENT)
+    assert log == [
+        ("a", TO_SERVER, b"up"),
+        ("b", TO_SERVER, b"up!"),
+        ("a", TO_CLIENT, b"down"),
+        ("b", TO_CLIENT, b"down!"),
+    ]
+    assert h.delivered == [Data(b"up!", direction=TO_SERVER), Data(b"down!", direction=TO_CLIENT)]
+
+
+def test_none_drops_the_unit_and_later_taps_never_see_it():
+    """A tap returning None drops the unit."""
+    log = []
+
+    class DropSecret(Tap):
+        def handle(self, unit, flow):
+            return None if b"secret" in unit.data else unit
+
+    h = Harness([DropSecret(), Record("after", log)])
+    h.submit(b"a secret")
+    h.submit(b"public")
+    assert log == [("after", TO_SERVER, b"public")]
+    assert [u.data for u in h.delivered] == [b"public"]
+
+
+def test_kinds_filter_skips_taps_for_other_units():
+    """A tap whose kinds exclude a unit type is never called for it."""
+    log = []
+    h = Harness([Record("dgram-only", log, kinds=(Datagram,)), Record("all", log)])
+    h.submit(b"x")
+    assert log == [("all", TO_SERVER, b"x")]
+    assert [r.tap.name for r in h.chain.route(Data)] == ["all"]
+
+
+def test_taps_not_overriding_handle_cost_nothing():
+    """The base Tap (no handle override) is left out of dispatch."""
+    chain = TapChain([Tap(), Tap()])
+    assert chain.route(Data) == ()
+
+
+def test_deferred_tap_pauses_the_flow_and_keeps_order():
+    """Units arriving while a tap's Deferred is pending queue behind it; the source is paused."""
+    pending = []
+
+    class Slow(Tap):
+        def handle(self, unit, flow):
+            if unit.data == b"slow":
+                d = Deferred()
+                pending.append((d, unit))
+                return d
+            return unit
+
+    h = Harness([Slow(), Suffix(b".")])
+    h.submit(b"slow")
+    h.submit(b"fast")
+    h.arms[TO_SERVER].finish()
+    assert h.delivered == []
+    assert h.events == [("pause", TO_SERVER)]
+    d, unit = pending[0]
+    d.callback(unit)
+    assert [u.data for u in h.delivered] == [b"slow.", b"fast."]
+    assert h.events == [("pause", TO_SERVER), ("end", TO_SERVER), ("resume", TO_SERVER)]
+
+
+def test_other_arm_carries_on_while_one_arm_waits():
+    """An async tap on one direction does not hold up the other direction."""
+
+    class HoldUp(Tap):
+        def handle(self, unit, flow):
+            return Deferred() if unit.direction is TO_SERVER else unit
+
+    h = Harness([HoldUp()])
+    h.submit(b"stuck")
+    h.submit(b"reply", TO_CLIENT)
+    assert [u.data for u in h.delivered] == [b"reply"]
+
+
+def test_already_fired_deferred_takes_the_fast_path():
+    """A Deferred that has already fired does not pause the flow."""
+
+    class Instant(Tap):
+        def handle(self, unit, flow):
+            return succeed(unit)
+
+    h = Harness([Instant(), Suffix(b"?")])
+    h.submit(b"q")
+    assert [u.data for u in h.delivered] == [b"q?"]
+    assert h.events == []
+
+
+def test_coroutine_tap_is_awaited():
+    """An async def handle is run and its result passed on."""
+    gate = Deferred()
+
+    class Awaiting(Tap):
+        async def handle(self, unit, flow):
+            extra = await gate
+            return replace(unit, data=unit.data + extra)
+
+    h = Harness([Awaiting()])
+    h.submit(b"co")
+    assert h.delivered == []
+    gate.callback(b"routine")
+    assert [u.data for u in h.delivered] == [b"coroutine"]
+
+
+def test_raising_tap_fails_the_flow_and_is_logged(logged_failures):
+    """A tap that raises stops its arm, reports the error and logs the flow id."""
+
+    class Broken(Tap):
+        def handle(self, unit, flow):
+            raise RuntimeError("tap bug")
+
+    h = Harness([Broken()])
+    h.submit(b"x")
+    h.submit(b"y")
+    assert h.delivered == []
+    assert len(h.errors) == 1 and h.errors[0].check(RuntimeError)
+    assert logged_failures and logged_failures[0]["flow_id"] == h.flow.id
+
+
+def test_failed_deferred_fails_the_flow(logged_failures):
+    """A tap whose Deferred fails is handled like a tap that raised."""
+
+    class Refuses(Tap):
+        def handle(self, unit, flow):
+            return fail(ValueError("no"))
+
+    h = Harness([Refuses()])
+    h.submit(b"x")
+    assert h.delivered == [] and h.errors[0].check(ValueError)
+
+
+def test_tap_returning_garbage_fails_the_flow(logged_failures):
+    """A tap returning something that is not a unit breaks the contract and fails the flow."""
+
+    class Wrong(Tap):
+        def handle(self, unit, flow):
+            return b"bytes, not a unit"
+
+    h = Harness([Wrong()])
+    h.submit(b"x")
+    assert h.delivered == [] and len(h.errors) == 1
+
+
+def test_unit_of_other_direction_answers_locally():
+    """Returning a unit travelling the other way sends it back through the other arm's taps."""
+    log = []
+
+    class Answer(Tap):
+        def handle(self, unit, flow):
+            if unit.direction is TO_SERVER:
+                return Data(b"blocked", direction=TO_CLIENT)
+            return unit
+
+    h = Harness([Answer(), Record("seen", log)])
+    h.submit(b"request")
+    assert h.delivered == [Data(b"blocked", direction=TO_CLIENT)]
+    assert log == [("seen", TO_CLIENT, b"blocked")]
+
+
+def test_inject_after_tap_skips_earlier_taps_and_keeps_order():
+    """flow.inject sends a unit the other way, seen only by the taps after the given one."""
+    log = []
+
+    class Greeter(Tap):
+        def handle(self, unit, flow):
+            if unit.direction is TO_SERVER and unit.data == b"hello":
+                flow.inject(Data(b"welcome", direction=TO_CLIENT), after=self)
+            return unit
+
+    first = Record("first", log)
+    h = Harness([first, Greeter(), Record("last", log)])
+    h.submit(b"hello")
+    assert sorted(u.data for u in h.delivered) == [b"hello", b"welcome"]
+    assert ("first", TO_CLIENT, b"welcome") not in log
+    assert ("last", TO_CLIENT, b"welcome") in log
+
+
+def test_inject_while_running_queues_behind_current_unit():
+    """A tap injecting into its own direction sees its unit delivered after the current one."""
+
+    class Doubler(Tap):
+        def handle(self, unit, flow):
+            if unit.data == b"one":
+                flow.inject(Data(b"two", direction=TO_SERVER), after=self)
+            return unit
+
+    h = Harness([Doubler()])
+    h.submit(b"one")
+    assert [u.data for u in h.delivered] == [b"one", b"two"]
+
+
+def test_inject_on_unattached_flow_raises():
+    """Injecting into a flow with no connection raises FlowClosed."""
+    flow = Flow(("192.0.2.2", 1), ("198.51.100.2", 2))
+    with pytest.raises(FlowClosed):
+        flow.inject(Data(b"x", direction=TO_CLIENT))
+
+
+def test_type_change_reroutes_through_remaining_taps():
+    """A tap replacing a Data by a Datagram hands it to later taps that want Datagrams."""
+    log = []
+
+    class Convert(Tap):
+        def handle(self, unit, flow):
+            return Datagram(unit.data, direction=unit.direction)
+
+    h = Harness([Record("early-dgram", log, kinds=(Datagram,)), Convert(), Record("late-dgram", log, kinds=(Datagram,))])
+    h.submit(b"d")
+    assert log == [("late-dgram", TO_SERVER, b"d")]
+    assert h.delivered == [Datagram(b"d", direction=TO_SERVER)]
+
+
+def test_finish_runs_after_queued_units():
+    """The end marker is reported only after every unit before it was delivered."""
+    h = Harness([])
+    h.submit(b"a")
+    h.arms[TO_SERVER].finish()
+    assert h.events == [("end", TO_SERVER)] and [u.data for u in h.delivered] == [b"a"]
+
+
+def test_max_pending_drops_datagrams_while_waiting():
+    """An arm with max_pending drops what does not fit while a tap is slow."""
+
+    class Hold(Tap):
+        def handle(self, unit, flow):
+            return Deferred() if unit.data == b"0" else unit
+
+    chain = TapChain([Hold()])
+    flow = Flow(("192.0.2.2", 1), ("198.51.100.2", 2), transport="udp")
+    out = []
+    arm = Arm(chain, flow, TO_SERVER, out.append, max_pending=2)
+    for i in range(5):
+        arm.submit(Datagram(str(i).encode(), direction=TO_SERVER))
+    assert arm.dropped == 2
+
+
+def test_flow_hooks_called_and_opening_error_reported(logged_failures):
+    """flow_opened/flow_closed reach overriding taps; an opening error is returned."""
+    seen = []
+
+    class Hooks(Tap):
+        def flow_opened(self, flow):
+            seen.append(("open", flow.id))
+
+        def flow_closed(self, flow):
+            seen.append(("close", flow.id))
+
+    class BadOpen(Tap):
+        def flow_opened(self, flow):
+            raise KeyError("policy")
+
+    flow = Flow(("192.0.2.2", 1), ("198.51.100.2", 2))
+    assert TapChain([Hooks()]).flow_opened(flow) is None
+    TapChain([Hooks()]).flow_closed(flow)
+    assert seen == [("open", flow.id), ("close", flow.id)]
+    assert TapChain([BadOpen()]).flow_opened(flow).check(KeyError)

@@ -1,0 +1,1 @@
+"""tinspect: a transparent inspection proxy on Twisted."""

@@ -1,0 +1,419 @@
+"""The Tap contract and the chain that runs units through taps.
+
+Theory of operation
+-------------------
+A `TapChain` is the ordered list of taps a proxy was configured with. For each
+unit type it precomputes, once, the taps that want that type (`Tap.kinds`) and
+actually override `Tap.handle`; a tap that does not care about a kind costs
+nothing for it.
+
+Each flow has two `Arm` objects, one per direction. An arm receives units from
+the decoding layer (`submit`) and from taps (`inject`), runs each through the
+chain in order and hands the survivor to the layer's ``deliver`` callback,
+which encodes it for the other side. Units of one arm never overtake each
+other:
+
+* Fast path: while every tap answers synchronously the unit goes straight
+  through; no Deferred, no queue.
+* A tap that returns a Deferred (or a coroutine, from ``async def handle``)
+  makes the arm *wait*: it calls ``pause`` (the layer stops reading from the
+  source, which is the backpressure) and queues anything that still arrives.
+  When the Deferred fires, the rest of the chain runs, then the queue drains,
+  and ``resume`` is called. Other flows are not affected.
+* ``None`` drops the unit. A unit of the other direction (a `Response` for a
+  `Request`: block page, cache hit) is handed to the other arm, whose taps all
+  see it, and never reaches the server.
+* A tap that raises (or whose Deferred fails) is logged with the flow id and
+  the arm stops for good; ``on_error`` lets the layer fail the flow closed.
+
+`Arm.finish` queues an end marker: the layer learns through ``on_end`` when
+everything submitted before it has been delivered (to carry a half-close
+across only after the data that preceded it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tinspect.flow import Flow
+from tinspect.units import Direction, Unit
+
+__all__ = ["Tap", "TapChain", "Arm", "TapError"]
+
+
+class TapError(Exception):
+    """A tap broke the contract (returned something that is not a unit)."""
+
+
+class Tap:
+    """Base class of taps: sees decoded units in chain order.
+
+    Override `handle`; return the unit (changed or not) to pass it on, another
+    unit to replace it, ``None`` to drop it, or a Deferred / coroutine of one
+    of those to make the flow wait. Set `kinds` to the unit classes you want;
+    other units skip your tap at no cost.
+
+    Attributes:
+        kinds: unit classes this tap sees (subclasses included); ``None``
+            means every unit.
+        name: how logs name the tap; defaults to the class name.
+    """
+
+    kinds: tuple[type[Unit], ...] | None = None
+    name: str | None = None
+
+    def handle(self, unit: Unit, flow: Flow) -> Any:
+        """Inspect or change one unit.
+
+        Args:
+            unit: the unit, with its ``direction``.
+            flow: the connection it belongs to.
+
+        Returns:
+            A unit, ``None``, or a Deferred or coroutine resolving to one.
+        """
+        return unit
+
+    def flow_opened(self, flow: Flow) -> None:
+        """Called once when a flow opens, before its first unit."""
+
+    def flow_closed(self, flow: Flow) -> None:
+        """Called once when a flow has closed (``flow.error`` says why)."""
+
+    def __str__(self) -> str:
+        return self.name or type(self).__name__
+
+
+class _Route:
+    """One tap as seen by one unit type: its position and bound handle."""
+
+    __slots__ = ("pos", "tap", "handle")
+
+    def __init__(self, pos: int, tap: Tap, handle: Callable[[Unit, Flow], Any]) -> None:
+        self.pos = pos
+        self.tap = tap
+        self.handle = handle
+
+
+class TapChain:
+    """An ordered, immutable list of taps with per-unit-type dispatch.
+
+    Args:
+        taps: the taps in chain order.
+    """
+
+    _log = Logger()
+
+    def __init__(self, taps: Iterable[Tap] = ()) -> None:
+        self.taps: tuple[Tap, ...] = tuple(taps)
+        self._routes: dict[type, tuple[_Route, ...]] = {}
+        self._openers = [t for t in self.taps if _overrides(t, "flow_opened")]
+        self._closers = [t for t in self.taps if _overrides(t, "flow_closed")]
+
+    def route(self, kind: type) -> tuple[_Route, ...]:
+        """The taps that see units of class ``kind``, in order (cached)."""
+        try:
+            return self._routes[kind]
+        except KeyError:
+            routes = tuple(
+                _Route(pos, tap, tap.handle)
+                for pos, tap in enumerate(self.taps)
+                if _overrides(tap, "handle")
+                and (tap.kinds is None or issubclass(kind, tap.kinds))
+            )
+            self._routes[kind] = routes
+            return routes
+
+    def position(self, tap: Tap | None) -> int:
+        """The chain index of ``tap``; -1 for ``None`` (before every tap)."""
+        if tap is None:
+            return -1
+        for pos, t in enumerate(self.taps):
+            if t is tap:
+                return pos
+        raise ValueError(f"{tap} is not in this chain")
+
+    def flow_opened(self, flow: Flow) -> Failure | None:
+        """Tell the taps a flow opened.
+
+        Returns:
+            The failure of the first tap that raised (the flow should then
+            fail closed), else ``None``.
+        """
+        for tap in self._openers:
+            try:
+                tap.flow_opened(flow)
+            except Exception:
+                failure = Failure()
+                self._log.failure(
+                    "tap {tap} failed opening flow {flow_id}", failure, tap=str(tap), flow_id=flow.id
+                )
+                return failure
+        return None
+
+    def flow_closed(self, flow: Flow) -> None:
+        """Tell the taps a flow closed; a tap that raises is only logged."""
+        for tap in self._closers:
+            try:
+                tap.flow_closed(flow)
+            except Exception:
+                self._log.failure(
+                    "tap {tap} failed closing flow {flow_id}", tap=str(tap), flow_id=flow.id
+                )
+
+
+def _overrides(tap: Tap, method: str) -> bool:
+    return getattr(type(tap), method) is not getattr(Tap, method)
+
+
+_END = object()
+
+
+class Arm:
+    """Runs the units of one direction of one flow through the chain.
+
+    Args:
+        chain: the taps.
+        flow: the flow the units belong to.
+        direction: the direction of this arm's units.
+        deliver: called with each unit that survives the chain, in order;
+            it encodes the unit towards the other side.
+        pause: called when a tap went asynchronous: stop reading the source.
+        resume: called when the arm can take units at full speed again.
+        on_error: called once with the failure when a tap (or ``deliver``)
+            raised; the layer should fail the flow closed.
+        on_end: called once the end marker queued by `finish` is reached.
+        max_pending: units queued while waiting beyond this are dropped and
+            logged (for datagrams, whose source cannot be paused); ``None``
+            means unbounded, for sources that `pause` really stops.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        chain: TapChain,
+        flow: Flow,
+        direction: Direction,
+        deliver: Callable[[Unit], None],
+        *,
+        pause: Callable[[], None] = lambda: None,
+        resume: Callable[[], None] = lambda: None,
+        on_error: Callable[[Failure], None] = lambda failure: None,
+        on_end: Callable[[], None] = lambda: None,
+        max_pending: int | None = None,
+    ) -> None:
+        self.chain = chain
+        self.flow = flow
+        self.direction = direction
+        self._deliver = deliver
+        self._pause = pause
+        self._resume = resume
+        self._on_error = on_error
+        self._on_end = on_end
+        self._max_pending = max_pending
+        self._pending: deque[tuple[Any, int]] = deque()
+        self._busy = False  # running a unit, or waiting for a tap's Deferred
+        self._waiting = False
+        self._dead = False
+        self.dropped = 0
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is running, waiting or queued."""
+        return not self._busy and not self._pending
+
+    def submit(self, unit: Unit) -> None:
+        """Run a unit decoded from the source side through every tap."""
+        self._enter(unit, -1)
+
+    def inject(self, unit: Unit, after: Tap | None = None) -> None:
+        """Run a unit made by a tap through the taps after ``after``."""
+        if unit.direction is not self.direction:
+            raise ValueError(f"{unit.kind} travels {unit.direction}, not {self.direction}")
+        self._enter(unit, self.chain.position(after))
+
+    def finish(self) -> None:
+        """Queue the end marker; ``on_end`` runs once everything before it is delivered."""
+        self._enter(_END, -1)
+
+    def _enter(self, unit: Any, after: int) -> None:
+        if self._dead:
+            return
+        if self._busy:
+            if self._waiting and self._max_pending is not None and len(self._pending) >= self._max_pending:
+                self.dropped += 1
+                self._log.warn(
+                    "flow {flow_id}: taps are slow, dropped a {kind} going {direction}",
+                    flow_id=self.flow.id,
+                    kind=getattr(unit, "kind", "end"),
+                    direction=str(self.direction),
+                )
+                return
+            self._pending.append((unit, after))
+            return
+        self._busy = True
+        self._run(unit, after)
+        self._drain()
+
+    def _drain(self) -> None:
+        # Called with _busy set. Stops early when a tap goes asynchronous; the
+        # Deferred's callback calls _drain again when it fires.
+        pending = self._pending
+        while pending and not self._waiting and not self._dead:
+            unit, after = pending.popleft()
+            self._run(unit, after)
+        if not self._waiting:
+            self._busy = False
+
+    def _run(self, unit: Any, after: int) -> None:
+        """Take ``unit`` through the taps past position ``after``, then deliver it."""
+        if unit is _END:
+            self._on_end()
+            return
+        flow = self.flow
+        kind = type(unit)
+        routes = self.chain.route(kind)
+        i = 0
+        n = len(routes)
+        while i < n:
+            route = routes[i]
+            i += 1
+            if route.pos <= after:
+                continue
+            try:
+                result = route.handle(unit, flow)
+            except Exception:
+                self._fail(Failure(), route.tap)
+                return
+            if result is unit:
+                continue
+            if not isinstance(result, Unit):
+                if result is None:
+                    return
+                result = self._settle(result, route)
+                if result is _WAIT or result is None:
+                    return
+            if result.direction is not self.direction:
+                self._hand_over(result)
+                return
+            unit = result
+            if type(unit) is not kind:
+                kind = type(unit)
+                routes = self.chain.route(kind)
+                n = len(routes)
+                i = 0
+                after = route.pos
+        try:
+            self._deliver(unit)
+        except Exception:
+            self._fail(Failure(), None)
+
+    def _settle(self, result: Any, route: _Route) -> Any:
+        """Turn an asynchronous tap result into a unit now, or wait for it.
+
+        Returns:
+            The unit or ``None`` when the Deferred had already fired, else
+            ``_WAIT`` (the rest of the chain runs from the Deferred's callback).
+        """
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        elif not isinstance(result, Deferred):
+            self._fail(
+                Failure(TapError(f"{route.tap} returned {type(result).__name__}, not a unit")),
+                route.tap,
+            )
+            return _WAIT
+        waiter = _Waiter(self, route)
+        result.addBoth(waiter.fired)
+        if waiter.done:
+            value = waiter.value
+            if isinstance(value, Failure):
+                self._fail(value, route.tap)
+                return _WAIT
+            return self._check(value, route)
+        waiter.sync = False
+        self._waiting = True
+        self._pause()
+        return _WAIT
+
+    def _check(self, value: Any, route: _Route) -> Any:
+        if value is None or isinstance(value, Unit):
+            return value
+        self._fail(
+            Failure(TapError(f"{route.tap} resolved to {type(value).__name__}, not a unit")),
+            route.tap,
+        )
+        return _WAIT
+
+    def _resumed(self, value: Any, route: _Route) -> None:
+        """A tap's Deferred fired after the arm started waiting."""
+        self._waiting = False
+        if self._dead:
+            return
+        if isinstance(value, Failure):
+            self._fail(value, route.tap)
+            return
+        unit = self._check(value, route)
+        if unit is not None and unit is not _WAIT:
+            if unit.direction is not self.direction:
+                self._hand_over(unit)
+            else:
+                self._run(unit, route.pos)
+        self._drain()
+        if not self._waiting and not self._dead:
+            self._resume()
+
+    def _hand_over(self, unit: Unit) -> None:
+        try:
+            other = self.flow.arm(unit.direction)
+        except Exception:
+            self._fail(Failure(), None)
+            return
+        other.submit(unit)
+
+    def _fail(self, failure: Failure, tap: Tap | None) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        self._pending.clear()
+        where = f"tap {tap}" if tap is not None else "delivery"
+        self._log.failure(
+            "flow {flow_id}: {where} failed on a unit going {direction}; closing the flow",
+            failure,
+            flow_id=self.flow.id,
+            where=where,
+            direction=str(self.direction),
+        )
+        self._on_error(failure)
+
+
+_WAIT = object()
+
+
+class _Waiter:
+    """Catches a tap's Deferred result, whether it fires now or later."""
+
+    __slots__ = ("arm", "route", "sync", "done", "value")
+
+    def __init__(self, arm: Arm, route: _Route) -> None:
+        self.arm = arm
+        self.route = route
+        self.sync = True
+        self.done = False
+        self.value: Any = None
+
+    def fired(self, value: Any) -> None:
+        if self.sync:
+            self.done = True
+            self.value = value
+        else:
+            self.arm._resumed(value, self.route)
+        return None
+

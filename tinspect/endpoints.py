@@ -1,0 +1,91 @@
+"""The ``tproxy:`` server endpoint and its string parser plugin.
+
+``tproxy:8080`` listens on all IPv4 addresses with IP_TRANSPARENT set, so a
+``-j TPROXY --on-port 8080`` rule can hand it connections addressed anywhere.
+``tproxy:8080:interface=\\:\\:`` does the same for IPv6 (a dual-stack socket,
+which also takes IPv4 connections). Under TPROXY the accepted connection's
+``transport.getHost()`` is the original destination.
+
+Like `twisted.internet.endpoints.AdoptedStreamServerEndpoint`, the endpoint
+builds the socket itself (the option must be set before ``bind``) and hands it
+to the reactor with ``adoptStreamPort``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from tinspect.sockets import SocketError, transparent_socket
+
+__all__ = ["TProxyServerEndpoint", "TProxyServerParser"]
+
+
+@implementer(IStreamServerEndpoint)
+class TProxyServerEndpoint:
+    """A TCP listening endpoint with IP_TRANSPARENT set before bind.
+
+    Args:
+        reactor: a reactor providing ``adoptStreamPort``.
+        port: port to listen on.
+        interface: address to bind (``""`` all IPv4, ``"::"`` all IPv6).
+        backlog: listen backlog.
+        reuse_port: share the port between processes (SO_REUSEPORT).
+    """
+
+    def __init__(self, reactor, port: int, interface: str = "", backlog: int = 50, reuse_port: bool = False):
+        self._reactor = reactor
+        self.port = port
+        self.interface = interface
+        self._backlog = backlog
+        self._reuse_port = reuse_port
+
+    def listen(self, factory):
+        """Bind, listen and start accepting for ``factory``.
+
+        Returns:
+            A Deferred firing with the `IListeningPort`, or failing with
+            `CannotListenError` whose message says what went wrong.
+        """
+        try:
+            sock = transparent_socket(
+                socket.SOCK_STREAM,
+                self.interface,
+                self.port,
+                backlog=self._backlog,
+                reuse_port=self._reuse_port,
+            )
+        except SocketError as e:
+            return defer.fail(CannotListenError(self.interface, self.port, e))
+        try:
+            port = self._reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        except Exception as e:  # the reactor refused the socket
+            return defer.fail(CannotListenError(self.interface, self.port, e))
+        finally:
+            sock.close()  # the reactor holds its own duplicate of the descriptor
+        return defer.succeed(port)
+
+    def __repr__(self) -> str:
+        return f"TProxyServerEndpoint({self.interface or '0.0.0.0'}:{self.port})"
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class TProxyServerParser:
+    """Parses ``tproxy:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]``."""
+
+    prefix = "tproxy"
+
+    def parseStreamServer(self, reactor, port, interface="", backlog="50", reuseport="no"):
+        """Build a `TProxyServerEndpoint` from the endpoint string's fields."""
+        return TProxyServerEndpoint(
+            reactor,
+            int(port),
+            interface,
+            int(backlog),
+            reuse_port=reuseport.lower() in ("yes", "true", "1"),
+        )

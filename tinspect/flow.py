@@ -1,0 +1,157 @@
+"""The flow: one proxied connection (or UDP session) and what is known about it.
+
+A `Flow` is what taps get beside every unit. It says who the client is, where
+the connection was going, what protocol was found, and carries a `state` dict
+in which taps keep their own per-flow data. It plays the role of transmitm's
+``ip_tuple``. Taps may also act on the flow: inject a unit towards either side
+(`Flow.inject`) or abort it (`Flow.abort`).
+
+The layer that owns the connection attaches itself with `Flow.attach`; until
+then (or after close) injecting raises `FlowClosed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from tinspect.units import Direction, Unit
+
+if TYPE_CHECKING:
+    from tinspect.chain import Arm, Tap
+
+__all__ = ["Flow", "FlowClosed", "format_addr"]
+
+_ids = itertools.count(1)
+
+
+class FlowClosed(Exception):
+    """Raised when a tap acts on a flow that has no live connection."""
+
+
+class Flow:
+    """Context of one proxied connection or UDP session.
+
+    Attributes:
+        id: short identifier, unique in this process, used in every log line.
+        client: ``(host, port)`` of the client.
+        dst: ``(host, port)`` of the original (or configured) destination,
+            ``None`` until known (explicit proxy before the request).
+        listener: the listen spec that accepted the flow, e.g. ``"tproxy:8080"``.
+        mode: ``"transparent"``, ``"forward"`` or ``"explicit"``.
+        transport: ``"tcp"`` or ``"udp"``.
+        protocol: what the layers found: ``"tcp"`` (raw relay), ``"udp"``,
+            and ``"http/1.1"``, ``"h2"``, ``"websocket"`` once those layers
+            decode it.
+        sni, alpn, tls_version, upstream_cert: TLS facts, ``None`` for
+            plain connections.
+        started, ended: ``time.time()`` stamps; ``ended`` is ``None`` while open.
+        error: why the flow ended abnormally, or ``None``.
+        state: free per-flow storage for taps; key it by your tap's name.
+    """
+
+    def __init__(
+        self,
+        client: tuple[str, int],
+        dst: tuple[str, int] | None,
+        *,
+        listener: str = "",
+        mode: str = "transparent",
+        transport: str = "tcp",
+        protocol: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.id = str(next(_ids))
+        self.client = client
+        self.dst = dst
+        self.listener = listener
+        self.mode = mode
+        self.transport = transport
+        self.protocol = protocol or transport
+        self.sni: str | None = None
+        self.alpn: str | None = None
+        self.tls_version: str | None = None
+        self.upstream_cert: dict[str, Any] | None = None
+        self.started = clock()
+        self.ended: float | None = None
+        self.error: str | None = None
+        self.state: dict[str, Any] = {}
+        self._clock = clock
+        self._arms: dict[Direction, Arm] | None = None
+        self._abort: Callable[[str], None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Flow {self.id} {self.protocol} {format_addr(self.client)} -> {format_addr(self.dst)}>"
+        )
+
+    @property
+    def closed(self) -> bool:
+        """Whether the flow has ended."""
+        return self.ended is not None
+
+    # -- used by taps -------------------------------------------------------
+
+    def inject(self, unit: Unit, after: Tap | None = None) -> None:
+        """Send a unit of the tap's own making towards ``unit.direction``.
+
+        The unit queues behind units already travelling that way, so order is
+        kept, and then passes through the taps of the chain that come after
+        ``after`` (all taps when ``after`` is ``None``). A tap that injects in
+        reaction to what it sees should pass ``after=self`` so it does not see
+        its own unit again.
+
+        Args:
+            unit: the unit to send, for example a `Data` with
+                ``direction=TO_CLIENT``.
+            after: the tap the unit starts after.
+
+        Raises:
+            FlowClosed: the flow has ended or is not yet connected.
+        """
+        if self._arms is None or self.closed:
+            raise FlowClosed(f"flow {self.id} is not open")
+        self._arms[unit.direction].inject(unit, after)
+
+    def abort(self, reason: str = "aborted by a tap") -> None:
+        """Close both sides of the flow at once (a reset, for fault injection).
+
+        Args:
+            reason: recorded in `error` and in the log.
+        """
+        if self._abort is not None and not self.closed:
+            self._abort(reason)
+
+    # -- used by the layers -------------------------------------------------
+
+    def attach(self, arms: dict[Direction, Arm], abort: Callable[[str], None]) -> None:
+        """Connect the flow to the layer carrying it (called by the layers)."""
+        self._arms = arms
+        self._abort = abort
+
+    def arm(self, direction: Direction) -> Arm:
+        """The chain runner for ``direction`` (called by the layers and arms)."""
+        if self._arms is None:
+            raise FlowClosed(f"flow {self.id} is not open")
+        return self._arms[direction]
+
+    def mark_ended(self, error: str | None = None) -> None:
+        """Stamp the end time, keeping the first error given."""
+        if self.ended is None:
+            self.ended = self._clock()
+        if error and self.error is None:
+            self.error = error
+
+    @property
+    def duration(self) -> float:
+        """Seconds the flow has been (or was) open."""
+        return (self.ended if self.ended is not None else self._clock()) - self.started
+
+
+def format_addr(addr: tuple[str, int] | None) -> str:
+    """``host:port``, with IPv6 hosts in brackets; ``?`` for ``None``."""
+    if addr is None:
+        return "?"
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,234 @@
+"""`Proxy`: a service holding the taps and every listener of one process.
+
+It is what ``twistd tinspect`` runs and what a script builds, in the spirit of
+transmitm's ``Dispatcher``::
+
+    from tinspect import Proxy
+    from taps.logger import LoggerTap
+
+    proxy = Proxy(taps=[LoggerTap()])
+    proxy.listen("tproxy:8080")
+    proxy.listen("forward=192.0.2.10:80@tcp:8081")
+    proxy.listen_udp("forward=192.0.2.53:53@5353")
+    proxy.run()
+
+Listeners bind in ``privilegedStartService``, synchronously: a port that is
+taken or a missing privilege raises `ListenError` with one clear line before
+anything else starts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Iterable
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from tinspect.chain import Tap, TapChain
+from tinspect.connection import Destination, TCPProxyFactory
+from tinspect.context import ProxyContext, Settings
+from tinspect.flow import format_addr
+from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
+from tinspect.sockets import SocketError
+from tinspect.udp import ForwardUDP, TransparentUDP
+
+__all__ = ["Proxy", "ListenError"]
+
+
+class ListenError(Exception):
+    """A listener could not start; the message says which and why."""
+
+
+class _TCPListener(Service):
+    """One ``--listen`` endpoint."""
+
+    _log = Logger()
+
+    def __init__(self, ctx: ProxyContext, spec: ListenSpec) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.port: Any = None
+        if spec.mode == "explicit":
+            raise ListenError(
+                f"--listen {spec.text}: the explicit proxy mode is not available yet "
+                "(it arrives with the HTTP/1.1 layer); use tproxy:, transparent@ or forward="
+            )
+        if spec.mode == "forward":
+            destination = Destination("forward", spec.dst)
+        else:
+            destination = Destination(spec.mode)
+        self.factory = TCPProxyFactory(ctx, spec.text, destination)
+        self.setName(f"listen {spec.text}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            endpoint = serverFromString(self.ctx.reactor, self.spec.endpoint)
+        except Exception as e:
+            raise ListenError(f"--listen {self.spec.text}: bad endpoint: {e}") from None
+        self.port = _now(endpoint.listen(self.factory), f"--listen {self.spec.text}")
+        self.factory.port = self.port.getHost().port
+        self._log.info(
+            "listening on {address} ({mode}) for {spec}",
+            address=format_addr((self.port.getHost().host, self.port.getHost().port)),
+            mode=self.spec.mode,
+            spec=self.spec.text,
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+
+
+class _UDPListener(Service):
+    """One ``--udp`` listener."""
+
+    _log = Logger()
+
+    def __init__(self, ctx: ProxyContext, spec: UDPSpec) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self._port: Any = None
+        self._transparent: TransparentUDP | None = None
+        self.setName(f"udp {spec.text}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        spec = self.spec
+        where = f"--udp {spec.text}"
+        if spec.mode == "tproxy":
+            self._transparent = TransparentUDP(self.ctx, spec.text, spec.port, spec.interface)
+            try:
+                self._transparent.start()
+            except SocketError as e:
+                raise ListenError(f"{where}: {e}") from None
+        else:
+            protocol = ForwardUDP(self.ctx, spec.text, spec.dst)
+            try:
+                self._port = self.ctx.reactor.listenUDP(spec.port, protocol, interface=spec.interface)
+            except Exception as e:
+                raise ListenError(f"{where}: cannot bind: {_reason(e)}") from None
+        self._log.info("listening for UDP on port {port} ({mode}) for {spec}", port=spec.port,
+                       mode=spec.mode, spec=spec.text)
+
+    def stopService(self):
+        super().stopService()
+        if self._transparent is not None:
+            self._transparent.stop()
+            self._transparent = None
+        if self._port is not None:
+            port, self._port = self._port, None
+            return defer.maybeDeferred(port.stopListening)
+
+
+class Proxy(MultiService):
+    """The taps and listeners of one proxy process.
+
+    Args:
+        taps: taps in chain order.
+        settings: limits and timeouts (defaults when ``None``).
+        reactor: the reactor (the global one when ``None``).
+    """
+
+    def __init__(self, taps: Iterable[Tap] = (), settings: Settings | None = None, reactor: Any = None) -> None:
+        super().__init__()
+        self.ctx = ProxyContext(TapChain(taps), settings, reactor)
+
+    @property
+    def flows(self):
+        """The live flows, by id."""
+        return self.ctx.flows
+
+    def listen(self, spec: str) -> "Proxy":
+        """Add a TCP listener, ``[MODE@]ENDPOINT`` (see `tinspect.listen`).
+
+        Returns:
+            The proxy, so calls chain.
+
+        Raises:
+            tinspect.listen.SpecError: the spec is malformed.
+        """
+        _TCPListener(self.ctx, parse_listen(spec)).setServiceParent(self)
+        return self
+
+    def listen_udp(self, spec: str) -> "Proxy":
+        """Add a UDP listener, ``tproxy:PORT`` or ``forward=HOST:PORT@PORT``."""
+        _UDPListener(self.ctx, parse_udp(spec)).setServiceParent(self)
+        return self
+
+    def privilegedStartService(self) -> None:
+        if not any(isinstance(s, (_TCPListener, _UDPListener)) for s in self):
+            self.listen(DEFAULT_LISTEN)
+        super().privilegedStartService()
+
+
+class TwistdProxy(Proxy):
+    """The proxy as ``twistd tinspect`` runs it: a listener that cannot
+    start ends the process with one log line instead of a traceback."""
+
+    _log = Logger()
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            self._log.critical("tinspect cannot start: {reason}", reason=str(e))
+            raise SystemExit(1) from None
+
+    @property
+    def ports(self) -> list:
+        """The bound TCP listening ports, in the order they were added."""
+        return [s.port for s in self if isinstance(s, _TCPListener) and s.port is not None]
+
+    def run(self, log_to=sys.stderr) -> None:
+        """Start every listener and run the reactor until it stops.
+
+        Args:
+            log_to: a text stream for the log, or ``None`` to leave logging
+                as the caller set it up.
+
+        Raises:
+            ListenError: a listener could not start (nothing is left running).
+        """
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        reactor = self.ctx.reactor
+        if log_to is not None:
+            globalLogBeginner.beginLoggingTo([textFileLogObserver(log_to)], redirectStandardIO=False)
+        try:
+            self.privilegedStartService()
+        except ListenError:
+            for service in self:
+                service.stopService()
+            raise
+        self.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", self.stopService)
+        reactor.run()
+
+
+def _now(d: defer.Deferred, where: str) -> Any:
+    """The result of an endpoint's ``listen`` Deferred, which fires at once for TCP."""
+    box: list = []
+    d.addBoth(box.append)
+    if not box:
+        raise ListenError(f"{where}: the endpoint did not bind synchronously")
+    result = box[0]
+    if isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
+        raise ListenError(f"{where}: {_reason(getattr(result, 'value', result))}")
+    return result
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of a listen error (Twisted wraps the OS error)."""
+    inner = getattr(exc, "socketError", None)
+    if isinstance(inner, SocketError):
+        return str(inner)
+    if isinstance(inner, OSError) and inner.strerror:
+        return f"cannot bind: {inner.strerror}"
+    return str(exc)
+

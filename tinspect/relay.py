@@ -1,0 +1,291 @@
+"""Raw TCP relay: each chunk read becomes a `Data` unit through the taps.
+
+Theory of operation
+-------------------
+A relayed connection has two `Leg` objects, the client's and the server's.
+Each leg reads (its transport is a producer) and writes (its transport is a
+consumer). Reading from a leg may be paused for several independent reasons,
+kept as bits so that one reason ending does not resume reading another still
+needs stopped:
+
+* ``SINK``: the other leg's write buffer is full. Each transport is registered
+  as a streaming producer on the *other* leg's transport (as
+  `twisted.protocols.portforward` does), through a `_SinkPauser`.
+* ``TAPS``: a tap on the arm fed by this leg went asynchronous.
+* ``CONNECTING``: the client leg waits for the upstream connection.
+
+Closing follows the bytes: when a leg reads EOF, an end marker is queued on
+its arm (`Arm.finish`), and only when everything before it has been delivered
+is the other leg's write side shut (``loseWriteConnection``), so a client that
+half-closes still gets the whole response. A leg whose read and write sides
+are both closed is closed. When a leg is lost entirely, the other is closed
+gracefully after the queued units; a tap error or `Flow.abort` aborts both
+(fail closed).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tinspect.chain import Arm, TapChain
+from tinspect.flow import Flow, format_addr
+from tinspect.units import TO_CLIENT, TO_SERVER, Data, Unit, raw_payload
+
+__all__ = ["Leg", "RawRelay", "SINK", "TAPS", "CONNECTING"]
+
+SINK = 1
+TAPS = 2
+CONNECTING = 4
+
+
+class Leg:
+    """One side of a relayed connection.
+
+    Args:
+        transport: the side's transport (TCP, or later a TLS protocol).
+        name: ``"client"`` or ``"server"``, for logs.
+    """
+
+    __slots__ = ("transport", "name", "_paused", "read_open", "write_open", "lost")
+
+    def __init__(self, transport, name: str) -> None:
+        self.transport = transport
+        self.name = name
+        self._paused = 0
+        self.read_open = True
+        self.write_open = True
+        self.lost = False
+
+    def pause(self, reason: int) -> None:
+        """Stop reading for ``reason`` (a bit); idempotent."""
+        if not self._paused and not self.lost:
+            self.transport.pauseProducing()
+        self._paused |= reason
+
+    def resume(self, reason: int) -> None:
+        """Drop ``reason``; read again once no reason is left."""
+        if not self._paused & reason:
+            return
+        self._paused &= ~reason
+        if not self._paused and not self.lost and self.read_open:
+            self.transport.resumeProducing()
+
+    def shut_write(self) -> None:
+        """Send EOF (half-close) once; close the leg if reading is done too."""
+        if self.write_open and not self.lost:
+            self.write_open = False
+            if self.read_open:
+                self.transport.loseWriteConnection()
+            else:
+                self.transport.loseConnection()
+
+    def read_closed(self) -> None:
+        """The peer sent EOF; close the leg if writing is done too."""
+        self.read_open = False
+        if not self.write_open and not self.lost:
+            self.transport.loseConnection()
+
+    def close(self) -> None:
+        """Close gracefully: flush what is buffered, then FIN."""
+        self.write_open = False
+        if not self.lost:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close at once, dropping buffered data (RST)."""
+        self.write_open = False
+        if not self.lost:
+            self.transport.abortConnection()
+
+
+@implementer(IPushProducer)
+class _SinkPauser:
+    """Registered on one leg's transport; pauses the other leg while it is full."""
+
+    __slots__ = ("_leg",)
+
+    def __init__(self, leg: Leg) -> None:
+        self._leg = leg
+
+    def pauseProducing(self) -> None:
+        self._leg.pause(SINK)
+
+    def resumeProducing(self) -> None:
+        self._leg.resume(SINK)
+
+    def stopProducing(self) -> None:
+        # The consumer went away; connectionLost on its protocol handles it.
+        pass
+
+
+class RawRelay:
+    """Relays a byte stream between two legs through the tap chain.
+
+    The client leg exists from the start; the server leg is added by
+    `server_connected` once the upstream connection is up. Until then the
+    client is paused (``CONNECTING``).
+
+    Args:
+        chain: the taps.
+        flow: the flow being relayed.
+        client_transport: the client's transport.
+        on_closed: called once when both legs are gone.
+    """
+
+    _log = Logger()
+
+    def __init__(self, chain: TapChain, flow: Flow, client_transport, on_closed: Callable[[], None]) -> None:
+        self.flow = flow
+        self.client = Leg(client_transport, "client")
+        self.server: Leg | None = None
+        self._connecting = True
+        self._closed = False
+        self._on_closed = on_closed
+        self.arms = {
+            TO_SERVER: Arm(
+                chain,
+                flow,
+                TO_SERVER,
+                self._to_server,
+                pause=lambda: self.client.pause(TAPS),
+                resume=lambda: self.client.resume(TAPS),
+                on_error=self._tap_failed,
+                on_end=self._client_ended,
+            ),
+            TO_CLIENT: Arm(
+                chain,
+                flow,
+                TO_CLIENT,
+                self._to_client,
+                pause=lambda: self.server and self.server.pause(TAPS),
+                resume=lambda: self.server and self.server.resume(TAPS),
+                on_error=self._tap_failed,
+                on_end=self._server_ended,
+            ),
+        }
+        flow.attach(self.arms, self.abort)
+        self.client.pause(CONNECTING)
+
+    # -- wiring ------------------------------------------------------------
+
+    def server_connected(self, server_transport) -> None:
+        """The upstream connection is up: wire backpressure and start reading."""
+        self._connecting = False
+        self.server = server = Leg(server_transport, "server")
+        client = self.client
+        if client.lost:
+            server.close()
+            return
+        server.transport.registerProducer(_SinkPauser(client), True)
+        client.transport.registerProducer(_SinkPauser(server), True)
+        client.resume(CONNECTING)
+
+    def server_failed(self, reason: str) -> None:
+        """The upstream connection could not be made: close the client."""
+        self._connecting = False
+        self.flow.mark_ended(reason)
+        self._log.warn(
+            "flow {flow_id}: upstream {dst} failed: {reason}; closing client {client}",
+            flow_id=self.flow.id,
+            dst=format_addr(self.flow.dst),
+            reason=reason,
+            client=format_addr(self.flow.client),
+        )
+        self.client.close()
+        self._maybe_closed()
+
+    # -- data in --------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        """Bytes from the client."""
+        self.arms[TO_SERVER].submit(Data(data, direction=TO_SERVER))
+
+    def server_data(self, data: bytes) -> None:
+        """Bytes from the server."""
+        self.arms[TO_CLIENT].submit(Data(data, direction=TO_CLIENT))
+
+    def client_eof(self) -> None:
+        """The client half-closed (or closed)."""
+        self.client.read_closed()
+        self.arms[TO_SERVER].finish()
+
+    def server_eof(self) -> None:
+        """The server half-closed (or closed)."""
+        if self.server is not None:
+            self.server.read_closed()
+        self.arms[TO_CLIENT].finish()
+
+    def client_lost(self, reason: Failure) -> None:
+        """The client connection is gone."""
+        self.client.lost = True
+        if self.client.read_open:
+            self.client.read_open = False
+            self.arms[TO_SERVER].finish()
+        self._maybe_closed()
+
+    def server_lost(self, reason: Failure) -> None:
+        """The server connection is gone."""
+        if self.server is None:
+            return
+        self.server.lost = True
+        if self.server.read_open:
+            self.server.read_open = False
+            self.arms[TO_CLIENT].finish()
+        self._maybe_closed()
+
+    # -- data out -------------------------------------------------------------
+
+    def _to_server(self, unit: Unit) -> None:
+        server = self.server
+        if server is None or not server.write_open or server.lost:
+            return
+        server.transport.write(raw_payload(unit))
+
+    def _to_client(self, unit: Unit) -> None:
+        client = self.client
+        if not client.write_open or client.lost:
+            return
+        client.transport.write(raw_payload(unit))
+
+    def _client_ended(self) -> None:
+        # Everything the client sent has been delivered: carry its EOF across.
+        if self.server is not None:
+            if self.client.lost:
+                self.server.close()
+            else:
+                self.server.shut_write()
+
+    def _server_ended(self) -> None:
+        if self.server is not None and self.server.lost:
+            self.client.close()
+        else:
+            self.client.shut_write()
+
+    # -- failure --------------------------------------------------------------
+
+    def _tap_failed(self, failure: Failure) -> None:
+        self.abort(f"tap error: {failure.getErrorMessage()}")
+
+    def abort(self, reason: str) -> None:
+        """Abort both legs at once (fail closed)."""
+        self.flow.mark_ended(reason)
+        self._log.info("flow {flow_id}: aborted: {reason}", flow_id=self.flow.id, reason=reason)
+        self.client.abort()
+        if self.server is not None:
+            self.server.abort()
+
+    def _maybe_closed(self) -> None:
+        if self.client.lost and (self.server.lost if self.server else not self._connecting):
+            if not self._closed:
+                self._closed = True
+                self._on_closed()
+        elif self.client.lost and self.server is not None and self.arms[TO_SERVER].idle:
+            self.server.close()
+        elif self.server is not None and self.server.lost and self.arms[TO_CLIENT].idle:
+            self.client.close()
+

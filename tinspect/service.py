@@ -1,0 +1,102 @@
+"""``twistd tinspect``: command-line options and the service maker.
+
+The plugin in ``twisted/plugins/tinspect_plugin.py`` points twistd here.
+`Options` is the command line users script against (DESIGN.md); `makeService`
+turns it into a `tinspect.proxy.Proxy`. Every mistake the options can catch
+(a bad listen spec, an unknown tap or tap option) is a `usage.UsageError`
+naming the culprit, raised before anything binds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from tinspect.context import Settings
+from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
+from tinspect.proxy import TwistdProxy
+from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """Options of ``twistd tinspect``."""
+
+    synopsis = "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]..."
+
+    longdesc = f"""\
+Transparent inspection proxy: relays connections that TPROXY or REDIRECT rules
+(or fixed forwards) send it to their destination, passing every unit through
+the taps in order, both directions.
+
+--listen [MODE@]ENDPOINT (repeatable). ENDPOINT is a Twisted endpoint string
+or tproxy:PORT[:interface=ADDR]. MODE: transparent (default for tproxy:; on
+tcp: it is for -j REDIRECT), explicit (default otherwise; HTTP proxy) or
+forward=HOST:PORT (fixed upstream). Examples: --listen tproxy:8080,
+--listen tproxy:8080:interface=\\:\\: (IPv6), --listen transparent@tcp:8080,
+--listen forward=192.0.2.10:80@tcp:8081. With no --listen and no --udp:
+{DEFAULT_LISTEN}.
+
+--udp SPEC (repeatable): tproxy:PORT[:interface=ADDR] (transparent, under a
+TPROXY rule) or forward=HOST:PORT@[udp:]PORT[:interface=ADDR] (fixed upstream).
+
+--taps NAMES: comma-separated, in chain order: built-in names (logger,
+mangler), entry-point names (group tinspect.taps), module:Class, or
+ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
+"""
+
+    optParameters = [
+        ["taps", "t", "", "Taps in chain order, comma-separated (logger,mangler,mypkg.mod:MyTap)."],
+        ["connect-timeout", None, 10.0, "Seconds to wait for an upstream TCP connection.", float],
+        ["udp-timeout", None, 60.0, "Seconds of silence before a UDP session ends.", float],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["udp"] = []
+        self["tap_options"] = {}
+
+    def opt_listen(self, spec: str) -> None:
+        """[MODE@]ENDPOINT to listen on (repeatable); see above."""
+        try:
+            self["listen"].append(parse_listen(spec))
+        except SpecError as e:
+            raise usage.UsageError(f"--listen: {e}") from None
+
+    def opt_udp(self, spec: str) -> None:
+        """UDP listener: tproxy:PORT or forward=HOST:PORT@PORT (repeatable)."""
+        try:
+            self["udp"].append(parse_udp(spec))
+        except SpecError as e:
+            raise usage.UsageError(f"--udp: {e}") from None
+
+    def opt_tap_option(self, text: str) -> None:
+        """TAP.KEY=VALUE: an option for a tap (repeatable)."""
+        name, sep, value = text.partition("=")
+        tap, dot, key = name.partition(".")
+        if not sep or not dot or not tap or not key:
+            raise usage.UsageError(f"--tap-option {text!r}: expected TAP.KEY=VALUE")
+        self["tap_options"].setdefault(tap, {})[key] = value
+
+    def postOptions(self) -> None:
+        try:
+            self["tap_objects"] = build_taps(parse_tap_names(self["taps"]), self["tap_options"])
+        except TapLoadError as e:
+            raise usage.UsageError(str(e)) from None
+        for key in ("connect-timeout", "udp-timeout"):
+            if self[key] <= 0:
+                raise usage.UsageError(f"--{key} must be positive")
+
+
+def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
+    """Build the proxy service from parsed options."""
+    settings = Settings(connect_timeout=options["connect-timeout"], udp_idle_timeout=options["udp-timeout"])
+    proxy = TwistdProxy(options["tap_objects"], settings, reactor)
+    for spec in options["listen"]:
+        proxy.listen(spec.text)
+    for spec in options["udp"]:
+        proxy.listen_udp(spec.text)
+    return proxy

@@ -1,0 +1,178 @@
+"""Linux socket options for transparent proxying (no Twisted here).
+
+TPROXY and REDIRECT hand a proxy connections addressed to somebody else. How
+the original destination is recovered differs:
+
+* TPROXY (``-j TPROXY``): the socket must have ``IP_TRANSPARENT`` (or
+  ``IPV6_TRANSPARENT``) *before* ``bind``; the accepted socket's local address
+  *is* the original destination. For UDP, ``IP_RECVORIGDSTADDR`` makes each
+  datagram carry it as ancillary data, and replies must be sent from a
+  transparent socket bound to that address.
+* REDIRECT (``-j REDIRECT``, NAT): the kernel rewrote the destination; the
+  original one is read back from conntrack with ``SO_ORIGINAL_DST`` (IPv4) or
+  ``IP6T_SO_ORIGINAL_DST`` (IPv6).
+
+Setting ``IP_TRANSPARENT`` needs CAP_NET_ADMIN (root).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+
+__all__ = [
+    "SocketError",
+    "original_dst",
+    "transparent_socket",
+    "normalize_host",
+    "family_for",
+    "recv_with_orig_dst",
+    "enable_orig_dst",
+]
+
+SOL_IP = getattr(socket, "SOL_IP", 0)
+SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+IPV6_RECVORIGDSTADDR = 74
+SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80
+
+
+class SocketError(Exception):
+    """A socket could not be set up; the message says why in plain words."""
+
+
+def normalize_host(host: str) -> str:
+    """Turn an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) into IPv4.
+
+    A dual-stack socket reports IPv4 peers that way; flows, logs and upstream
+    connections should see the plain IPv4 address.
+    """
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def family_for(host: str) -> socket.AddressFamily:
+    """``AF_INET6`` for IPv6 literals, ``AF_INET`` otherwise (including ``""``)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def transparent_socket(
+    kind: socket.SocketKind,
+    host: str,
+    port: int,
+    *,
+    backlog: int = 50,
+    reuse_port: bool = False,
+    recv_orig_dst: bool = False,
+) -> socket.socket:
+    """Create a non-blocking IP_TRANSPARENT socket bound to ``(host, port)``.
+
+    Args:
+        kind: ``SOCK_STREAM`` (then it listens) or ``SOCK_DGRAM``.
+        host: address to bind; ``""`` is all IPv4 addresses, ``"::"`` all
+            IPv6 (and IPv4-mapped) ones.
+        port: port to bind.
+        backlog: listen backlog for stream sockets.
+        reuse_port: set SO_REUSEPORT (several processes share the port).
+        recv_orig_dst: for datagram sockets, ask for each datagram's original
+            destination (see `recv_with_orig_dst`).
+
+    Raises:
+        SocketError: with a message naming the address and the cause
+            (missing privilege, address in use...).
+    """
+    family = family_for(host)
+    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host or '0.0.0.0'}:{port}"
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
+        except PermissionError as e:
+            raise SocketError(
+                f"cannot make a transparent socket on {where}: {e.strerror} "
+                "(TPROXY needs root or CAP_NET_ADMIN)"
+            ) from None
+        if recv_orig_dst:
+            enable_orig_dst(sock)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            hint = " (another program already listens there)" if e.errno == errno.EADDRINUSE else ""
+            raise SocketError(f"cannot bind {where}: {e.strerror}{hint}") from None
+        if kind == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def enable_orig_dst(sock: socket.socket) -> None:
+    """Ask the kernel to attach each datagram's original destination."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(SOL_IPV6, IPV6_RECVORIGDSTADDR, 1)
+        # IPv4 datagrams arriving on a dual-stack socket carry the IPv4 form.
+        try:
+            sock.setsockopt(SOL_IP, IP_RECVORIGDSTADDR, 1)
+        except OSError:
+            pass
+    else:
+        sock.setsockopt(SOL_IP, IP_RECVORIGDSTADDR, 1)
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """Where a REDIRECTed TCP connection was going, from conntrack.
+
+    Args:
+        sock: the accepted socket.
+
+    Raises:
+        SocketError: the connection was not redirected (no NAT entry).
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+            return _parse_sockaddr(raw)
+        raw = sock.getsockopt(SOL_IP, SO_ORIGINAL_DST, 16)
+        return _parse_sockaddr(raw)
+    except OSError as e:
+        raise SocketError(f"no original destination for this connection: {e.strerror}") from None
+
+
+def _parse_sockaddr(raw: bytes) -> tuple[str, int]:
+    """Decode a ``struct sockaddr_in`` or ``sockaddr_in6`` (network order)."""
+    family = struct.unpack_from("=H", raw, 0)[0]
+    port = struct.unpack_from("!H", raw, 2)[0]
+    if family == socket.AF_INET6:
+        host = str(ipaddress.IPv6Address(raw[8:24]))
+        return normalize_host(host), port
+    return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+
+
+def recv_with_orig_dst(
+    sock: socket.socket, bufsize: int = 65535
+) -> tuple[bytes, tuple[str, int], tuple[str, int] | None]:
+    """Receive one datagram and the address it was originally sent to.
+
+    Returns:
+        ``(payload, source address, original destination or None)``.
+    """
+    data, ancdata, _flags, src = sock.recvmsg(bufsize, 256)
+    dst = None
+    for level, kind, value in ancdata:
+        if (level, kind) in ((SOL_IP, IP_RECVORIGDSTADDR), (SOL_IPV6, IPV6_RECVORIGDSTADDR)):
+            dst = _parse_sockaddr(value)
+    return data, (normalize_host(src[0]), src[1]), dst
