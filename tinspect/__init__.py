@@ -1,1 +1,26 @@
-"""tinspect: a transparent inspection proxy on Twisted."""
+"""tinspect: a transparent inspection proxy on Twisted.
+
+The public API: units, the `Tap` base class, `Flow`, and `Proxy` for scripts.
+"""
+
+from tinspect.chain import Tap, TapChain
+from tinspect.context import Settings
+from tinspect.flow import Flow, FlowClosed
+from tinspect.proxy import ListenError, Proxy
+from tinspect.units import TO_CLIENT, TO_SERVER, Data, Datagram, Direction, Unit
+
+__all__ = [
+    "Tap",
+    "TapChain",
+    "Flow",
+    "FlowClosed",
+    "Proxy",
+    "ListenError",
+    "Settings",
+    "Unit",
+    "Data",
+    "Datagram",
+    "Direction",
+    "TO_SERVER",
+    "TO_CLIENT",
+]

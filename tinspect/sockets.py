@@ -142,12 +142,16 @@ def original_dst(sock: socket.socket) -> tuple[str, int]:
     Raises:
         SocketError: the connection was not redirected (no NAT entry).
     """
+    if sock.family == socket.AF_INET6:
+        # An IPv4 connection on a dual-stack socket (v4-mapped peer) is in the
+        # IPv4 conntrack table.
+        if not sock.getpeername()[0].startswith("::ffff:"):
+            try:
+                return _parse_sockaddr(sock.getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28))
+            except OSError as e:
+                raise SocketError(f"no original destination for this connection: {e.strerror}") from None
     try:
-        if sock.family == socket.AF_INET6:
-            raw = sock.getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST, 28)
-            return _parse_sockaddr(raw)
-        raw = sock.getsockopt(SOL_IP, SO_ORIGINAL_DST, 16)
-        return _parse_sockaddr(raw)
+        return _parse_sockaddr(sock.getsockopt(SOL_IP, SO_ORIGINAL_DST, 16))
     except OSError as e:
         raise SocketError(f"no original destination for this connection: {e.strerror}") from None
 

@@ -1,0 +1,41 @@
+"""Taps used by the end-to-end tests, loaded by ``--taps module:Class``."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor, task
+
+from tinspect import Tap
+from tinspect.units import Data, Datagram
+
+
+class Shout(Tap):
+    """Upper-cases payloads going one way; ``direction`` is an option."""
+
+    kinds = (Data, Datagram)
+
+    def __init__(self, direction: str = "to_server") -> None:
+        self.direction = direction
+
+    def handle(self, unit, flow):
+        if str(unit.direction) == self.direction:
+            unit.data = unit.data.upper()
+        return unit
+
+
+class Dawdle(Tap):
+    """Holds every unit for ``delay`` seconds through a Deferred (an async tap)."""
+
+    def __init__(self, delay: str = "0.05") -> None:
+        self.delay = float(delay)
+
+    def handle(self, unit, flow):
+        return task.deferLater(reactor, self.delay, lambda: unit)
+
+
+class Tripwire(Tap):
+    """Raises on any payload containing ``BOOM``: a tap with a bug."""
+
+    def handle(self, unit, flow):
+        if b"BOOM" in unit.data:
+            raise RuntimeError("tripwire")
+        return unit
