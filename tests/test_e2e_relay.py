@@ -210,3 +210,52 @@ def test_listen_failure_is_one_clear_line(tmp_path):
     out = proc.stdout + proc.stderr
     assert f"tinspect cannot start: --listen forward=127.0.0.1:9@tcp:{port}:interface=127.0.0.1: cannot bind: Address already in use" in out
     assert "Traceback" not in out
+
+
+def test_scripted_proxy_example_runs_several_listeners(lab, tmp_path):
+    """examples/scripted_proxy.py builds a proxy with a custom tap and three listeners that all work."""
+    echo_server(lab)
+    echo = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "udp-echo", "5353", cwd=REPO)
+    lab.wait_listening(lab.server, 5353, "udp", proc=echo)
+    lab.tproxy(8080, dports=[7])
+    out_path = tmp_path / "script.out"
+    with open(out_path, "w") as out:
+        script = lab.spawn(lab.gateway, "env", f"PYTHONPATH={REPO}", sys.executable, "-u",
+                           str(REPO / "examples" / "scripted_proxy.py"), SERVER4, stdout=out, stderr=subprocess.STDOUT)
+    for port, proto in ((8080, "tcp"), (9000, "tcp"), (5300, "udp")):
+        lab.wait_listening(lab.gateway, port, proto, proc=script)
+    assert socat_send(lab, SERVER4, 7, "via tproxy") == "via tproxy"
+    assert socat_send(lab, "192.0.2.1", 9000, "via forward") == "via forward"
+    udp = lab.exec(lab.client, sys.executable, "-m", "tests.peers", "udp-ask", "192.0.2.1", "5300", "dgram",
+                   cwd=REPO, timeout=15).stdout
+    assert udp.split() == ["echo:dgram"]
+    time.sleep(0.3)
+    printed = out_path.read_text()
+    assert re.search(r"flow \d+ tcp up=10 down=10", printed), printed
+    assert re.search(r"flow \d+ tcp up=11 down=11", printed), printed
+
+
+def test_upstream_connect_timeout_closes_client(lab, proxy):
+    """An upstream that never answers the SYN is given up after --connect-timeout."""
+    lab.exec(lab.server, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "8", "-j", "DROP")
+    lab.tproxy(8080, dports=[8])
+    p = proxy(["--listen", DUAL, "--connect-timeout", "1"], wait=[(8080, "tcp")])
+    started = time.monotonic()
+    lab.exec(lab.client, "sh", "-c", f"socat -t 10 - TCP:{SERVER4}:8 </dev/null", check=False, timeout=15)
+    elapsed = time.monotonic() - started
+    assert 0.8 < elapsed < 5, elapsed
+    time.sleep(0.2)
+    assert re.search(r"flow \d+: upstream 198\.51\.100\.2:8 failed: connect timeout", p.log()), p.log()
+
+
+def test_tproxy_without_privilege_fails_with_clear_message(tmp_path):
+    """Without CAP_NET_ADMIN a tproxy: listener stops twistd with a message that says so."""
+    proc = subprocess.run(
+        ["setpriv", "--bounding-set=-net_admin,-net_raw", "--inh-caps=-net_admin,-net_raw", "twistd", "-n", "--pidfile=",
+         "tinspect", "--listen", "tproxy:18999"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "tinspect cannot start: --listen tproxy:18999: cannot make a transparent socket" in out, out
+    assert "needs root, CAP_NET_ADMIN or CAP_NET_RAW" in out

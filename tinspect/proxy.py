@@ -35,7 +35,7 @@ from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, p
 from tinspect.sockets import SocketError
 from tinspect.udp import ForwardUDP, TransparentUDP
 
-__all__ = ["Proxy", "ListenError"]
+__all__ = ["Proxy", "TwistdProxy", "ListenError"]
 
 
 class ListenError(Exception):
@@ -167,19 +167,6 @@ class Proxy(MultiService):
         super().privilegedStartService()
 
 
-class TwistdProxy(Proxy):
-    """The proxy as ``twistd tinspect`` runs it: a listener that cannot
-    start ends the process with one log line instead of a traceback."""
-
-    _log = Logger()
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except ListenError as e:
-            self._log.critical("tinspect cannot start: {reason}", reason=str(e))
-            raise SystemExit(1) from None
-
     @property
     def ports(self) -> list:
         """The bound TCP listening ports, in the order they were added."""
@@ -209,6 +196,20 @@ class TwistdProxy(Proxy):
         self.startService()
         reactor.addSystemEventTrigger("before", "shutdown", self.stopService)
         reactor.run()
+
+
+class TwistdProxy(Proxy):
+    """The proxy as ``twistd tinspect`` runs it: a listener that cannot
+    start ends the process with one log line instead of a traceback."""
+
+    _log = Logger()
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            self._log.critical("tinspect cannot start: {reason}", reason=str(e))
+            raise SystemExit(1) from None
 
 
 def _now(d: defer.Deferred, where: str) -> Any:

@@ -102,7 +102,7 @@ def transparent_socket(
         except PermissionError as e:
             raise SocketError(
                 f"cannot make a transparent socket on {where}: {e.strerror} "
-                "(TPROXY needs root or CAP_NET_ADMIN)"
+                "(TPROXY needs root, CAP_NET_ADMIN or CAP_NET_RAW)"
             ) from None
         if recv_orig_dst:
             enable_orig_dst(sock)
