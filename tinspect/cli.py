@@ -116,7 +116,31 @@ def _run_ca(args: argparse.Namespace) -> int:
 
 
 #: Functions that each register one subcommand on the subparsers object.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command]
+def _add_lab_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tinspect lab``."""
+    p = subparsers.add_parser(
+        "lab",
+        help="run tinspect behind TPROXY in a throw-away namespace lab and show what the taps saw (root)",
+        description=(
+            "Build client, gateway and server network namespaces (documentation addresses only), "
+            "start nginx, a TCP echo and a UDP echo in the server, run twistd tinspect in the "
+            "gateway behind real TPROXY rules, send sample traffic from the client, print the "
+            "results and the taps' log, and clean up. Needs root."
+        ),
+    )
+    p.add_argument("--taps", default="logger", help="taps for the proxy, as twistd tinspect --taps (default: logger)")
+    p.add_argument("--tap-option", action="append", default=[], metavar="TAP.KEY=VALUE",
+                   help="an option for a tap (repeatable)")
+    p.set_defaults(handler=_run_lab)
+
+
+def _run_lab(args: argparse.Namespace) -> int:
+    from tinspect.lab import run_lab
+
+    return run_lab(args.taps, args.tap_option)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command, _add_lab_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,6 +127,8 @@ class UDPSession:
 
 
 class _Upstream(DatagramProtocol):
+    noisy = False
+
     def __init__(self, session: UDPSession) -> None:
         self.session = session
 
