@@ -259,3 +259,35 @@ def test_tproxy_without_privilege_fails_with_clear_message(tmp_path):
     assert proc.returncode == 1, out
     assert "tinspect cannot start: --listen tproxy:18999: cannot make a transparent socket" in out, out
     assert "needs root, CAP_NET_ADMIN or CAP_NET_RAW" in out
+
+
+def test_explicit_proxy_connect_tunnel_with_curl(lab, proxy, tmp_path):
+    """curl -p -x tunnels through CONNECT; plain absolute-form gets 501; an unreachable target gets 502."""
+    web = Nginx(lab, lab.server, tmp_path / "nginx")
+    (web.root / "index.html").write_text("tunnelled\n")
+    web.start()
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--taps", "logger"], wait=[(3128, "tcp")])
+    via = "http://192.0.2.1:3128"
+    assert client_run(lab, "curl", "-sS", "-p", "-x", via, f"http://{SERVER4}/") == "tunnelled\n"
+    assert client_run(lab, "curl", "-sS", "-p", "-x", via, f"http://[{SERVER6}]/") == "tunnelled\n"
+    plain = client_run(lab, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", via, f"http://{SERVER4}/")
+    assert plain == "501"
+    refused = lab.exec(lab.client, "curl", "-sS", "-p", "-x", via, f"http://{SERVER4}:6/", check=False)
+    assert "502" in refused.stderr, refused.stderr
+    time.sleep(0.2)
+    assert re.search(r"flow \d+ open tcp 192\.0\.2\.2:\d+ -> 198\.51\.100\.2:80 via tcp:3128", p.log()), p.log()
+
+
+def test_default_listener_is_explicit_proxy_on_loopback(lab, proxy, tmp_path):
+    """With no --listen, tinspect is an explicit proxy on 127.0.0.1:8080 and nowhere else."""
+    web = Nginx(lab, lab.server, tmp_path / "nginx")
+    (web.root / "index.html").write_text("default listener\n")
+    web.start()
+    proxy([], wait=[(8080, "tcp")])
+    listening = lab.exec(lab.gateway, "ss", "-Hltn", "sport = :8080").stdout.split()
+    assert "127.0.0.1:8080" in listening
+    out = lab.exec(lab.gateway, "curl", "-sS", "-p", "-x", "http://127.0.0.1:8080", f"http://{SERVER4}/").stdout
+    assert out == "default listener\n"
+    blocked = lab.exec(lab.client, "curl", "-sS", "-p", "-x", "http://192.0.2.1:8080", f"http://{SERVER4}/",
+                       check=False)
+    assert blocked.returncode != 0

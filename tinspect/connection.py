@@ -23,7 +23,7 @@ from tinspect.relay import RawRelay
 from tinspect.sockets import SocketError, normalize_host, original_dst
 from tinspect.upstream import connect, describe_failure
 
-__all__ = ["Destination", "TCPProxyFactory", "ClientConnection", "ServerConnection"]
+__all__ = ["Destination", "TCPProxyFactory", "ClientConnection", "ServerConnection", "UpstreamFactory"]
 
 
 class Destination:
@@ -38,8 +38,8 @@ class Destination:
     def __init__(self, mode: str, fixed: tuple[str, int] | None = None) -> None:
         if mode not in ("tproxy", "redirect", "forward"):
             raise ValueError(f"unknown destination mode {mode!r}")
-        if mode == "forward" and fixed is None:
-            raise ValueError("forward mode needs an address")
+        if (mode == "forward") != (fixed is not None):
+            raise ValueError("forward mode, and only it, takes an address")
         self.mode = mode
         self.fixed = fixed
 
@@ -125,7 +125,7 @@ class ClientConnection(Protocol):
         if not ctx.open_flow(flow):
             relay.abort(flow.error or "tap error")
             return
-        d = connect(ctx.reactor, dst, _ServerFactory(relay), ctx.settings.connect_timeout)
+        d = connect(ctx.reactor, dst, UpstreamFactory(relay), ctx.settings.connect_timeout)
         d.addErrback(self._upstream_failed)
 
     def _upstream_failed(self, failure: Failure) -> None:
@@ -171,7 +171,9 @@ class ServerConnection(Protocol):
         self.relay.server_lost(reason)
 
 
-class _ServerFactory(Factory):
+class UpstreamFactory(Factory):
+    """Builds the `ServerConnection` of one relay (one per upstream connect)."""
+
     noisy = False
 
     def __init__(self, relay: RawRelay) -> None:

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from tinspect.chain import Tap, TapChain
 from tinspect.connection import Destination, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
+from tinspect.explicit import ExplicitProxyFactory
 from tinspect.flow import format_addr
 from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
 from tinspect.sockets import SocketError
@@ -52,15 +53,10 @@ class _TCPListener(Service):
         self.spec = spec
         self.port: Any = None
         if spec.mode == "explicit":
-            raise ListenError(
-                f"--listen {spec.text}: the explicit proxy mode is not available yet "
-                "(it arrives with the HTTP/1.1 layer); use tproxy:, transparent@ or forward="
-            )
-        if spec.mode == "forward":
-            destination = Destination("forward", spec.dst)
+            self.factory = ExplicitProxyFactory(ctx, spec.text)
         else:
-            destination = Destination(spec.mode)
-        self.factory = TCPProxyFactory(ctx, spec.text, destination)
+            destination = Destination(spec.mode, spec.dst)
+            self.factory = TCPProxyFactory(ctx, spec.text, destination)
         self.setName(f"listen {spec.text}")
 
     def privilegedStartService(self) -> None:

@@ -135,12 +135,22 @@ class RawRelay:
         flow: the flow being relayed.
         client_transport: the client's transport.
         on_closed: called once when both legs are gone.
+        on_server_connected: called when the upstream connection is up,
+            before anything is relayed.
     """
 
     _log = Logger()
 
-    def __init__(self, chain: TapChain, flow: Flow, client_transport, on_closed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        chain: TapChain,
+        flow: Flow,
+        client_transport,
+        on_closed: Callable[[], None],
+        on_server_connected: Callable[[], None] | None = None,
+    ) -> None:
         self.flow = flow
+        self._on_server_connected = on_server_connected
         self.client = Leg(client_transport, "client")
         self.server: Leg | None = None
         self._connecting = True
@@ -181,6 +191,10 @@ class RawRelay:
         if client.lost:
             server.close()
             return
+        if self._on_server_connected is not None:
+            # Before any server byte is relayed: an explicit proxy's "200
+            # Connection established" must precede what the server says.
+            self._on_server_connected()
         server.transport.registerProducer(_SinkPauser(client), True)
         client.transport.registerProducer(_SinkPauser(server), True)
         client.resume(CONNECTING)
