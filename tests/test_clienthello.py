@@ -7,8 +7,6 @@ hand-built variants for fragmentation and malformed input.
 
 from __future__ import annotations
 
-import ast
-import pathlib
 import ssl
 import struct
 
@@ -604,24 +602,6 @@ def test_fuzz_inner_lengths(data):
         parse(build_hello([(ext_type, payload)]))
     except ClientHelloError:
         pass
-
-
-# --------------------------------------------------------------------------
-# Layering
-# --------------------------------------------------------------------------
-
-
-def test_module_imports_nothing_from_twisted():
-    """The parser is sans-IO: no twisted import anywhere in the module."""
-    tree = ast.parse(pathlib.Path(clienthello_module.__file__).read_text())
-    imported = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            imported.append(node.module or "")
-    assert imported, "expected at least the stdlib imports"
-    assert not [name for name in imported if name.split(".")[0] == "twisted"]
 
 
 def test_internal_bug_still_surfaces_as_client_hello_error(monkeypatch):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-import pathlib
 import time
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from tinspect import http1
 from tinspect.http1 import (
     HOP_BY_HOP,
     BodyData,
@@ -1142,26 +1139,6 @@ def test_serialize_response_head_refuses_bad_status_lines():
         serialize_response_head(b"HTTP/1.1 200 OK\r\n", 200, b"OK", [])
     with pytest.raises(ValueError):
         serialize_response_head(b"HTTP/1.1", 42, b"OK", [])
-
-
-# ---------------------------------------------------------------------------
-# the module stays sans-IO
-# ---------------------------------------------------------------------------
-
-
-def test_module_imports_nothing_from_twisted():
-    """tinspect/http1.py is pure stdlib: no Twisted import anywhere in it."""
-    tree = ast.parse(pathlib.Path(http1.__file__).read_text())
-    imported = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            imported.append(node.module or "")
-    assert imported, "expected some stdlib imports"
-    assert not [name for name in imported if name.split(".")[0] == "twisted"]
-    allowed = {"__future__", "re", "collections", "dataclasses"}
-    assert set(imported) <= allowed
 
 
 # ---------------------------------------------------------------------------
