@@ -341,3 +341,17 @@ def test_flow_hooks_called_and_opening_error_reported(logged_failures):
     TapChain([Hooks()]).flow_closed(flow)
     assert seen == [("open", flow.id), ("close", flow.id)]
     assert TapChain([BadOpen()]).flow_opened(flow).check(KeyError)
+
+
+def test_entry_point_taps_are_found_by_name(tmp_path, monkeypatch):
+    """A tap an installed package registers in the tinspect.taps group resolves by its name."""
+    from tinspect.taploader import build_taps, parse_tap_names
+    from tests.lab_taps import Shout
+
+    dist = tmp_path / "thirdparty_taps-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-taps\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[tinspect.taps]\nloud = tests.lab_taps:Shout\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tap,) = build_taps(parse_tap_names("loud"), {"loud": {"direction": "to_client"}})
+    assert isinstance(tap, Shout) and tap.direction == "to_client" and tap.name == "loud"

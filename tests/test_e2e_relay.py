@@ -291,3 +291,17 @@ def test_default_listener_is_explicit_proxy_on_loopback(lab, proxy, tmp_path):
     blocked = lab.exec(lab.client, "curl", "-sS", "-p", "-x", "http://192.0.2.1:8080", f"http://{SERVER4}/",
                        check=False)
     assert blocked.returncode != 0
+
+
+def test_upstream_reset_closes_client_after_delivering_data(lab, proxy):
+    """A server that resets mid-stream: the client gets what was sent, then a clean close; the log names the flow."""
+    server = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "reset-server", "11", cwd=REPO)
+    lab.wait_listening(lab.server, 11, proc=server)
+    lab.tproxy(8080, dports=[11])
+    p = proxy(["--listen", DUAL, "--taps", "logger"], wait=[(8080, "tcp")])
+    out = lab.exec(lab.client, "sh", "-c", f"socat -t 5 - TCP:{SERVER4}:11 </dev/null", timeout=15, check=False)
+    assert out.stdout == "partial"
+    time.sleep(0.2)
+    log = p.log()
+    assert re.search(r"flow (\d+): upstream 198\.51\.100\.2:11 reset the connection", log), log
+    assert re.search(r"flow \d+ closed tcp after \S+ \(upstream reset\)", log), log

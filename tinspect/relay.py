@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -246,6 +247,14 @@ class RawRelay:
         """The server connection is gone."""
         if self.server is None:
             return
+        if not reason.check(ConnectionDone) and not self.flow.closed:
+            self.flow.error = self.flow.error or "upstream reset"
+            self._log.warn(
+                "flow {flow_id}: upstream {dst} reset the connection; closing client {client}",
+                flow_id=self.flow.id,
+                dst=format_addr(self.flow.dst),
+                client=format_addr(self.flow.client),
+            )
         self.server.lost = True
         if self.server.read_open:
             self.server.read_open = False
