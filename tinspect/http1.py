@@ -46,6 +46,64 @@ Headers = list[tuple[bytes, bytes]]
 
 
 # ---------------------------------------------------------------------------
+# Theory of operation
+# ---------------------------------------------------------------------------
+#
+# One Http1Reader parses one direction of one connection.  It is a state
+# machine over these states:
+#
+#     HEAD ──head──▶ (no body) ───────────────────────────────┐
+#       ▲    │                                                 │
+#       │    ├─▶ LENGTH ── n bytes ───────────────────────────┤
+#       │    ├─▶ CHUNK_SIZE ─▶ CHUNK_DATA ─▶ CHUNK_CRLF ─┐     │
+#       │    │      ▲  │ size 0                          │     │
+#       │    │      └──┼─────────────────────────────────┘     │
+#       │    │         └─▶ TRAILERS ──────────────────────────┤
+#       │    └─▶ UNTIL_CLOSE ── feed_eof(): EndOfMessage ─▶ CLOSED
+#       │                                                      ▼
+#       └──────────────────────── EndOfMessage ◀───────────────┘
+#                                      │ CONNECT / Upgrade / 101
+#                                      ▼
+#                                    PAUSED ── switch() ─▶ SWITCHED
+#                                      │
+#                                      └──── resume() ──▶ HEAD
+#
+# plus CLOSED (after feed_eof) and ERROR (after a ProtocolError; the error is
+# raised again on any later feed).  HEAD skips empty lines before a start line
+# in both roles.  Which body state follows a head is decided once, from the
+# framing headers (RFC 9112 §6.3), in _on_request_head / _on_response_head.
+#
+# Failure.  A ProtocolError ends the reader for good.  Events already parsed
+# from the same feed() call are dropped with it: the caller is about to
+# answer 400 (or 502) and close, and the peer cannot be trusted to have
+# framed the earlier messages the way we think either.
+#
+# Buffering.  The body states consume whatever bytes are available and emit
+# them at once as BodyData, so they never leave bytes behind.  Only the
+# "line" states (HEAD, CHUNK_SIZE, CHUNK_CRLF, TRAILERS) and PAUSED can be
+# left waiting for more input; they park the unparsed tail in self._buf (a
+# bytearray, so appends are amortised O(1)).  While bytes are parked, feed()
+# appends to the bytearray and only looks for the terminator the state needs
+# (CRLFCRLF, LF, or two bytes), starting at self._scan, so a 64 KiB head fed
+# one byte at a time costs O(n), not O(n²).  Once the terminator is there the
+# bytearray is turned into one bytes object and parsed like a fresh feed.
+# In the common case (a whole head in one read) nothing is copied into the
+# bytearray at all: parsing works on the bytes passed to feed(), with an
+# index walking through it, message after message.
+#
+# Validating a head.  The head is split on CRLF once.  Instead of looking at
+# every line for stray CR, LF and NUL, we delete those three bytes from the
+# head with bytes.translate() and compare lengths: exactly two bytes per
+# separator may go.  Header names are validated and lower-cased through a
+# small cache, so a name seen before costs one dict lookup.  Only when a fast
+# check fails do we walk the head again to say precisely what was wrong.
+#
+# The response role must know which request each response answers: a
+# response to HEAD has no body, a 2xx to CONNECT starts a tunnel.  The caller
+# pushes the method of every request it sends with expect_response(); a final
+# (non-1xx, or 101) response pops it.  Interim 1xx responses leave it there.
+
+# ---------------------------------------------------------------------------
 # Errors and events
 # ---------------------------------------------------------------------------
 
@@ -146,6 +204,7 @@ _HEXDIG = b"0123456789abcdefABCDEF"
 # SP and DEL may not.
 _TARGET_OK = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 _VERSION_SHAPE = re.compile(rb"HTTP/[0-9]\.[0-9]").fullmatch  # error path only
+_EMPTY_LINES = re.compile(rb"(?:\r\n)+").match  # only when a CRLF leads
 _VERSIONS = frozenset((b"HTTP/1.1", b"HTTP/1.0"))
 _KNOWN_METHODS = frozenset(
     (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
@@ -153,6 +212,8 @@ _KNOWN_METHODS = frozenset(
 # Transfer codings we accept in front of the final "chunked" of a request.
 _KNOWN_CODINGS = frozenset((b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"))
 _MAX_CONTENT_LENGTH = 2**63
+# b"100" .. b"999" to their int: one lookup both checks and converts.
+_STATUS_CODES = {b"%d" % code: code for code in range(100, 1000)}
 # The only fields the reader itself looks at.
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection", b"upgrade"))
 
@@ -262,57 +323,6 @@ def keep_alive(version: bytes, headers: Headers) -> bool:
     return b"keep-alive" in options
 
 
-# ---------------------------------------------------------------------------
-# Theory of operation
-# ---------------------------------------------------------------------------
-#
-# One Http1Reader parses one direction of one connection.  It is a state
-# machine over these states:
-#
-#     HEAD ──head──▶ (no body) ───────────────────────────────┐
-#       ▲    │                                                 │
-#       │    ├─▶ LENGTH ── n bytes ───────────────────────────┤
-#       │    ├─▶ CHUNK_SIZE ─▶ CHUNK_DATA ─▶ CHUNK_CRLF ─┐     │
-#       │    │      ▲  │ size 0                          │     │
-#       │    │      └──┼─────────────────────────────────┘     │
-#       │    │         └─▶ TRAILERS ──────────────────────────┤
-#       │    └─▶ UNTIL_CLOSE ── feed_eof() ─▶ CLOSED           │
-#       │                                                      ▼
-#       └──────────────────────── EndOfMessage ◀───────────────┘
-#                                      │ CONNECT / Upgrade / 101
-#                                      ▼
-#                                    PAUSED ── switch() ─▶ SWITCHED
-#                                      │
-#                                      └──── resume() ──▶ HEAD
-#
-# plus CLOSED (after feed_eof) and ERROR (after a ProtocolError; the error is
-# raised again on any later feed).
-#
-# Buffering.  The body states consume whatever bytes are available and emit
-# them at once as BodyData, so they never leave bytes behind.  Only the
-# "line" states (HEAD, CHUNK_SIZE, CHUNK_CRLF, TRAILERS) and PAUSED can be
-# left waiting for more input; they park the unparsed tail in self._buf (a
-# bytearray, so appends are amortised O(1)).  While bytes are parked, feed()
-# appends to the bytearray and only looks for the terminator the state needs
-# (CRLFCRLF, LF, or two bytes), starting at self._scan, so a 64 KiB head fed
-# one byte at a time costs O(n), not O(n²).  Once the terminator is there the
-# bytearray is turned into one bytes object and parsed like a fresh feed.
-# In the common case (a whole head in one read) nothing is copied into the
-# bytearray at all: parsing works on the bytes passed to feed(), with an
-# index walking through it, message after message.
-#
-# Validating a head.  The head is split on CRLF once.  Instead of looking at
-# every line for stray CR, LF and NUL, we delete those three bytes from the
-# head with bytes.translate() and compare lengths: exactly two bytes per
-# separator may go.  Header names are validated and lower-cased through a
-# small cache, so a name seen before costs one dict lookup.  Only when a fast
-# check fails do we walk the head again to say precisely what was wrong.
-#
-# The response role must know which request each response answers: a
-# response to HEAD has no body, a 2xx to CONNECT starts a tunnel.  The caller
-# pushes the method of every request it sends with expect_response(); a final
-# (non-1xx, or 101) response pops it.  Interim 1xx responses leave it there.
-
 _HEAD = 0
 _LENGTH = 1
 _CHUNK_SIZE = 2
@@ -378,7 +388,7 @@ class Http1Reader:
                 to parse what a server sends.
             max_start_line: Longest request or status line accepted, in
                 bytes, without its CRLF (414 for requests, 400 for
-                responses beyond it).
+                responses beyond it); also bounds chunk-size lines (400).
             max_header_bytes: Largest header (or trailer) section accepted,
                 in bytes, CRLFs included (431 beyond it).
             max_headers: Most header (or trailer) fields accepted (431).
@@ -698,9 +708,10 @@ class Http1Reader:
             self._state = _HEAD
 
     def _on_head(self, data: bytes, pos: int, events: list[Event]) -> int:
-        # RFC 9112 §2.2: ignore empty lines before a start line.
-        while data.startswith(b"\r\n", pos):
-            pos += 2
+        if data.startswith(b"\r\n", pos):
+            # RFC 9112 §2.2: ignore empty lines before a start line.  A regex
+            # skips a long run of them without a Python-level loop.
+            pos = _EMPTY_LINES(data, pos).end()
         if pos >= len(data):
             return pos
         stop = data.find(b"\r\n\r\n", pos)
@@ -772,10 +783,9 @@ class Http1Reader:
             _bad_version(version)
         if len(parts) < 2:
             raise ProtocolError(400, "malformed status line")
-        code = parts[1]
-        if len(code) != 3 or not code.isdigit() or code[0] == 0x30:
+        status = _STATUS_CODES.get(parts[1])
+        if status is None:
             raise ProtocolError(400, "malformed status code")
-        status = int(code)
         reason = parts[2] if len(parts) == 3 else b""
         headers, cl, te, _connection, _upgrade = _parse_fields(lines)
         events.append(ResponseHead(version, status, reason, headers))
@@ -910,6 +920,10 @@ def _parse_fields(
 
 def _content_length(values: list[bytes]) -> int:
     """The one length all Content-Length values agree on (RFC 9112 §6.3)."""
+    if len(values) == 1:
+        value = values[0]
+        if value.isdigit() and len(value) < 19:  # the common case
+            return int(value)
     if len(values) == 1 and b"," not in values[0]:
         items = values
     else:
