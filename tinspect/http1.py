@@ -767,12 +767,16 @@ class Http1Reader:
                     raise ProtocolError(501, "unsupported Transfer-Encoding")
             self._state = _CHUNK_SIZE
         elif cl is not None:
-            length = _content_length(cl)
-            if length:
-                self._remaining = length
-                self._state = _LENGTH
-            else:
-                self._end_message(events, [])
+            self._start_length_body(cl, events)
+        else:
+            self._end_message(events, [])
+
+    def _start_length_body(self, cl: list[bytes], events: list[Event]) -> None:
+        """Frame a body by its Content-Length (an empty one ends the message now)."""
+        length = _content_length(cl)
+        if length:
+            self._remaining = length
+            self._state = _LENGTH
         else:
             self._end_message(events, [])
 
@@ -815,12 +819,7 @@ class Http1Reader:
                 # RFC 9112 §6.3 (4): not chunked at the end: read until close.
                 self._state = _UNTIL_CLOSE
         elif cl is not None:
-            length = _content_length(cl)
-            if length:
-                self._remaining = length
-                self._state = _LENGTH
-            else:
-                self._end_message(events, [])
+            self._start_length_body(cl, events)
         else:
             self._state = _UNTIL_CLOSE
 
