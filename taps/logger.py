@@ -1,8 +1,9 @@
 """The ``logger`` tap: one log line per flow open/close and per unit.
 
 Lines go through twisted.logger with stable field names (``flow_id``,
-``direction``, ``kind``, ``nbytes``), so a JSON log observer gets them as
-data. Payloads are never logged: sizes only.
+``direction``, ``kind``, ``nbytes``; ``method``, ``url`` and ``status`` for
+HTTP), so a JSON log observer gets them as data. Payloads and header values
+are never logged: sizes only.
 
 Options:
     level: ``info`` (default) or ``debug`` for the per-unit lines; flow
@@ -15,7 +16,7 @@ from twisted.logger import Logger, LogLevel
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow, format_addr
-from tinspect.units import Unit
+from tinspect.units import Request, Response, Unit
 
 __all__ = ["LoggerTap"]
 
@@ -46,14 +47,38 @@ class LoggerTap(Tap):
         )
 
     def handle(self, unit: Unit, flow: Flow) -> Unit:
-        self.log.emit(
-            self._level,
-            "flow {flow_id} {direction} {kind} {nbytes} bytes",
-            flow_id=flow.id,
-            direction=str(unit.direction),
-            kind=unit.kind,
-            nbytes=unit.size,
-        )
+        kind = type(unit)
+        if kind is Request:
+            self.log.emit(
+                self._level,
+                "flow {flow_id} {direction} request {method} {url}{streamed}",
+                flow_id=flow.id,
+                direction=str(unit.direction),
+                method=unit.method,
+                url=unit.url,
+                streamed=" (body streams)" if unit.body is None else f" {unit.size} bytes",
+                nbytes=unit.size,
+            )
+        elif kind is Response:
+            self.log.emit(
+                self._level,
+                "flow {flow_id} {direction} response {status} {reason}{streamed}",
+                flow_id=flow.id,
+                direction=str(unit.direction),
+                status=unit.status,
+                reason=unit.reason,
+                streamed=" (body streams)" if unit.body is None else f" {unit.size} bytes",
+                nbytes=unit.size,
+            )
+        else:
+            self.log.emit(
+                self._level,
+                "flow {flow_id} {direction} {kind} {nbytes} bytes",
+                flow_id=flow.id,
+                direction=str(unit.direction),
+                kind=unit.kind,
+                nbytes=unit.size,
+            )
         return unit
 
     def flow_closed(self, flow: Flow) -> None:

@@ -1,10 +1,12 @@
 """The ``mangler`` tap: search and replace in payloads.
 
-Works on raw TCP chunks (`Data`) and UDP datagrams (`Datagram`). On a raw TCP
-stream a match split across two chunks is not seen: the tap never holds bytes
-back waiting for more, since an interactive protocol might wait forever for
-them. (HTTP bodies and WebSocket messages, once those layers decode them, are
-whole units where that does not arise.)
+Works on raw TCP chunks (`Data`), UDP datagrams (`Datagram`) and HTTP bodies.
+On a raw TCP stream a match split across two chunks is not seen: the tap never
+holds bytes back waiting for more, since an interactive protocol might wait
+forever for them. HTTP bodies are asked for whole (buffered up to
+``--max-body``), so every match is found and the framing is recomputed; a
+body larger than that streams, is mangled chunk by chunk, and loses its
+``Content-Length`` if the replacement changes lengths (it goes chunked).
 
 Options:
     search: what to look for (required). From the command line a string, in
@@ -19,7 +21,7 @@ import codecs
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.units import Data, Datagram, Direction, Unit
+from tinspect.units import BodyChunk, Data, Datagram, Direction, Request, Response, Unit
 
 __all__ = ["ManglerTap"]
 
@@ -42,7 +44,8 @@ class ManglerTap(Tap):
         direction: ``"both"``, ``"to_server"`` or ``"to_client"``.
     """
 
-    kinds = (Data, Datagram)
+    kinds = (Data, Datagram, Request, Response, BodyChunk)
+    whole_bodies = True
 
     def __init__(self, search: str | bytes, replace: str | bytes = b"", direction: str = "both") -> None:
         self.search = _as_bytes(search, "search")
@@ -58,6 +61,14 @@ class ManglerTap(Tap):
                 raise ValueError(f"direction must be both, to_server or to_client, not {direction!r}") from None
 
     def handle(self, unit: Unit, flow: Flow) -> Unit:
-        if unit.direction in self.directions and self.search in unit.data:
+        if unit.direction not in self.directions:
+            return unit
+        if isinstance(unit, (Request, Response)):
+            if unit.body is None:
+                if len(self.search) != len(self.replace):
+                    unit.headers.remove("content-length")
+            elif self.search in unit.body:
+                unit.body = unit.body.replace(self.search, self.replace)
+        elif self.search in unit.data:
             unit.data = unit.data.replace(self.search, self.replace)
         return unit

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet import reactor, task
 
 from tinspect import Tap
-from tinspect.units import Data, Datagram
+from tinspect.units import Data, Datagram, Request
 
 
 class Shout(Tap):
@@ -38,4 +38,29 @@ class Tripwire(Tap):
     def handle(self, unit, flow):
         if b"BOOM" in unit.data:
             raise RuntimeError("tripwire")
+        return unit
+
+
+class Block(Tap):
+    """Answers 403 with a block page, locally, for request paths containing ``word``."""
+
+    kinds = (Request,)
+
+    def __init__(self, word: str = "blocked") -> None:
+        self.word = word
+
+    def handle(self, unit, flow):
+        if self.word in unit.path:
+            return unit.respond(403, f"blocked by tinspect: {unit.url}\n")
+        return unit
+
+
+class Whole(Tap):
+    """Asks for whole bodies and stamps each message with its body length."""
+
+    whole_bodies = True
+
+    def handle(self, unit, flow):
+        if hasattr(unit, "headers"):
+            unit.headers["X-Body-Seen"] = "streamed" if unit.body is None else str(len(unit.body))
         return unit

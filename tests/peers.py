@@ -4,6 +4,12 @@
     python -m tests.peers udp-ask HOST PORT MSG... send each MSG, print each reply
     python -m tests.peers slow-read HOST PORT RATE read at RATE bytes/s, print "<sha256> <count>"
     python -m tests.peers reset-server PORT        send "partial", then reset (RST) each connection
+    python -m tests.peers drip-server PORT         answer HTTP requests with a chunked body in two
+                                                   parts, 2 s apart (is the proxy streaming?)
+    python -m tests.peers banner-server PORT       say "220 banner" first, then echo (SMTP-like)
+    python -m tests.peers send HOST PORT HEX       send the bytes, half-close, print all replies
+    python -m tests.peers ws-echo PORT             WebSocket echo server (websockets library)
+    python -m tests.peers ws-ask URL MSG...        send each MSG over a WebSocket, print each reply
 
 The UDP asker uses a connected socket, so the kernel drops any reply that does
 not come from HOST:PORT: a printed reply proves the source address was right.
@@ -54,17 +60,87 @@ def slow_read(host: str, port: int, rate: int) -> None:
 def reset_server(port: int) -> None:
     import struct
 
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("::", port))
-    sock.listen()
+    sock = _listen(port)
     while True:
         conn, _ = sock.accept()
         conn.sendall(b"partial")
         time.sleep(0.2)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
+
+
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::", port))
+    sock.listen()
+    return sock
+
+
+def _serve_threads(port: int, handle) -> None:
+    import threading
+
+    sock = _listen(port)
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def drip_server(port: int) -> None:
+    def handle(conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(65536)
+                if not more:
+                    return
+                data += more
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\nfirst\n\r\n")
+            time.sleep(2)
+            conn.sendall(b"7\r\nsecond\n\r\n0\r\n\r\n")
+
+    _serve_threads(port, handle)
+
+
+def banner_server(port: int) -> None:
+    def handle(conn):
+        with conn:
+            conn.sendall(b"220 banner\r\n")
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    _serve_threads(port, handle)
+
+
+def send(host: str, port: int, payload: bytes) -> None:
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    out = b""
+    while data := sock.recv(65536):
+        out += data
+    sys.stdout.buffer.write(out)
+
+
+def ws_echo(port: int) -> None:
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    with serve(echo, sock=_listen(port)) as server:
+        server.serve_forever()
+
+
+def ws_ask(url: str, messages: list[str]) -> None:
+    from websockets.sync.client import connect
+
+    with connect(url, open_timeout=10, close_timeout=5) as ws:
+        for message in messages:
+            ws.send(message)
+            print(ws.recv(timeout=10), flush=True)
 
 
 if __name__ == "__main__":
@@ -77,5 +153,15 @@ if __name__ == "__main__":
         slow_read(args[0], int(args[1]), int(args[2]))
     elif cmd == "reset-server":
         reset_server(int(args[0]))
+    elif cmd == "drip-server":
+        drip_server(int(args[0]))
+    elif cmd == "banner-server":
+        banner_server(int(args[0]))
+    elif cmd == "send":
+        send(args[0], int(args[1]), bytes.fromhex(args[2]))
+    elif cmd == "ws-echo":
+        ws_echo(int(args[0]))
+    elif cmd == "ws-ask":
+        ws_ask(args[0], args[1:])
     else:
         sys.exit(f"unknown peer {cmd}")

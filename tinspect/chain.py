@@ -63,10 +63,16 @@ class Tap:
         kinds: unit classes this tap sees (subclasses included); ``None``
             means every unit.
         name: how logs name the tap; defaults to the class name.
+        whole_bodies: ask for whole HTTP bodies: a `Request` or `Response`
+            then reaches `handle` with its ``body`` as bytes instead of
+            followed by `BodyChunk` units, buffered up to ``--max-body``
+            (beyond it the body streams and ``body_too_large`` is set).
+            Override `wants_whole_body` to decide per message.
     """
 
     kinds: tuple[type[Unit], ...] | None = None
     name: str | None = None
+    whole_bodies: bool = False
 
     def handle(self, unit: Unit, flow: Flow) -> Any:
         """Inspect or change one unit.
@@ -79,6 +85,14 @@ class Tap:
             A unit, ``None``, or a Deferred or coroutine resolving to one.
         """
         return unit
+
+    def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
+        """Whether to buffer this message's body before `handle` sees it.
+
+        Called with the head (its ``body`` still ``None``) of every HTTP
+        message this tap's `kinds` cover. Defaults to `whole_bodies`.
+        """
+        return self.whole_bodies
 
     def flow_opened(self, flow: Flow) -> None:
         """Called once when a flow opens, before its first unit."""
@@ -113,6 +127,7 @@ class TapChain:
     def __init__(self, taps: Iterable[Tap] = ()) -> None:
         self.taps: tuple[Tap, ...] = tuple(taps)
         self._routes: dict[type, tuple[_Route, ...]] = {}
+        self._askers: dict[type, tuple[Tap, ...]] = {}
         self._openers = [t for t in self.taps if _overrides(t, "flow_opened")]
         self._closers = [t for t in self.taps if _overrides(t, "flow_closed")]
 
@@ -129,6 +144,22 @@ class TapChain:
             )
             self._routes[kind] = routes
             return routes
+
+    def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
+        """Whether any tap that sees ``message`` wants its body whole."""
+        kind = type(message)
+        askers = self._askers.get(kind)
+        if askers is None:
+            askers = self._askers[kind] = tuple(
+                tap
+                for tap in self.taps
+                if (tap.whole_bodies or _overrides(tap, "wants_whole_body"))
+                and (tap.kinds is None or issubclass(kind, tap.kinds))
+            )
+        for tap in askers:
+            if tap.wants_whole_body(message, flow):
+                return True
+        return False
 
     def position(self, tap: Tap | None) -> int:
         """The chain index of ``tap``; -1 for ``None`` (before every tap)."""
@@ -189,6 +220,10 @@ class Arm:
         on_error: called once with the failure when a tap (or ``deliver``)
             raised; the layer should fail the flow closed.
         on_end: called once the end marker queued by `finish` is reached.
+        on_reply: called with a unit a tap turned the other way (a local
+            answer) before the other arm takes it.
+        on_drop: called with the unit a tap dropped (the original one, as
+            submitted or injected).
         max_pending: units queued while waiting beyond this are dropped and
             logged (for datagrams, whose source cannot be paused); ``None``
             means unbounded, for sources that `pause` really stops.
@@ -207,6 +242,8 @@ class Arm:
         resume: Callable[[], None] = lambda: None,
         on_error: Callable[[Failure], None] = lambda failure: None,
         on_end: Callable[[], None] = lambda: None,
+        on_reply: Callable[[Unit], None] | None = None,
+        on_drop: Callable[[Unit], None] | None = None,
         max_pending: int | None = None,
     ) -> None:
         self.chain = chain
@@ -217,6 +254,8 @@ class Arm:
         self._resume = resume
         self._on_error = on_error
         self._on_end = on_end
+        self._on_reply = on_reply
+        self._on_drop = on_drop
         self._max_pending = max_pending
         self._pending: deque[tuple[Any, int]] = deque()
         self._busy = False  # running a unit, or waiting for a tap's Deferred
@@ -296,9 +335,13 @@ class Arm:
                 continue
             if not isinstance(result, Unit):
                 if result is None:
+                    self._dropped(unit)
                     return
-                result = self._settle(result, route)
-                if result is _WAIT or result is None:
+                result = self._settle(result, route, unit)
+                if result is _WAIT:
+                    return
+                if result is None:
+                    self._dropped(unit)
                     return
             if result.direction is not self.direction:
                 self._hand_over(result)
@@ -315,7 +358,7 @@ class Arm:
         except Exception:
             self._fail(Failure(), None)
 
-    def _settle(self, result: Any, route: _Route) -> Any:
+    def _settle(self, result: Any, route: _Route, unit: Unit) -> Any:
         """Turn an asynchronous tap result into a unit now, or wait for it.
 
         Returns:
@@ -330,7 +373,7 @@ class Arm:
                 route.tap,
             )
             return _WAIT
-        waiter = _Waiter(self, route)
+        waiter = _Waiter(self, route, unit)
         result.addBoth(waiter.fired)
         if waiter.done:
             value = waiter.value
@@ -352,7 +395,7 @@ class Arm:
         )
         return _WAIT
 
-    def _resumed(self, value: Any, route: _Route) -> None:
+    def _resumed(self, value: Any, route: _Route, original: Unit) -> None:
         """A tap's Deferred fired after the arm started waiting."""
         self._waiting = False
         if self._dead:
@@ -361,7 +404,9 @@ class Arm:
             self._fail(value, route.tap)
             return
         unit = self._check(value, route)
-        if unit is not None and unit is not _WAIT:
+        if unit is None:
+            self._dropped(original)
+        elif unit is not _WAIT:
             if unit.direction is not self.direction:
                 self._hand_over(unit)
             else:
@@ -370,9 +415,18 @@ class Arm:
         if not self._waiting and not self._dead:
             self._resume()
 
+    def _dropped(self, unit: Unit) -> None:
+        if self._on_drop is not None:
+            try:
+                self._on_drop(unit)
+            except Exception:
+                self._fail(Failure(), None)
+
     def _hand_over(self, unit: Unit) -> None:
         try:
             other = self.flow.arm(unit.direction)
+            if self._on_reply is not None:
+                self._on_reply(unit)
         except Exception:
             self._fail(Failure(), None)
             return
@@ -400,11 +454,12 @@ _WAIT = object()
 class _Waiter:
     """Catches a tap's Deferred result, whether it fires now or later."""
 
-    __slots__ = ("arm", "route", "sync", "done", "value")
+    __slots__ = ("arm", "route", "unit", "sync", "done", "value")
 
-    def __init__(self, arm: Arm, route: _Route) -> None:
+    def __init__(self, arm: Arm, route: _Route, unit: Unit) -> None:
         self.arm = arm
         self.route = route
+        self.unit = unit
         self.sync = True
         self.done = False
         self.value: Any = None
@@ -414,6 +469,6 @@ class _Waiter:
             self.done = True
             self.value = value
         else:
-            self.arm._resumed(value, self.route)
+            self.arm._resumed(value, self.route, self.unit)
         return None
 

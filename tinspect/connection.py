@@ -1,29 +1,31 @@
-"""TCP listeners' protocols: accept a client, find its destination, relay.
+"""Transparent listeners: accept a client, find its destination, sniff.
 
-`TCPProxyFactory` is what a ``--listen`` endpoint serves. Each accepted
-`ClientConnection` learns where the client was going from its listener's
-mode (`Destination`), opens the flow, connects upstream at once (so the TCP
-handshake with the server overlaps whatever the client sends first) and
-hands both legs to the layer that carries the flow.
+`TCPProxyFactory` is what a transparent or forward ``--listen`` endpoint
+serves. Each accepted `ClientConnection` learns where the client was going
+from its listener's mode (`Destination`), opens the flow, connects upstream at
+once (so the TCP handshake with the server overlaps whatever the client sends
+first) and lets the `Sniffer` choose the layer that carries the connection.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from typing import Any, Callable
+
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow, format_addr
+from tinspect.http1_layer import Http1Layer
 from tinspect.relay import RawRelay
+from tinspect.shells import ClientConnection, ServerConnection, open_upstream
+from tinspect.sniff import HTTP1, RAW, classify
 from tinspect.sockets import SocketError, normalize_host, original_dst
-from tinspect.upstream import connect, describe_failure
 
-__all__ = ["Destination", "TCPProxyFactory", "ClientConnection", "ServerConnection", "UpstreamFactory"]
+__all__ = ["Destination", "TCPProxyFactory", "Sniffer"]
 
 
 class Destination:
@@ -63,7 +65,8 @@ class Destination:
 
 
 class TCPProxyFactory(Factory):
-    """Builds a `ClientConnection` per accepted client.
+    """Builds a `ClientConnection` per accepted client of a transparent or
+    forward listener.
 
     Args:
         ctx: the proxy's shared context.
@@ -84,103 +87,197 @@ class TCPProxyFactory(Factory):
         proto.factory = self
         return proto
 
+    def start(self, client: ClientConnection) -> None:
+        """A client connected: find its destination, connect there, sniff."""
+        ctx = self.ctx
+        transport = client.transport
+        peer = transport.getPeer()
+        addr = (normalize_host(peer.host), peer.port)
+        try:
+            dst = self.destination.resolve(transport)
+        except SocketError as e:
+            self._refuse(client, addr, str(e))
+            return
+        if self.destination.mode != "forward" and _is_self(dst, self.port):
+            self._refuse(client, addr, f"it connected to the proxy itself ({format_addr(dst)}), which would loop")
+            return
+        flow = Flow(addr, dst, listener=self.listener, mode=self.destination.flow_mode)
+        if not ctx.open_flow(flow):
+            transport.abortConnection()
+            ctx.close_flow(flow)
+            return
+        shell, d = open_upstream(ctx, dst, None)
+        Sniffer(ctx, flow, client, shell, lambda: ctx.close_flow(flow), connecting=d)
 
-@implementer(IHalfCloseableProtocol)
-class ClientConnection(Protocol):
-    """The client side of one proxied TCP connection."""
+    def _refuse(self, client: ClientConnection, addr: tuple[str, int], reason: str) -> None:
+        self._log.warn(
+            "refusing {client} on {listener}: {reason}",
+            client=format_addr(addr),
+            listener=self.listener,
+            reason=reason,
+        )
+        client.transport.abortConnection()
 
     _log = Logger()
-    factory: TCPProxyFactory
-    relay: RawRelay | None = None
-    flow: Flow | None = None
-
-    def connectionMade(self) -> None:
-        factory = self.factory
-        ctx = factory.ctx
-        peer = self.transport.getPeer()
-        client = (normalize_host(peer.host), peer.port)
-        try:
-            dst = factory.destination.resolve(self.transport)
-        except SocketError as e:
-            self._log.warn(
-                "refusing {client} on {listener}: {reason}",
-                client=format_addr(client),
-                listener=factory.listener,
-                reason=str(e),
-            )
-            self.transport.abortConnection()
-            return
-        if factory.destination.mode != "forward" and _is_self(dst, factory.port):
-            self._log.warn(
-                "refusing {client} on {listener}: it connected to the proxy itself ({dst}), "
-                "which would loop",
-                client=format_addr(client),
-                listener=factory.listener,
-                dst=format_addr(dst),
-            )
-            self.transport.abortConnection()
-            return
-        self.flow = flow = Flow(client, dst, listener=factory.listener, mode=factory.destination.flow_mode)
-        self.relay = relay = RawRelay(ctx.chain, flow, self.transport, on_closed=self._closed)
-        if not ctx.open_flow(flow):
-            relay.abort(flow.error or "tap error")
-            return
-        d = connect(ctx.reactor, dst, UpstreamFactory(relay), ctx.settings.connect_timeout)
-        d.addErrback(self._upstream_failed)
-
-    def _upstream_failed(self, failure: Failure) -> None:
-        self.relay.server_failed(describe_failure(failure))
-
-    def _closed(self) -> None:
-        self.factory.ctx.close_flow(self.flow)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.relay.client_data(data)
-
-    def readConnectionLost(self) -> None:
-        self.relay.client_eof()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.relay is not None:
-            self.relay.client_lost(reason)
 
 
-@implementer(IHalfCloseableProtocol)
-class ServerConnection(Protocol):
-    """The upstream side of one proxied TCP connection."""
+class ExplicitProxyFactory(Factory):
+    """Builds a `ClientConnection` per client of the explicit proxy.
 
-    def __init__(self, relay: RawRelay) -> None:
-        self.relay = relay
+    Clients that are configured to use a proxy speak HTTP to it from the
+    first byte, so there is nothing to sniff: each connection is an
+    `Http1Layer` in explicit mode (see `tinspect.explicit`).
 
-    def connectionMade(self) -> None:
-        self.relay.server_connected(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.relay.server_data(data)
-
-    def readConnectionLost(self) -> None:
-        self.relay.server_eof()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.relay.server_lost(reason)
-
-
-class UpstreamFactory(Factory):
-    """Builds the `ServerConnection` of one relay (one per upstream connect)."""
+    Args:
+        ctx: the proxy context.
+        listener: the listen spec, for logs.
+    """
 
     noisy = False
 
-    def __init__(self, relay: RawRelay) -> None:
-        self.relay = relay
+    def __init__(self, ctx: ProxyContext, listener: str) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.port: int | None = None
 
     def buildProtocol(self, addr):
-        return ServerConnection(self.relay)
+        proto = ClientConnection()
+        proto.factory = self
+        return proto
+
+    def start(self, client: ClientConnection) -> None:
+        """A client connected: open its flow and speak HTTP."""
+        ctx = self.ctx
+        peer = client.transport.getPeer()
+        flow = Flow((normalize_host(peer.host), peer.port), None, listener=self.listener, mode="explicit")
+        if not ctx.open_flow(flow):
+            client.transport.abortConnection()
+            ctx.close_flow(flow)
+            return
+        Http1Layer(ctx, flow, client, lambda: ctx.close_flow(flow), explicit=True)
+
+
+class Sniffer:
+    """The first layer of a transparent connection: which protocol is it?
+
+    The upstream connection is opened at once, so the TCP handshake with the
+    server overlaps the client's first bytes. Then the first of these
+    decides:
+
+    * the client's first bytes, through `tinspect.sniff.classify`: an HTTP/1
+      request line goes to the `Http1Layer`, anything else to the `RawRelay`;
+    * the server speaking first (SMTP, FTP, SSH banners): raw relay;
+    * the client saying nothing for ``sniff_timeout`` seconds: raw relay.
+
+    Args:
+        ctx: the proxy context.
+        flow: the connection's flow (``flow.dst`` is where it goes).
+        client: the client's `ClientConnection` shell.
+        server: the upstream `ServerConnection` shell, connecting or connected.
+        on_closed: called once when the connection is done.
+        connecting: the connect Deferred, while the upstream is connecting.
+        server_transport: the upstream transport, when already connected.
+        early: bytes the client already sent (after an explicit CONNECT).
+    """
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        flow: Flow,
+        client: ClientConnection,
+        server: ServerConnection,
+        on_closed: Callable[[], None],
+        *,
+        connecting: Any = None,
+        server_transport: Any = None,
+        early: bytes = b"",
+    ) -> None:
+        self.ctx = ctx
+        self.flow = flow
+        self._client = client
+        self._server = server
+        self._on_closed = on_closed
+        self._connecting = connecting
+        self._server_transport = server_transport
+        self._server_failure: str | None = None
+        self._server_early = b""
+        self._server_eof = False
+        self._buf = early
+        client.handler = self
+        server.handler = self
+        self._timer = ctx.reactor.callLater(ctx.settings.sniff_timeout, self._decide, RAW)
+        if early:
+            self.client_data(b"")
+
+    def client_data(self, data: bytes) -> None:
+        self._buf += data
+        kind = classify(self._buf, self.ctx.settings.max_request_line)
+        if kind is not None:
+            self._decide(kind)
+
+    def client_eof(self) -> None:
+        self._decide(RAW)
+        self._client.handler.client_eof()
+
+    def client_lost(self, reason: Failure) -> None:
+        self._timer.cancel()
+        if self._server_transport is not None:
+            self._server_transport.loseConnection()
+        elif self._connecting is not None:
+            self._connecting.cancel()
+        self.flow.mark_ended("client went away")
+        self._on_closed()
+
+    def server_connected(self, transport: Any) -> None:
+        self._connecting = None
+        self._server_transport = transport
+
+    def server_failed(self, reason: str) -> None:
+        # Keep waiting for the client: an HTTP client then gets a 502 page.
+        self._connecting = None
+        self._server_failure = reason
+
+    def server_data(self, data: bytes) -> None:
+        self._server_early += data
+        self._decide(RAW)
+
+    def server_eof(self) -> None:
+        self._server_eof = True
+        self._decide(RAW)
+
+    def server_lost(self, reason: Failure) -> None:  # only after server_eof: already decided
+        self._server.handler.server_lost(reason)
+
+    def _decide(self, kind: str) -> None:
+        if self._client.handler is not self:
+            return
+        if self._timer.active():
+            self._timer.cancel()
+        client, server = self._client, self._server
+        data, self._buf = self._buf, b""
+        if kind == HTTP1:
+            Http1Layer(
+                self.ctx,
+                self.flow,
+                client,
+                self._on_closed,
+                upstream=(server, self._connecting, self._server_transport, self._server_failure),
+            )
+            client.handler.client_data(data)
+            return
+        relay = RawRelay(self.ctx.chain, self.flow, client.transport, on_closed=self._on_closed)
+        client.handler = relay
+        server.handler = relay
+        if self._server_transport is not None:
+            relay.server_connected(self._server_transport)
+        elif self._server_failure is not None:
+            relay.server_failed(self._server_failure)
+        if self._server_early:
+            relay.server_data(self._server_early)
+        if self._server_eof:
+            relay.server_eof()
+        if data:
+            relay.client_data(data)
 
 
 def _is_self(dst: tuple[str, int], port: int | None) -> bool:

@@ -8,10 +8,13 @@ every layer does that the same way, and keeps the set of live flows, which tests
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
+
+if TYPE_CHECKING:
+    from tinspect.explicit import ProxyAuth
 
 __all__ = ["Settings", "ProxyContext"]
 
@@ -25,11 +28,26 @@ class Settings:
         udp_idle_timeout: seconds of silence after which a UDP session ends.
         udp_max_sessions: UDP sessions per listener; the oldest idle one is
             dropped to make room for a new client.
+        sniff_timeout: seconds to wait for a client's first bytes before
+            relaying the connection raw (server-speaks-first protocols are
+            relayed as soon as the server speaks).
+        max_body: largest HTTP body buffered for a tap that asks for whole
+            bodies; larger ones stream (``--max-body``).
+        max_request_line, max_header_bytes, max_headers: HTTP/1 head limits
+            (answered 414 and 431 beyond them).
+        proxy_auth: Basic authentication the explicit proxy requires, or
+            ``None``.
     """
 
     connect_timeout: float = 10.0
     udp_idle_timeout: float = 60.0
     udp_max_sessions: int = 4096
+    sniff_timeout: float = 1.0
+    max_body: int = 100 * 1024 * 1024
+    max_request_line: int = 8192
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    proxy_auth: ProxyAuth | None = None
 
 
 class ProxyContext:

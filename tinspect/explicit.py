@@ -1,159 +1,144 @@
-"""The explicit proxy mode: clients that are configured to use a proxy.
+"""The explicit proxy's rules: proxy authentication and request targets.
 
-A client sends ``CONNECT host:port HTTP/1.1``; tinspect connects there,
-answers ``200 Connection established`` once the upstream connection is up
-(or a readable ``502``/``504`` when it is not) and relays the tunnel through
-the taps like any transparent connection. Absolute-form plain HTTP
-(``GET http://host/ HTTP/1.1``) is answered ``501`` until the HTTP/1.1 layer
-arrives.
+Clients configured to use tinspect as their proxy send ``CONNECT host:port``
+for tunnels and absolute-form targets (``GET http://host/path``) for plain
+HTTP. `proxy_request` checks such a request (and the optional Basic proxy
+authentication, `ProxyAuth`) before any tap sees it, and rewrites an
+absolute-form target into the origin form a server expects, keeping the host
+in ``Request.authority`` and the ``Host`` header. The HTTP/1.1 layer
+(`tinspect.http1_layer`) calls it; the listener is
+`tinspect.connection.ExplicitProxyFactory`.
 
-This listener is the default (``tcp:8080:interface=127.0.0.1``): it binds to
-loopback so that it is not an open relay unless told otherwise.
+The explicit proxy binds to loopback by default
+(``tcp:8080:interface=127.0.0.1``) so that it is not an open relay unless
+told otherwise. No I/O here.
 """
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
+import base64
+import binascii
+import hmac
 
-from tinspect.connection import UpstreamFactory
-from tinspect.context import ProxyContext
-from tinspect.flow import Flow, format_addr
-from tinspect.http1 import EndOfMessage, Http1Reader, ProtocolError, RequestHead
-from tinspect.listen import SpecError, parse_hostport
-from tinspect.relay import RawRelay
-from tinspect.sockets import normalize_host
-from tinspect.upstream import connect, describe_failure
+from tinspect.units import Request, Response, error_page
 
-__all__ = ["ExplicitProxyFactory", "ExplicitConnection"]
-
-_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+__all__ = ["ProxyAuth", "proxy_request", "host_port"]
 
 
-def error_response(status: int, reason: str, detail: str) -> bytes:
-    """A small ``text/plain`` error response that closes the connection."""
-    body = f"{status} {reason}\n\ntinspect: {detail}\n".encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    return head + body
-
-
-class ExplicitProxyFactory(Factory):
-    """Builds an `ExplicitConnection` per client.
+class ProxyAuth:
+    """Basic proxy authentication (RFC 9110 §11.7) against fixed credentials.
 
     Args:
-        ctx: the proxy context.
-        listener: the listen spec, for logs.
+        credentials: ``"user:password"`` strings.
+        realm: the realm named in the challenge.
+
+    Raises:
+        ValueError: a credential without a colon or with an empty user.
     """
 
-    noisy = False
+    def __init__(self, credentials: list[str], realm: str = "tinspect") -> None:
+        self._tokens: list[bytes] = []
+        for text in credentials:
+            user, sep, _ = text.partition(":")
+            if not sep or not user:
+                raise ValueError(f"proxy credentials must be USER:PASSWORD, not {text.split(':')[0]!r}...")
+            self._tokens.append(text.encode("utf-8"))
+        if not self._tokens:
+            raise ValueError("no proxy credentials given")
+        self.challenge = (b"Proxy-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())
 
-    def __init__(self, ctx: ProxyContext, listener: str) -> None:
-        self.ctx = ctx
-        self.listener = listener
-        self.port: int | None = None
-
-    def buildProtocol(self, addr):
-        proto = ExplicitConnection()
-        proto.factory = self
-        return proto
-
-
-@implementer(IHalfCloseableProtocol)
-class ExplicitConnection(Protocol):
-    """One client of the explicit proxy: a request head, then a tunnel."""
-
-    _log = Logger()
-    factory: ExplicitProxyFactory
-    relay: RawRelay | None = None
-    flow: Flow | None = None
-
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()
-        self._client = (normalize_host(peer.host), peer.port)
-        self._reader = Http1Reader("request")
-        self._head: RequestHead | None = None
-        self._early = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.client_data(data)
-            return
-        if self._head is not None:  # head seen, upstream connecting: hold the bytes
-            self._early += data
-            return
+    def check(self, header: bytes | None) -> bool:
+        """Whether a ``Proxy-Authorization`` value carries valid credentials."""
+        if not header:
+            return False
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
         try:
-            events = self._reader.feed(data)
-        except ProtocolError as e:
-            self._refuse(e.status, "Bad Request", str(e))
-            return
-        for event in events:
-            if isinstance(event, RequestHead):
-                self._head = event
-            elif isinstance(event, EndOfMessage) and self._head is not None:
-                self._request(self._head)
-                return
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        # Compare against every entry, so timing says nothing about which.
+        ok = False
+        for expected in self._tokens:
+            ok |= hmac.compare_digest(given, expected)
+        return ok
 
-    def _refuse(self, status: int, reason: str, detail: str) -> None:
-        self._log.warn(
-            "explicit proxy: {status} for {client}: {detail}",
-            status=status,
-            client=format_addr(self._client),
-            detail=detail,
-        )
-        self.transport.write(error_response(status, reason, detail))
-        self.transport.loseConnection()
 
-    def _request(self, head: RequestHead) -> None:
-        if head.method != b"CONNECT":
-            self._refuse(501, "Not Implemented",
-                         "this proxy relays CONNECT tunnels only (plain HTTP proxying is not available yet)")
-            return
-        try:
-            dst = parse_hostport(head.target.decode("ascii"))
-        except (SpecError, UnicodeDecodeError):
-            self._refuse(400, "Bad Request", f"CONNECT target {head.target!r} is not host:port")
-            return
-        self._early = self._reader.switch()
-        ctx = self.factory.ctx
-        self.flow = flow = Flow(self._client, dst, listener=self.factory.listener, mode="explicit")
-        self.relay = relay = RawRelay(ctx.chain, flow, self.transport, on_closed=self._closed,
-                                      on_server_connected=self._established)
-        if not ctx.open_flow(flow):
-            relay.abort(flow.error or "tap error")
-            return
-        d = connect(ctx.reactor, dst, UpstreamFactory(relay), ctx.settings.connect_timeout)
-        d.addErrback(self._upstream_failed)
+def proxy_request(req: Request, auth: ProxyAuth | None) -> Response | None:
+    """Check a request sent to the explicit proxy, rewriting it in place.
 
-    def _established(self) -> None:
-        self.transport.write(_ESTABLISHED)
-        early, self._early = self._early, b""
-        if early:
-            self.relay.client_data(early)
+    ``Proxy-Authorization`` is removed (it is for us, and stays out of the
+    taps' sight and the server's). An absolute-form target becomes origin
+    form, with `Request.scheme`, `Request.authority` and the ``Host``
+    header set from it; a CONNECT's target becomes its authority.
 
-    def _upstream_failed(self, failure: Failure) -> None:
-        reason = describe_failure(failure)
-        status, title = (504, "Gateway Timeout") if reason == "connect timeout" else (502, "Bad Gateway")
-        self.transport.write(error_response(status, title, f"cannot reach {format_addr(self.flow.dst)}: {reason}"))
-        self.relay.server_failed(reason)
+    Returns:
+        ``None`` to go on, or the refusal to answer with (407 without valid
+        credentials, 400 for a target a proxy cannot use, 501 for
+        ``https://`` targets, which clients send through CONNECT).
+    """
+    if auth is not None:
+        ok = auth.check(req.headers.raw(b"proxy-authorization"))
+        req.headers.remove(b"proxy-authorization")
+        if not ok:
+            return error_page(407, "proxy authentication required", req, [auth.challenge])
+    target = req.target
+    if req.method == "CONNECT":
+        req.authority = target
+        return None
+    scheme, sep, rest = target.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        return error_page(400, "this is a proxy: send absolute-form targets (http://host/path) or CONNECT", req)
+    if scheme == "https":
+        return error_page(501, "send https:// requests through CONNECT", req)
+    end = len(rest)
+    for stop in "/?#":
+        i = rest.find(stop)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end].rpartition("@")[2]  # userinfo is not for the server
+    path = rest[end:].partition("#")[0]
+    if not authority:
+        return error_page(400, f"no host in {target!r}", req)
+    try:
+        host_port(authority, 80)
+    except ValueError as e:
+        return error_page(400, str(e), req)
+    req.scheme = scheme
+    req.authority = authority
+    req.target = path if path.startswith("/") else "/" + path
+    req.headers["Host"] = authority
+    return None
 
-    def _closed(self) -> None:
-        self.factory.ctx.close_flow(self.flow)
 
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.client_eof()
-        else:
-            self.transport.loseConnection()
+def host_port(authority: str, default_port: int | None) -> tuple[str, int]:
+    """``host[:port]`` or ``[v6][:port]`` as a ``(host, port)`` destination.
 
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.relay is not None:
-            self.relay.client_lost(reason)
+    Raises:
+        ValueError: no host, a bad port, or no port and no default.
+    """
+    host, port = authority, None
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise ValueError(f"bad authority {authority!r}")
+        host, rest = authority[1:end], authority[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad authority {authority!r}")
+            port = rest[1:]
+    elif ":" in authority:
+        host, _, port = authority.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"write IPv6 addresses in brackets: {authority!r}")
+    if not host:
+        raise ValueError(f"no host in {authority!r}")
+    if not port:
+        if default_port is None:
+            raise ValueError(f"{authority!r} has no port")
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {authority!r}")
+    return host, int(port)

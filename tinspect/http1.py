@@ -1,10 +1,10 @@
-"""A sans-IO HTTP/1.1 codec: bytes in, events out; units in, bytes out.
+"""A sans-IO HTTP/1.1 parser: bytes in, events out.
 
 This module parses what an HTTP/1.x client sends (role ``"request"``) or what
-an HTTP/1.x server sends (role ``"response"``) into a small set of events,
-and serializes heads and chunks back into bytes.  It does no I/O and imports
-nothing from Twisted, so it can be tested with plain bytes and reused by any
-transport glue (see ``tinspect/relay_http1.py``).
+an HTTP/1.x server sends (role ``"response"``) into a small set of events.
+Its other half, units in and bytes out, is ``tinspect/http1_write.py``.  It
+does no I/O and imports nothing from Twisted, so it can be tested with plain
+bytes and reused by any transport glue (see ``tinspect/http1_layer.py``).
 
 It is deliberately strict where leniency enables request smuggling or
 response splitting (RFC 9112 §11.2): bare CR or LF, obs-fold, whitespace
@@ -33,13 +33,9 @@ __all__ = [
     "ProtocolError",
     "RequestHead",
     "ResponseHead",
-    "frame_chunk",
     "header_value",
     "header_values",
     "keep_alive",
-    "last_chunk",
-    "serialize_request_head",
-    "serialize_response_head",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -222,15 +218,14 @@ _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connectio
 #: connection, not the message, so a proxy must not forward them verbatim; it
 #: regenerates framing (``transfer-encoding``) and connection management
 #: itself.  Names listed in a ``Connection`` header are hop-by-hop as well.
+#: ``Proxy-Authorization`` is not here: a transparent proxy relays it to the
+#: proxy the client meant; the explicit proxy removes it when it checks it.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     (
         b"connection",
         b"keep-alive",
         b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
         b"te",
-        b"trailer",
         b"transfer-encoding",
         b"upgrade",
     )
@@ -969,107 +964,3 @@ def _diagnose_block(block: bytes) -> None:
         if b"\n" in line:
             raise ProtocolError(400, "bare LF in message head")
     raise ProtocolError(400, "bare CR in message head")
-
-
-# ---------------------------------------------------------------------------
-# Serialization
-# ---------------------------------------------------------------------------
-
-
-def _join_head(start: list[bytes], headers: Headers) -> bytes:
-    """Join a start line and fields, refusing anything that could inject."""
-    parts = start
-    cache = _NAME_CACHE
-    for name, value in headers:
-        if name not in cache and _lower_name(name) is None:
-            raise ValueError(f"header name {name!r} is not a token")
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
-    out = b"".join(parts)
-    # Exactly one CR and one LF per line, and no NUL, or someone smuggled
-    # line breaks into a value, the target or the reason phrase.
-    if len(out) - len(out.translate(None, b"\r\n\x00")) != 2 * (len(headers) + 2):
-        for name, value in headers:
-            if b"\r" in value or b"\n" in value or b"\x00" in value:
-                raise ValueError(f"header {name!r} has CR, LF or NUL in its value")
-        raise ValueError("CR, LF or NUL in the start line")
-    return out
-
-
-def serialize_request_head(method: bytes, target: bytes, version: bytes, headers: Headers) -> bytes:
-    """Serialize a request line and header fields, ending with the empty line.
-
-    Args:
-        method: A token, e.g. ``b"GET"``.
-        target: The request target; must not contain spaces or controls.
-        version: ``b"HTTP/1.1"`` or ``b"HTTP/1.0"``.
-        headers: ``(name, value)`` pairs, written in order and as given;
-            framing headers are the caller's business.
-
-    Returns:
-        The head as one bytes object.
-
-    Raises:
-        ValueError: If a part would break the framing (header injection).
-    """
-    if method not in _KNOWN_METHODS and not _is_token(method):
-        raise ValueError(f"method {method!r} is not a token")
-    if not target or target.translate(None, _TARGET_OK):
-        raise ValueError(f"bad request target {target!r}")
-    if version not in _VERSIONS:
-        raise ValueError(f"bad HTTP version {version!r}")
-    return _join_head([method, b" ", target, b" ", version, b"\r\n"], headers)
-
-
-def serialize_response_head(version: bytes, status: int, reason: bytes, headers: Headers) -> bytes:
-    """Serialize a status line and header fields, ending with the empty line.
-
-    Args:
-        version: ``b"HTTP/1.1"`` or ``b"HTTP/1.0"``.
-        status: A three-digit status code.
-        reason: The reason phrase (may be empty).
-        headers: ``(name, value)`` pairs, written in order and as given.
-
-    Returns:
-        The head as one bytes object.
-
-    Raises:
-        ValueError: If a part would break the framing (header injection).
-    """
-    if version not in _VERSIONS:
-        raise ValueError(f"bad HTTP version {version!r}")
-    if not 100 <= status <= 999:
-        raise ValueError(f"bad status code {status!r}")
-    return _join_head([b"%s %d %s\r\n" % (version, status, reason)], headers)
-
-
-def frame_chunk(data: bytes) -> bytes:
-    """Frame ``data`` as one chunk of a chunked body.
-
-    Args:
-        data: The chunk payload.
-
-    Returns:
-        ``hex-size CRLF data CRLF``, or ``b""`` for empty data (an empty
-        chunk would end the body).
-    """
-    if not data:
-        return b""
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def last_chunk(trailers: Headers | tuple = ()) -> bytes:
-    """Serialize the end of a chunked body: the zero chunk and trailers.
-
-    Args:
-        trailers: Trailer fields, ``(name, value)`` pairs.
-
-    Returns:
-        ``0 CRLF`` then the trailer fields then the final CRLF.
-
-    Raises:
-        ValueError: If a trailer would break the framing.
-    """
-    if not trailers:
-        return b"0\r\n\r\n"
-    return _join_head([b"0\r\n"], list(trailers))

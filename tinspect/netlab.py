@@ -32,6 +32,8 @@ CLIENT4, GW_CLIENT4, GW_SERVER4, SERVER4 = "192.0.2.2", "192.0.2.1", "198.51.100
 CLIENT6, GW_CLIENT6, GW_SERVER6, SERVER6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2"
 
 PREFIX = "tinspect-"
+SERVER_NAME = "server.test"  # resolves to the server in every lab namespace (RFC 6761 .test)
+_NETNS_ETC = Path("/etc/netns")
 _counter = itertools.count(1)
 
 
@@ -86,6 +88,7 @@ class Lab:
         self._up = True
         try:
             for ns in self.namespaces:
+                _write_etc(ns)
                 _run(["ip", "netns", "add", ns])
                 self.exec(ns, "ip", "link", "set", "lo", "up")
                 self._sysctl(ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
@@ -211,7 +214,20 @@ class Lab:
                 except (ProcessLookupError, ValueError):
                     pass
             _run(["ip", "netns", "del", ns], check=False)
+            shutil.rmtree(_NETNS_ETC / ns, ignore_errors=True)
         self._up = False
+
+
+def _write_etc(ns: str) -> None:
+    """Name resolution inside a namespace, which ``ip netns exec`` mounts over
+    /etc: ``server.test`` is the lab server, and DNS goes to the namespace's
+    own loopback, where nothing answers, so no lookup ever leaves the lab."""
+    etc = _NETNS_ETC / ns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    (etc / "hosts").write_text(
+        f"127.0.0.1 localhost\n::1 localhost\n{SERVER4} {SERVER_NAME}\n{SERVER6} {SERVER_NAME}\n"
+    )
 
 
 def _stop(proc: subprocess.Popen, grace: float = 3.0) -> None:
@@ -251,6 +267,7 @@ def remove_stale_labs() -> list[str]:
                 except (ProcessLookupError, ValueError):
                     pass
             _run(["ip", "netns", "del", name], check=False)
+            shutil.rmtree(_NETNS_ETC / name, ignore_errors=True)
             removed.append(name)
     return removed
 
@@ -263,10 +280,16 @@ class Nginx:
         ns: the namespace to run in.
         workdir: a directory for the config, logs and the document root.
         port: the plain HTTP port.
+        extra: more directives for the ``server`` block.
+
+    The access log (`access_log`) has one line per request:
+    ``<connection serial> <request line> <status>``, so a test can tell
+    which requests shared a connection.
     """
 
-    def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80) -> None:
+    def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80, extra: str = "") -> None:
         self.lab = lab
+        self.extra = extra
         self.ns = ns
         self.workdir = Path(workdir)
         self.port = port
@@ -287,7 +310,8 @@ error_log {self.workdir}/error.log warn;
 daemon off;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {self.workdir}/access.log;
+    log_format conn '$connection "$request" $status';
+    access_log {self.workdir}/access.log conn;
     client_body_temp_path {self.workdir}/body;
     proxy_temp_path {self.workdir}/proxy;
     fastcgi_temp_path {self.workdir}/fastcgi;
@@ -300,6 +324,7 @@ http {{
         listen {self.port};
         listen [::]:{self.port};
         root {self.root};
+        {self.extra}
     }}
 }}
 """
@@ -308,6 +333,17 @@ http {{
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.lab.wait_listening(self.ns, self.port, proc=self.proc)
         return self
+
+    def access_log(self) -> list[tuple[str, str, str]]:
+        """``(connection serial, request line, status)`` per request so far."""
+        path = self.workdir / "access.log"
+        lines = path.read_text().splitlines() if path.exists() else []
+        out = []
+        for line in lines:
+            conn, _, rest = line.partition(" ")
+            request, _, status = rest.rpartition(" ")
+            out.append((conn, request.strip('"'), status))
+        return out
 
 
 class ProxyProcess:

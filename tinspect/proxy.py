@@ -28,9 +28,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from tinspect.chain import Tap, TapChain
-from tinspect.connection import Destination, TCPProxyFactory
+from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
-from tinspect.explicit import ExplicitProxyFactory
 from tinspect.flow import format_addr
 from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
 from tinspect.sockets import SocketError

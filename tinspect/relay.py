@@ -155,6 +155,8 @@ class RawRelay:
         self.client = Leg(client_transport, "client")
         self.server: Leg | None = None
         self._connecting = True
+        self._held: list[bytes] = []  # client bytes that came before the server
+        self._held_eof = False
         self._closed = False
         self._on_closed = on_closed
         self.arms = {
@@ -198,6 +200,11 @@ class RawRelay:
             self._on_server_connected()
         server.transport.registerProducer(_SinkPauser(client), True)
         client.transport.registerProducer(_SinkPauser(server), True)
+        held, self._held = self._held, []
+        for data in held:
+            self.client_data(data)
+        if self._held_eof:
+            self.arms[TO_SERVER].finish()
         client.resume(CONNECTING)
 
     def server_failed(self, reason: str) -> None:
@@ -217,7 +224,11 @@ class RawRelay:
     # -- data in --------------------------------------------------------------
 
     def client_data(self, data: bytes) -> None:
-        """Bytes from the client."""
+        """Bytes from the client (held until the server is connected)."""
+        if self.server is None:
+            if self._connecting:
+                self._held.append(data)
+            return
         self.arms[TO_SERVER].submit(Data(data, direction=TO_SERVER))
 
     def server_data(self, data: bytes) -> None:
@@ -227,6 +238,9 @@ class RawRelay:
     def client_eof(self) -> None:
         """The client half-closed (or closed)."""
         self.client.read_closed()
+        if self.server is None and self._connecting:
+            self._held_eof = True
+            return
         self.arms[TO_SERVER].finish()
 
     def server_eof(self) -> None:

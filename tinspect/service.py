@@ -14,6 +14,7 @@ from typing import Any
 from twisted.python import usage
 
 from tinspect.context import Settings
+from tinspect.explicit import ProxyAuth
 from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.proxy import TwistdProxy
 from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
@@ -24,7 +25,10 @@ __all__ = ["Options", "makeService"]
 class Options(usage.Options):
     """Options of ``twistd tinspect``."""
 
-    synopsis = "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]..."
+    synopsis = (
+        "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
+        "       [--max-body BYTES] [--proxy-auth USER:PASSWORD]..."
+    )
 
     longdesc = f"""\
 Transparent inspection proxy: relays connections that TPROXY or REDIRECT rules
@@ -42,6 +46,13 @@ forward=HOST:PORT (fixed upstream). Examples: --listen tproxy:8080,
 --udp SPEC (repeatable): tproxy:PORT[:interface=ADDR] (transparent, under a
 TPROXY rule) or forward=HOST:PORT@[udp:]PORT[:interface=ADDR] (fixed upstream).
 
+HTTP/1.1 is decoded wherever a client's first bytes are a request line
+(anything else is relayed raw; a client that says nothing for --sniff-timeout
+seconds too). The explicit proxy takes CONNECT and http:// absolute-form
+requests; --proxy-auth USER:PASSWORD (repeatable) makes it require Basic
+authentication. Bodies stream; taps that ask for whole bodies get them
+buffered up to --max-body bytes.
+
 --taps NAMES: comma-separated, in chain order: built-in names (logger,
 mangler), entry-point names (group tinspect.taps), module:Class, or
 ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
@@ -51,6 +62,8 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         ["taps", "t", "", "Taps in chain order, comma-separated (logger,mangler,mypkg.mod:MyTap)."],
         ["connect-timeout", None, 10.0, "Seconds to wait for an upstream TCP connection.", float],
         ["udp-timeout", None, 60.0, "Seconds of silence before a UDP session ends.", float],
+        ["sniff-timeout", None, 1.0, "Seconds to wait for a client's first bytes before relaying raw.", float],
+        ["max-body", None, 100 * 1024 * 1024, "Largest HTTP body buffered for a tap that asks for whole bodies.", int],
     ]
 
     def __init__(self) -> None:
@@ -58,6 +71,7 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         self["listen"] = []
         self["udp"] = []
         self["tap_options"] = {}
+        self["proxy_auth"] = []
 
     def opt_listen(self, spec: str) -> None:
         """[MODE@]ENDPOINT to listen on (repeatable); see above."""
@@ -73,6 +87,10 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         except SpecError as e:
             raise usage.UsageError(f"--udp: {e}") from None
 
+    def opt_proxy_auth(self, credentials: str) -> None:
+        """USER:PASSWORD the explicit proxy requires (Basic; repeatable)."""
+        self["proxy_auth"].append(credentials)
+
     def opt_tap_option(self, text: str) -> None:
         """TAP.KEY=VALUE: an option for a tap (repeatable)."""
         name, sep, value = text.partition("=")
@@ -86,14 +104,24 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
             self["tap_objects"] = build_taps(parse_tap_names(self["taps"]), self["tap_options"])
         except TapLoadError as e:
             raise usage.UsageError(str(e)) from None
-        for key in ("connect-timeout", "udp-timeout"):
+        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
+        try:
+            self["auth"] = ProxyAuth(self["proxy_auth"]) if self["proxy_auth"] else None
+        except ValueError as e:
+            raise usage.UsageError(f"--proxy-auth: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     """Build the proxy service from parsed options."""
-    settings = Settings(connect_timeout=options["connect-timeout"], udp_idle_timeout=options["udp-timeout"])
+    settings = Settings(
+        connect_timeout=options["connect-timeout"],
+        udp_idle_timeout=options["udp-timeout"],
+        sniff_timeout=options["sniff-timeout"],
+        max_body=options["max-body"],
+        proxy_auth=options["auth"],
+    )
     proxy = TwistdProxy(options["tap_objects"], settings, reactor)
     for spec in options["listen"]:
         proxy.listen(spec.text)

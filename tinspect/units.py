@@ -15,8 +15,26 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import urlsplit
 
-__all__ = ["Direction", "Unit", "Data", "Datagram", "TO_SERVER", "TO_CLIENT", "raw_payload"]
+from tinspect.headers import Headers
+
+__all__ = [
+    "Direction",
+    "Unit",
+    "Data",
+    "Datagram",
+    "Request",
+    "Response",
+    "BodyChunk",
+    "MessageEnd",
+    "TO_SERVER",
+    "TO_CLIENT",
+    "raw_payload",
+    "error_page",
+    "reason_phrase",
+]
 
 
 class Direction(enum.Enum):
@@ -93,6 +111,181 @@ class Datagram(Unit):
     @property
     def size(self) -> int:
         return len(self.data)
+
+
+@dataclass(slots=True, eq=False)
+class Request(Unit):
+    """An HTTP request head, with its whole body or with the body to follow.
+
+    HTTP/1.1 and HTTP/2 both produce it (HTTP/2 pseudo-headers map onto
+    `method`, `scheme`, `authority` and `target`).
+
+    Attributes:
+        method: ``"GET"``, ``"POST"``...
+        target: the request target as sent: ``"/path?q"`` (origin form),
+            ``"host:443"`` (CONNECT), ``"*"`` (OPTIONS). An explicit proxy's
+            absolute-form target (``"http://host/path"``) is split into
+            `scheme`, `authority` and an origin-form `target`.
+        headers: the header fields (`Headers`), hop-by-hop ones included as
+            the client sent them; the proxy removes those when forwarding.
+        version: ``"HTTP/1.1"``, ``"HTTP/1.0"`` or ``"HTTP/2"``.
+        scheme: ``"http"`` or ``"https"``.
+        authority: ``host[:port]`` the request is for (``Host`` header, h2
+            ``:authority``, or the absolute-form target).
+        body: the whole body (``b""`` for none), or ``None`` when it streams
+            as `BodyChunk` units ending with a `MessageEnd`. A tap may set a
+            new ``bytes`` body; framing is recomputed.
+        trailers: trailer fields of a whole body (``None`` for none).
+        body_too_large: a tap asked for whole bodies but this one was larger
+            than ``--max-body``, so it streams instead.
+    """
+
+    method: str
+    target: str
+    headers: Headers = field(default_factory=Headers)
+    version: str = "HTTP/1.1"
+    scheme: str = "http"
+    authority: str = ""
+    body: bytes | None = b""
+    trailers: Headers | None = None
+    body_too_large: bool = False
+    direction: Direction = field(default=Direction.TO_SERVER, kw_only=True)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) if self.body else 0
+
+    @property
+    def host(self) -> str:
+        """The host name of `authority`, without port or IPv6 brackets."""
+        authority = self.authority
+        if authority.startswith("["):
+            return authority[1 : authority.find("]")]
+        return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+
+    @property
+    def path(self) -> str:
+        """The path and query (the target, when it is in origin form)."""
+        target = self.target
+        if target.startswith("/") or target == "*" or self.method == "CONNECT":
+            return target
+        parts = urlsplit(target)
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    @property
+    def url(self) -> str:
+        """``scheme://authority/path?query``, for logs and filter rules."""
+        if self.method == "CONNECT":
+            return self.target
+        return f"{self.scheme}://{self.authority}{self.path}"
+
+    def respond(
+        self,
+        status: int,
+        body: str | bytes = b"",
+        headers: Headers | dict | list | None = None,
+        reason: str | None = None,
+    ) -> Response:
+        """Build a local answer to this request (block page, cache hit).
+
+        A tap returns it from `handle` instead of the request: the request
+        never reaches the server. A ``str`` body is sent as UTF-8 text with
+        a ``Content-Type`` of ``text/plain`` unless ``headers`` set one.
+
+        Args:
+            status: the status code.
+            body: the whole body.
+            headers: header fields (a `Headers`, dict or list of pairs).
+            reason: the reason phrase; the standard one by default.
+        """
+        hdrs = headers if isinstance(headers, Headers) else Headers(headers)
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+            if "content-type" not in hdrs:
+                hdrs["Content-Type"] = "text/plain; charset=utf-8"
+        return Response(status, reason_phrase(status) if reason is None else reason, hdrs, body=body, request=self)
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` (``""`` when unknown)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+@dataclass(slots=True, eq=False)
+class Response(Unit):
+    """An HTTP response head, with its whole body or with the body to follow.
+
+    Interim responses (``100 Continue``, ``103 Early Hints``) are units too;
+    `interim` tells them apart.
+
+    Attributes:
+        status: the status code.
+        reason: the reason phrase (HTTP/1.1 only; ``""`` for HTTP/2).
+        headers: the header fields (`Headers`).
+        version: as for `Request`.
+        body, trailers, body_too_large: as for `Request`.
+        request: the request this answers, when known.
+    """
+
+    status: int
+    reason: str = ""
+    headers: Headers = field(default_factory=Headers)
+    version: str = "HTTP/1.1"
+    body: bytes | None = b""
+    trailers: Headers | None = None
+    body_too_large: bool = False
+    request: Request | None = None
+    direction: Direction = field(default=Direction.TO_CLIENT, kw_only=True)
+
+    @property
+    def size(self) -> int:
+        return len(self.body) if self.body else 0
+
+    @property
+    def interim(self) -> bool:
+        """A 1xx response other than 101: the final one is still to come."""
+        return self.status < 200 and self.status != 101
+
+
+def error_page(status: int, detail: str, request: Request | None = None, headers: list | None = None) -> Response:
+    """A small ``text/plain`` response the proxy answers with itself."""
+    phrase = reason_phrase(status)
+    body = f"{status} {phrase}\n\ntinspect: {detail}\n".encode()
+    fields = [(b"Content-Type", b"text/plain; charset=utf-8"), *(headers or [])]
+    return Response(status, phrase, Headers(fields), body=body, request=request)
+
+
+@dataclass(slots=True, eq=False)
+class BodyChunk(Unit):
+    """A piece of a streamed HTTP body (chunked framing already removed).
+
+    Attributes:
+        data: the bytes; a tap may change them, or drop the unit.
+        message: the `Request` or `Response` the body belongs to.
+    """
+
+    data: bytes
+    message: Request | Response | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+@dataclass(slots=True, eq=False)
+class MessageEnd(Unit):
+    """The end of a streamed HTTP body.
+
+    Attributes:
+        trailers: trailer fields (``None`` for none); a tap may change them.
+        message: the `Request` or `Response` that ends.
+    """
+
+    trailers: Headers | None = None
+    message: Request | Response | None = None
 
 
 def raw_payload(unit: Unit) -> bytes:

@@ -1,0 +1,111 @@
+"""The Twisted protocols of a proxied TCP connection: thin shells.
+
+`ClientConnection` (what a listener's factory builds) and `ServerConnection`
+(one per upstream connect) stay the same for a connection's whole life, while
+the layer behind each (its ``handler``) changes as the protocol is found out:
+`tinspect.connection.Sniffer`, then `tinspect.relay.RawRelay` or
+`tinspect.http1_layer.Http1Layer`, as `twisted.web.http`'s generic channel
+hands a connection to HTTP/2 once it knows. They parse nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tinspect.context import ProxyContext
+from tinspect.upstream import connect, describe_failure
+
+__all__ = ["ClientConnection", "ServerConnection", "UpstreamFactory", "open_upstream"]
+
+
+@implementer(IHalfCloseableProtocol)
+class ClientConnection(Protocol):
+    """The client side of one proxied TCP connection: a thin shell.
+
+    It only passes events on to its `handler`, the layer carrying the
+    connection now (`Sniffer`, `RawRelay`, `Http1Layer`...), which replaces
+    itself as the protocol is found out: ``client_data``, ``client_eof`` and
+    ``client_lost``.
+    """
+
+    factory: Any
+    handler: Any = None
+
+    def connectionMade(self) -> None:
+        self.factory.start(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.handler.client_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.handler.client_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.handler is not None:
+            self.handler.client_lost(reason)
+
+
+@implementer(IHalfCloseableProtocol)
+class ServerConnection(Protocol):
+    """The upstream side of one proxied TCP connection: a thin shell.
+
+    Passes ``server_connected(transport)``, ``server_data``, ``server_eof``
+    and ``server_lost`` on to its `handler`; whoever started the connect
+    reports a failure to connect as ``handler.server_failed(reason)``.
+
+    Args:
+        handler: the layer that gets the events (may be set later).
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    def connectionMade(self) -> None:
+        self.handler.server_connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.handler.server_data(data)
+
+    def readConnectionLost(self) -> None:
+        self.handler.server_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.handler.server_lost(reason)
+
+
+class UpstreamFactory(Factory):
+    """Connects one given `ServerConnection` (one factory per connect)."""
+
+    noisy = False
+
+    def __init__(self, shell: ServerConnection) -> None:
+        self.shell = shell
+
+    def buildProtocol(self, addr):
+        return self.shell
+
+
+def open_upstream(ctx: ProxyContext, dst: tuple[str, int], handler: Any) -> tuple[ServerConnection, Deferred]:
+    """Start connecting to ``dst``; events go to ``handler`` (or to whatever
+    handler the returned shell has by then).
+
+    Returns:
+        The shell and the connect Deferred (cancel it to give up). A failure
+        to connect reaches the shell's handler as ``server_failed(reason)``.
+    """
+    shell = ServerConnection(handler)
+    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
+    d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
+    return shell, d
