@@ -68,8 +68,8 @@ class ProxyAuth:
 def proxy_request(req: Request, auth: ProxyAuth | None) -> Response | None:
     """Check a request sent to the explicit proxy, rewriting it in place.
 
-    ``Proxy-Authorization`` is removed (it is for us, and stays out of the
-    taps' sight and the server's). An absolute-form target becomes origin
+    ``Proxy-Authorization`` is always removed: it is for us, checked or not,
+    and must not reach the taps' logs or any server. An absolute-form target becomes origin
     form, with `Request.scheme`, `Request.authority` and the ``Host``
     header set from it; a CONNECT's target becomes its authority.
 
@@ -78,11 +78,11 @@ def proxy_request(req: Request, auth: ProxyAuth | None) -> Response | None:
         credentials, 400 for a target a proxy cannot use, 501 for
         ``https://`` targets, which clients send through CONNECT).
     """
-    if auth is not None:
-        ok = auth.check(req.headers.raw(b"proxy-authorization"))
+    credentials = req.headers.raw(b"proxy-authorization")
+    if credentials is not None:
         req.headers.remove(b"proxy-authorization")
-        if not ok:
-            return error_page(407, "proxy authentication required", req, [auth.challenge])
+    if auth is not None and not auth.check(credentials):
+        return error_page(407, "proxy authentication required", req, [auth.challenge])
     target = req.target
     if req.method == "CONNECT":
         req.authority = target

@@ -62,7 +62,7 @@ class Headers:
         ):
             self.fields = fields
         else:
-            items = fields.items() if isinstance(fields, dict) else fields
+            items = fields.items() if hasattr(fields, "items") else fields
             self.fields = [(to_bytes(n), to_bytes(v)) for n, v in items]
 
     # -- reading ------------------------------------------------------------
@@ -152,5 +152,8 @@ class Headers:
 
 def _key(name: str | bytes) -> bytes:
     if isinstance(name, str):
-        return name.encode("latin-1").lower()
+        try:
+            return name.encode("latin-1").lower()
+        except UnicodeEncodeError:
+            return b"\n"  # no field name can contain LF: matches nothing
     return name.lower()

@@ -219,7 +219,7 @@ _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connectio
 #: regenerates framing (``transfer-encoding``) and connection management
 #: itself.  Names listed in a ``Connection`` header are hop-by-hop as well.
 #: ``Proxy-Authorization`` is not here: a transparent proxy relays it to the
-#: proxy the client meant; the explicit proxy removes it when it checks it.
+#: proxy the client meant; the explicit proxy always removes it (it is ours).
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     (
         b"connection",

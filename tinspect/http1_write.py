@@ -63,17 +63,21 @@ _KEEP_ALIVE_FIELD = (b"Connection", b"keep-alive")
 _UPGRADE_FIELD = (b"Connection", b"upgrade")
 
 
-def _scan(fields: Fields, keep_upgrade: bool) -> tuple[Fields, bytes | None, bool]:
+def _scan(fields: Fields, keep_upgrade: bool) -> tuple[Fields, bytes | None, bool, tuple[bytes, bytes]]:
     """Split a message's fields for forwarding.
 
     Returns:
         The end-to-end fields (hop-by-hop and framing ones removed; ``Upgrade``
         kept when ``keep_upgrade``), the declared ``Content-Length`` value
-        (or ``None``) and whether any framing field was present at all.
+        (or ``None``), whether any framing field was present at all, and the
+        ``Transfer-Encoding`` field to send if the body goes chunked: codings
+        other than chunked (``gzip, chunked``) are not ours to drop, so a
+        message that has them always goes chunked with them.
     """
     out: Fields = []
     length = None
     framed = False
+    te = _CHUNKED_TE
     listed: list[bytes] | None = None
     for field in fields:
         name = field[0]
@@ -84,6 +88,9 @@ def _scan(fields: Fields, keep_upgrade: bool) -> tuple[Fields, bytes | None, boo
         elif lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
                 framed = True
+                codings = [c for c in _tokens([field[1]]) if c != b"chunked"]
+                if codings:
+                    te = (b"Transfer-Encoding", b", ".join([*codings, b"chunked"]))
             elif lname == b"connection":
                 listed = (listed or []) + _tokens([field[1]])
             elif lname == b"upgrade" and keep_upgrade:
@@ -94,7 +101,7 @@ def _scan(fields: Fields, keep_upgrade: bool) -> tuple[Fields, bytes | None, boo
         drop = {t for t in listed if t not in (b"close", b"keep-alive", b"upgrade")}
         if drop:
             out = [f for f in out if f[0].lower() not in drop]
-    return out, length, framed
+    return out, length, framed, te
 
 
 def _length(value: bytes) -> int:
@@ -145,27 +152,28 @@ class Http1Writer:
             FramingError: a declared ``Content-Length`` is not a number.
             ValueError: a field or the start line would break the framing.
         """
-        fields, length, framed = _scan(req.headers.fields, upgrade)
+        fields, length, framed, te = _scan(req.headers.fields, upgrade)
+        coded = te is not _CHUNKED_TE
         if upgrade:
             fields.append(_UPGRADE_FIELD)
         body = req.body
         head_target = (target if target is not None else req.target).encode("latin-1")
         method = req.method.encode("latin-1")
         if body is None:
-            if length is not None:
+            if length is not None and not coded:
                 self._mode = _LENGTH
                 self._remaining = _length(length)
                 fields.append((b"Content-Length", b"%d" % self._remaining))
             else:
                 self._mode = _CHUNKED
-                fields.append(_CHUNKED_TE)
+                fields.append(te)
             return [serialize_request_head(method, head_target, b"HTTP/1.1", fields)]
-        if req.trailers:
-            fields.append(_CHUNKED_TE)
+        if req.trailers or coded:
+            fields.append(te)
             return [
                 serialize_request_head(method, head_target, b"HTTP/1.1", fields),
                 frame_chunk(body),
-                last_chunk(req.trailers.fields),
+                last_chunk(req.trailers.fields if req.trailers else ()),
             ]
         if body or framed:
             fields.append((b"Content-Length", b"%d" % len(body)))
@@ -189,7 +197,8 @@ class Http1Writer:
             FramingError, ValueError: as for `request`.
         """
         status = resp.status
-        fields, length, _ = _scan(resp.headers.fields, status == 101)
+        fields, length, _, te = _scan(resp.headers.fields, status == 101)
+        coded = te is not _CHUNKED_TE
         old_client = client_version == "HTTP/1.0"
         body = resp.body
         parts: list[bytes] = []
@@ -202,23 +211,23 @@ class Http1Writer:
         elif method == "HEAD" or status == 304:
             if length is not None:
                 fields.append((b"Content-Length", length))
-        elif status == 204:
-            pass
+        elif status == 204 or (method == "CONNECT" and status < 300):
+            pass  # RFC 9110 §9.3.6: a 2xx to CONNECT has no framing, a tunnel follows
         elif body is not None:
-            if resp.trailers and not old_client:
-                fields.append(_CHUNKED_TE)
-                parts = [frame_chunk(body), last_chunk(resp.trailers.fields)]
+            if (resp.trailers or coded) and not old_client:
+                fields.append(te)
+                parts = [frame_chunk(body), last_chunk(resp.trailers.fields if resp.trailers else ())]
             else:
                 fields.append((b"Content-Length", b"%d" % len(body)))
                 if body:
                     parts = [body]
-        elif length is not None:
+        elif length is not None and not coded:
             mode = _LENGTH
             self._remaining = _length(length)
             fields.append((b"Content-Length", b"%d" % self._remaining))
         elif not old_client:
             mode = _CHUNKED
-            fields.append(_CHUNKED_TE)
+            fields.append(te)
         else:
             mode = _CLOSE
             keep_alive = False
