@@ -39,7 +39,7 @@ def proxy(lab, tmp_path):
     started = []
 
     def start(args, wait=(), env=None):
-        environment = {"PYTHONPATH": str(REPO)}
+        environment = {"PYTHONPATH": str(REPO), "TINSPECT_STATE_DIR": str(tmp_path / "state")}
         environment.update(env or {})
         process = ProxyProcess(lab, lab.gateway, args, tmp_path / f"proxy{len(started)}.log", wait, environment)
         started.append(process)

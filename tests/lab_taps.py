@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import reactor, task
+from twisted.logger import Logger
 
 from tinspect import Tap
 from tinspect.units import Data, Datagram, Request
@@ -63,4 +64,20 @@ class Whole(Tap):
     def handle(self, unit, flow):
         if hasattr(unit, "headers"):
             unit.headers["X-Body-Seen"] = "streamed" if unit.body is None else str(len(unit.body))
+        return unit
+
+
+class TlsFacts(Tap):
+    """Logs what the flow knows about TLS when a request passes."""
+
+    kinds = (Request,)
+    log = Logger(namespace="tests.tlsfacts")
+
+    def handle(self, unit, flow):
+        cert = flow.upstream_cert or {}
+        self.log.info(
+            "tls facts: sni={sni} alpn={alpn} version={version} upstream={upstream} issuer={issuer}",
+            sni=flow.sni, alpn=flow.alpn, version=flow.tls_version,
+            upstream=",".join(cert.get("dns_names", [])), issuer=cert.get("issuer_cn"),
+        )
         return unit

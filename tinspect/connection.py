@@ -22,8 +22,9 @@ from tinspect.flow import Flow, format_addr
 from tinspect.http1_layer import Http1Layer
 from tinspect.relay import RawRelay
 from tinspect.shells import ClientConnection, ServerConnection, open_upstream
-from tinspect.sniff import HTTP1, RAW, classify
+from tinspect.sniff import HTTP1, RAW, TLS, classify
 from tinspect.sockets import SocketError, normalize_host, original_dst
+from tinspect.tls_layer import TlsLayer
 
 __all__ = ["Destination", "TCPProxyFactory", "Sniffer"]
 
@@ -165,7 +166,9 @@ class Sniffer:
     decides:
 
     * the client's first bytes, through `tinspect.sniff.classify`: an HTTP/1
-      request line goes to the `Http1Layer`, anything else to the `RawRelay`;
+      request line goes to the `Http1Layer`, a TLS handshake to the
+      `TlsLayer` (which sniffs again once it is decrypted), anything else to
+      the `RawRelay`;
     * the server speaking first (SMTP, FTP, SSH banners): raw relay;
     * the client saying nothing for ``sniff_timeout`` seconds: raw relay.
 
@@ -178,6 +181,10 @@ class Sniffer:
         connecting: the connect Deferred, while the upstream is connecting.
         server_transport: the upstream transport, when already connected.
         early: bytes the client already sent (after an explicit CONNECT).
+        server_failure: why the upstream connection failed, if it did.
+        sticky_failure: the upstream is unusable for good (it failed TLS
+            verification): HTTP requests get a 502 page naming
+            ``server_failure`` instead of a new connection.
     """
 
     def __init__(
@@ -191,6 +198,8 @@ class Sniffer:
         connecting: Any = None,
         server_transport: Any = None,
         early: bytes = b"",
+        server_failure: str | None = None,
+        sticky_failure: bool = False,
     ) -> None:
         self.ctx = ctx
         self.flow = flow
@@ -199,7 +208,8 @@ class Sniffer:
         self._on_closed = on_closed
         self._connecting = connecting
         self._server_transport = server_transport
-        self._server_failure: str | None = None
+        self._server_failure = server_failure
+        self._sticky = sticky_failure
         self._server_early = b""
         self._server_eof = False
         self._buf = early
@@ -262,6 +272,20 @@ class Sniffer:
                 client,
                 self._on_closed,
                 upstream=(server, self._connecting, self._server_transport, self._server_failure),
+                upstream_error=self._server_failure if self._sticky else None,
+            )
+            client.handler.client_data(data)
+            return
+        if kind == TLS and self.ctx.tls is not None and self.flow.tls_version is None:
+            TlsLayer(
+                self.ctx,
+                self.flow,
+                client,
+                server,
+                self._on_closed,
+                connecting=self._connecting,
+                server_transport=self._server_transport,
+                server_failure=self._server_failure,
             )
             client.handler.client_data(data)
             return

@@ -37,6 +37,18 @@ class Settings:
             (answered 414 and 431 beyond them).
         proxy_auth: Basic authentication the explicit proxy requires, or
             ``None``.
+        ca_cert, ca_key: the CA's PEM (or DER) files; when not given, the CA
+            is loaded from (or generated into) ``state_dir``.
+        state_dir: where a generated CA lives (a per-user default).
+        upstream_ca: PEM bundle servers are verified against instead of the
+            system trust store.
+        insecure_upstream: do not verify servers (loudly logged).
+        passthrough: host patterns (``*.bank.example``, IPs, CIDRs) whose
+            TLS is relayed untouched.
+        passthrough_rejected: pass through, from then on, hosts whose client
+            rejected our certificate (pinned apps).
+        leaf_cache_size: leaf certificates kept in memory.
+        intercept_tls: decrypt TLS at all (``False``: relay it raw).
     """
 
     connect_timeout: float = 10.0
@@ -48,6 +60,15 @@ class Settings:
     max_header_bytes: int = 65536
     max_headers: int = 100
     proxy_auth: ProxyAuth | None = None
+    ca_cert: str | None = None
+    ca_key: str | None = None
+    state_dir: str | None = None
+    upstream_ca: str | None = None
+    insecure_upstream: bool = False
+    passthrough: tuple[str, ...] = ()
+    passthrough_rejected: bool = False
+    leaf_cache_size: int = 1024
+    intercept_tls: bool = True
 
 
 class ProxyContext:
@@ -66,6 +87,7 @@ class ProxyContext:
         self.chain = chain
         self.settings = settings or Settings()
         self.flows: dict[str, Flow] = {}
+        self.tls: Any = None  # tinspect.tls_layer.Interception, set up when the proxy starts
 
     def open_flow(self, flow: Flow) -> bool:
         """Register a flow and tell the taps.

@@ -125,6 +125,9 @@ class Http1Layer:
         upstream: a connection to ``flow.dst`` opened already (transparent
             mode): ``(shell, connect Deferred, transport or None, failure
             or None)``.
+        upstream_error: the upstream is unusable for good (it failed TLS
+            verification): every request is answered with a 502 page
+            saying why, and nothing is sent anywhere.
     """
 
     _log = Logger()
@@ -138,10 +141,13 @@ class Http1Layer:
         *,
         explicit: bool = False,
         upstream: tuple[Any, Any, Any, str | None] | None = None,
+        upstream_error: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.flow = flow
         self.explicit = explicit
+        self._upstream_error = upstream_error
+        self._scheme = "https" if flow.tls_version else "http"
         self._shell = client
         client.handler = self
         self.client = Leg(client.transport, "client")
@@ -274,7 +280,7 @@ class Http1Layer:
     def _request_head(self, head: RequestHead) -> None:
         version = head.version.decode("latin-1")
         fields = Headers(head.headers)
-        req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version)
+        req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
         ex.switching = head.method == b"CONNECT" or _is_upgrade(head.headers)
         if self.explicit:
@@ -410,6 +416,9 @@ class Http1Layer:
         ex.request = req
         if req.method == "CONNECT" and self.explicit:
             self._open_tunnel(ex, req)
+            return
+        if self._upstream_error is not None:
+            self._answer(ex, error_page(502, f"upstream {format_addr(self.flow.dst)}: {self._upstream_error}", req))
             return
         try:
             dst = self._destination(req)

@@ -281,15 +281,19 @@ class Nginx:
         workdir: a directory for the config, logs and the document root.
         port: the plain HTTP port.
         extra: more directives for the ``server`` block.
+        tls: ``(certificate chain, key)`` PEM files: also serve HTTPS (TLS 1.2
+            and 1.3, h2 and http/1.1) on port 443.
 
     The access log (`access_log`) has one line per request:
     ``<connection serial> <request line> <status>``, so a test can tell
     which requests shared a connection.
     """
 
-    def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80, extra: str = "") -> None:
+    def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80, extra: str = "",
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.lab = lab
         self.extra = extra
+        self.tls = tls
         self.ns = ns
         self.workdir = Path(workdir)
         self.port = port
@@ -300,6 +304,10 @@ class Nginx:
     def start(self) -> "Nginx":
         """Write the config, start nginx and wait until it listens."""
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        tls_conf = ""
+        if self.tls is not None:
+            tls_conf = (f"listen 443 ssl http2; listen [::]:443 ssl http2; ssl_certificate {self.tls[0]}; "
+                        f"ssl_certificate_key {self.tls[1]}; ssl_protocols TLSv1.2 TLSv1.3;")
         conf = self.workdir / "nginx.conf"
         conf.write_text(
             f"""
@@ -323,6 +331,7 @@ http {{
     server {{
         listen {self.port};
         listen [::]:{self.port};
+        {tls_conf}
         root {self.root};
         {self.extra}
     }}

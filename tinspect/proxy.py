@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from tinspect.ca import CAError
 from tinspect.chain import Tap, TapChain
 from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
@@ -122,13 +123,16 @@ class _UDPListener(Service):
 
 
 class Proxy(MultiService):
-    """The taps and listeners of one proxy process.
+    """The taps and listeners of one proxy process, and its TLS interception
+    state (the CA is loaded or generated when the proxy starts).
 
     Args:
         taps: taps in chain order.
         settings: limits and timeouts (defaults when ``None``).
         reactor: the reactor (the global one when ``None``).
     """
+
+    _log = Logger()
 
     def __init__(self, taps: Iterable[Tap] = (), settings: Settings | None = None, reactor: Any = None) -> None:
         super().__init__()
@@ -159,6 +163,19 @@ class Proxy(MultiService):
     def privilegedStartService(self) -> None:
         if not any(isinstance(s, (_TCPListener, _UDPListener)) for s in self):
             self.listen(DEFAULT_LISTEN)
+        ctx = self.ctx
+        if ctx.tls is None and ctx.settings.intercept_tls:
+            from tinspect.tls_layer import Interception
+
+            try:
+                ctx.tls = Interception.from_settings(ctx.settings)
+            except (CAError, ValueError) as e:
+                raise ListenError(f"TLS interception: {e}") from None
+            self._log.info(
+                "TLS interception with CA {subject} (SPKI sha256 {spki})",
+                subject=ctx.tls.ca.cert.subject.rfc4514_string(),
+                spki=ctx.tls.ca.spki_sha256,
+            )
         super().privilegedStartService()
 
 

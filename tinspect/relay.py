@@ -77,10 +77,14 @@ class Leg:
             self.transport.resumeProducing()
 
     def shut_write(self) -> None:
-        """Send EOF (half-close) once; close the leg if reading is done too."""
+        """Send EOF (half-close) once; close the leg if reading is done too.
+
+        TLS cannot half-close (its close_notify ends both directions), so a
+        TLS leg is closed instead.
+        """
         if self.write_open and not self.lost:
             self.write_open = False
-            if self.read_open:
+            if self.read_open and not getattr(self.transport, "TLS", False):
                 self.transport.loseWriteConnection()
             else:
                 self.transport.loseConnection()

@@ -27,7 +27,8 @@ class Options(usage.Options):
 
     synopsis = (
         "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
-        "       [--max-body BYTES] [--proxy-auth USER:PASSWORD]..."
+        "       [--max-body BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
+        "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]"
     )
 
     longdesc = f"""\
@@ -53,6 +54,12 @@ requests; --proxy-auth USER:PASSWORD (repeatable) makes it require Basic
 authentication. Bodies stream; taps that ask for whole bodies get them
 buffered up to --max-body bytes.
 
+TLS (any port) is intercepted: the server is verified first (system trust
+store, or --upstream-ca), then the client gets a leaf certificate for the
+name it asked for, signed by the CA (--ca-cert/--ca-key, or one generated
+into --state-dir; print it with `tinspect ca`). --passthrough PATTERN relays
+matching hosts untouched; --no-tls relays all TLS untouched.
+
 --taps NAMES: comma-separated, in chain order: built-in names (logger,
 mangler), entry-point names (group tinspect.taps), module:Class, or
 ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
@@ -64,6 +71,18 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         ["udp-timeout", None, 60.0, "Seconds of silence before a UDP session ends.", float],
         ["sniff-timeout", None, 1.0, "Seconds to wait for a client's first bytes before relaying raw.", float],
         ["max-body", None, 100 * 1024 * 1024, "Largest HTTP body buffered for a tap that asks for whole bodies.", int],
+        ["ca-cert", None, None, "CA certificate (PEM or DER) that signs the leaf certificates."],
+        ["ca-key", None, None, "The CA's private key (unencrypted; mode 0600 or stricter)."],
+        ["state-dir", None, None, "Where a generated CA is kept (default: $TINSPECT_STATE_DIR, "
+                                  "$XDG_STATE_HOME/tinspect or ~/.local/state/tinspect)."],
+        ["upstream-ca", None, None, "PEM bundle to verify servers against instead of the system trust store."],
+        ["leaf-cache", None, 1024, "Leaf certificates kept in memory.", int],
+    ]
+
+    optFlags = [
+        ["insecure-upstream", None, "Do not verify server certificates (logged loudly)."],
+        ["passthrough-rejected", None, "Pass through, from then on, hosts whose client rejected our certificate."],
+        ["no-tls", None, "Do not intercept TLS: relay it raw."],
     ]
 
     def __init__(self) -> None:
@@ -72,6 +91,7 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         self["udp"] = []
         self["tap_options"] = {}
         self["proxy_auth"] = []
+        self["passthrough"] = []
 
     def opt_listen(self, spec: str) -> None:
         """[MODE@]ENDPOINT to listen on (repeatable); see above."""
@@ -86,6 +106,10 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
             self["udp"].append(parse_udp(spec))
         except SpecError as e:
             raise usage.UsageError(f"--udp: {e}") from None
+
+    def opt_passthrough(self, pattern: str) -> None:
+        """Relay TLS for hosts matching PATTERN untouched (*.bank.example, IP, CIDR; repeatable)."""
+        self["passthrough"].append(pattern)
 
     def opt_proxy_auth(self, credentials: str) -> None:
         """USER:PASSWORD the explicit proxy requires (Basic; repeatable)."""
@@ -104,7 +128,9 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
             self["tap_objects"] = build_taps(parse_tap_names(self["taps"]), self["tap_options"])
         except TapLoadError as e:
             raise usage.UsageError(str(e)) from None
-        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body"):
+        if bool(self["ca-cert"]) != bool(self["ca-key"]):
+            raise usage.UsageError("--ca-cert and --ca-key go together")
+        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body", "leaf-cache"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
         try:
@@ -121,6 +147,15 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         sniff_timeout=options["sniff-timeout"],
         max_body=options["max-body"],
         proxy_auth=options["auth"],
+        ca_cert=options["ca-cert"],
+        ca_key=options["ca-key"],
+        state_dir=options["state-dir"],
+        upstream_ca=options["upstream-ca"],
+        insecure_upstream=bool(options["insecure-upstream"]),
+        passthrough=tuple(options["passthrough"]),
+        passthrough_rejected=bool(options["passthrough-rejected"]),
+        leaf_cache_size=options["leaf-cache"],
+        intercept_tls=not options["no-tls"],
     )
     proxy = TwistdProxy(options["tap_objects"], settings, reactor)
     for spec in options["listen"]:

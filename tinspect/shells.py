@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,14 +24,15 @@ from tinspect.upstream import connect, describe_failure
 __all__ = ["ClientConnection", "ServerConnection", "UpstreamFactory", "open_upstream"]
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ClientConnection(Protocol):
     """The client side of one proxied TCP connection: a thin shell.
 
     It only passes events on to its `handler`, the layer carrying the
     connection now (`Sniffer`, `RawRelay`, `Http1Layer`...), which replaces
     itself as the protocol is found out: ``client_data``, ``client_eof`` and
-    ``client_lost``.
+    ``client_lost``; and ``client_handshake_done`` once TLS (started by the
+    TLS layer) is up.
     """
 
     factory: Any
@@ -39,6 +40,9 @@ class ClientConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.start(self)
+
+    def handshakeCompleted(self) -> None:
+        self.handler.client_handshake_done()
 
     def dataReceived(self, data: bytes) -> None:
         self.handler.client_data(data)
@@ -54,12 +58,13 @@ class ClientConnection(Protocol):
             self.handler.client_lost(reason)
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ServerConnection(Protocol):
     """The upstream side of one proxied TCP connection: a thin shell.
 
     Passes ``server_connected(transport)``, ``server_data``, ``server_eof``
-    and ``server_lost`` on to its `handler`; whoever started the connect
+    ``server_lost`` (and ``server_handshake_done`` after ``startTLS``) on to
+    its `handler`; whoever started the connect
     reports a failure to connect as ``handler.server_failed(reason)``.
 
     Args:
@@ -71,6 +76,9 @@ class ServerConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.handler.server_connected(self.transport)
+
+    def handshakeCompleted(self) -> None:
+        self.handler.server_handshake_done()
 
     def dataReceived(self, data: bytes) -> None:
         self.handler.server_data(data)

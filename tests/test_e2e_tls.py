@@ -1,0 +1,160 @@
+"""End to end, TLS interception: curl against nginx with its own CA, through real
+TPROXY rules and the explicit proxy, with ``twistd tinspect`` in the gateway."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tinspect.ca import CertificateAuthority, LeafCertificates
+from tinspect.netlab import SERVER4, SERVER6, SERVER_NAME, Nginx
+
+pytestmark = pytest.mark.netns
+
+DUAL = "tproxy:8080:interface=\\:\\:"
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """The lab server's own CA and certificate (server.test and its addresses), and our state dir."""
+    server_ca = CertificateAuthority.generate(tmp_path / "server-ca", common_name="Lab server CA")
+    cert, key = LeafCertificates(server_ca).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
+    chain = tmp_path / "server-chain.pem"
+    chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + server_ca.cert_pem)
+    keyfile = tmp_path / "server-key.pem"
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    state = tmp_path / "state"
+    ours = CertificateAuthority.load_or_generate(state)
+    (tmp_path / "our-ca.pem").write_bytes(ours.cert_pem)
+    (tmp_path / "server-ca.pem").write_bytes(server_ca.cert_pem)
+    return {"chain": chain, "key": keyfile, "state": state, "ours": tmp_path / "our-ca.pem",
+            "server_ca": tmp_path / "server-ca.pem"}
+
+
+@pytest.fixture
+def https(lab, tmp_path, pki):
+    web = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]))
+    (web.root / "index.html").write_text("hello tls\n")
+    web.start()
+    lab.wait_listening(lab.server, 443)
+    return web
+
+
+@pytest.fixture
+def tls_proxy(lab, proxy, pki):
+    """tinspect under TPROXY for ports 80 and 443, trusting the lab server's CA."""
+
+    def start(*extra, trust=True, taps=("logger", "tests.lab_taps:TlsFacts")):
+        lab.tproxy(8080, dports=[80, 443])
+        args = ["--listen", DUAL, "--state-dir", str(pki["state"]), "--taps", ",".join(taps), *extra]
+        if trust:
+            args += ["--upstream-ca", str(pki["server_ca"])]
+        return proxy(args, wait=[(8080, "tcp")])
+
+    return start
+
+
+def curl(lab, *args, family="-4"):
+    """curl in the client namespace (IPv4 unless told: server.test has both)."""
+    return lab.exec(lab.client, "curl", "-sS", family, *args, check=False, timeout=30)
+
+
+@pytest.mark.parametrize("family", ["-4", "-6"])
+def test_https_is_intercepted_with_a_leaf_from_our_ca(lab, https, tls_proxy, pki, family):
+    """curl trusting only our CA gets the page over IPv4 and IPv6; taps see the request and the TLS facts."""
+    p = tls_proxy()
+    out = curl(lab, "--cacert", str(pki["ours"]), "-w", "%{http_version} %{ssl_verify_result}",
+               f"https://{SERVER_NAME}/", family=family)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello tls\n1.1 0"
+    time.sleep(0.2)
+    log = p.log()
+    assert re.search(r"flow \d+ to_server request GET https://server\.test/", log), log
+    assert re.search(r"flow \d+: TLS intercepted for server\.test \(TLSv1\.3, ALPN http/1\.1\)", log), log
+    assert re.search(r"tls facts: sni=server\.test alpn=http/1\.1 version=TLSv1\.3 upstream=server\.test "
+                     r"issuer=Lab server CA", log), log
+
+
+def test_client_without_sni_gets_a_leaf_for_the_ip(lab, https, tls_proxy, pki):
+    """A TLS client that sends no SNI (curl to an IP) gets a leaf for the original destination IP."""
+    tls_proxy()
+    out = curl(lab, "--cacert", str(pki["ours"]), f"https://{SERVER4}/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello tls\n"
+
+
+def test_tls_1_2_client_is_served(lab, https, tls_proxy, pki):
+    """A client limited to TLS 1.2 is intercepted too."""
+    tls_proxy()
+    out = curl(lab, "--tls-max", "1.2", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello tls\n"
+
+
+def test_untrusted_upstream_certificate_gives_a_502_page(lab, https, tls_proxy, pki):
+    """A server our trust store does not vouch for never yields a normal answer: the client reads why."""
+    p = tls_proxy(trust=False)
+    out = curl(lab, "--cacert", str(pki["ours"]), "-w", "%{http_code}", f"https://{SERVER_NAME}/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.endswith("502"), out.stdout
+    assert "certificate verify failed" in out.stdout, out.stdout
+    assert "hello tls" not in out.stdout
+    time.sleep(0.2)
+    assert re.search(r"flow \d+: TLS to upstream 198\.51\.100\.2:443 failed: certificate verify failed", p.log())
+
+
+def test_upstream_name_mismatch_gives_a_502_page(lab, https, tls_proxy, pki):
+    """A client asking for another name than the server's certificate has gets a 502 naming the mismatch."""
+    tls_proxy()
+    out = curl(lab, "--cacert", str(pki["ours"]), "--resolve", f"other.test:443:{SERVER4}", "-w", "%{http_code}",
+               "https://other.test/")
+    assert out.stdout.endswith("502"), out.stdout
+    assert "mismatch" in out.stdout, out.stdout
+
+
+def test_insecure_upstream_is_allowed_and_logged_loudly(lab, https, tls_proxy, pki):
+    """--insecure-upstream lets an unverifiable server through and says so in the log."""
+    p = tls_proxy("--insecure-upstream", trust=False)
+    out = curl(lab, "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+    assert out.stdout == "hello tls\n", out.stderr
+    time.sleep(0.2)
+    assert "--insecure-upstream: server certificates are NOT verified" in p.log()
+    assert re.search(r"flow \d+: INSECURE: upstream 198\.51\.100\.2:443 failed verification", p.log()), p.log()
+
+
+def test_client_rejecting_our_certificate_is_logged_and_learned(lab, https, tls_proxy, pki):
+    """A client that does not trust our CA is detected; with --passthrough-rejected it then gets the real server."""
+    p = tls_proxy("--passthrough-rejected")
+    refused = curl(lab, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    assert refused.returncode == 60, refused.stderr  # curl: peer certificate cannot be authenticated
+    time.sleep(0.3)
+    assert re.search(r"client 192\.0\.2\.2:\d+ rejected our certificate for server\.test: .*; passing it through",
+                     p.log()), p.log()
+    direct = curl(lab, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    assert direct.returncode == 0, direct.stderr
+    assert direct.stdout == "hello tls\n"
+
+
+def test_passthrough_pattern_relays_tls_untouched(lab, https, tls_proxy, pki):
+    """--passthrough '*.test' leaves TLS alone: the client sees the server's own certificate."""
+    p = tls_proxy("--passthrough", "*.test")
+    out = curl(lab, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello tls\n"
+    time.sleep(0.2)
+    assert re.search(r"flow \d+: passing TLS for server\.test through untouched", p.log()), p.log()
+
+
+def test_connect_tunnel_through_the_explicit_proxy_is_intercepted(lab, https, proxy, pki):
+    """curl -x with https:// tunnels through CONNECT, and the tunnel is decrypted like a transparent one."""
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--state-dir", str(pki["state"]),
+               "--upstream-ca", str(pki["server_ca"]), "--taps", "logger"], wait=[(3128, "tcp")])
+    out = curl(lab, "-x", "http://192.0.2.1:3128", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello tls\n"
+    time.sleep(0.2)
+    assert re.search(r"flow \d+ to_server request GET https://server\.test/", p.log()), p.log()
