@@ -158,3 +158,15 @@ def test_connect_tunnel_through_the_explicit_proxy_is_intercepted(lab, https, pr
     assert out.stdout == "hello tls\n"
     time.sleep(0.2)
     assert re.search(r"flow \d+ to_server request GET https://server\.test/", p.log()), p.log()
+
+
+def test_reconnecting_client_resumes_its_tls_session(lab, https, tls_proxy, pki, tmp_path):
+    """A client that comes back with its session (openssl s_client -sess_in) gets an abbreviated handshake."""
+    tls_proxy()
+    session = tmp_path / "session.pem"
+    base = f"openssl s_client -connect {SERVER4}:443 -servername {SERVER_NAME} -CAfile {pki['ours']} -tls1_2"
+    first = lab.exec(lab.client, "sh", "-c", f"echo | {base} -sess_out {session}", check=False, timeout=20)
+    assert "Verify return code: 0 (ok)" in first.stdout, first.stdout + first.stderr
+    assert "New, TLSv1.2" in first.stdout
+    second = lab.exec(lab.client, "sh", "-c", f"echo | {base} -sess_in {session}", check=False, timeout=20)
+    assert "Reused, TLSv1.2" in second.stdout, second.stdout

@@ -255,8 +255,12 @@ class Sniffer:
         self._server_eof = True
         self._decide(RAW)
 
-    def server_lost(self, reason: Failure) -> None:  # only after server_eof: already decided
-        self._server.handler.server_lost(reason)
+    def server_lost(self, reason: Failure) -> None:
+        if self._client.handler is self:  # a reset with no FIN first: not decided yet
+            self._server_eof = True
+            self._decide(RAW)
+        if self._server.handler is not self:
+            self._server.handler.server_lost(reason)
 
     def _decide(self, kind: str) -> None:
         if self._client.handler is not self:
@@ -289,6 +293,7 @@ class Sniffer:
             )
             client.handler.client_data(data)
             return
+        self.flow.protocol = "tcp"
         relay = RawRelay(self.ctx.chain, self.flow, client.transport, on_closed=self._on_closed)
         client.handler = relay
         server.handler = relay

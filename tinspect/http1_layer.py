@@ -60,7 +60,7 @@ from tinspect.http1 import (
     header_value,
     keep_alive,
 )
-from tinspect.http1_write import Http1Writer, serialize_response_head
+from tinspect.http1_write import FramingError, Http1Writer, serialize_response_head
 from tinspect.http1_upstream import Http1Upstream, UpstreamPauser
 from tinspect.relay import SINK, TAPS, Leg, RawRelay, _SinkPauser
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
@@ -168,6 +168,7 @@ class Http1Layer:
         self._client_full = False
         self._finished = False  # closed, or handed to another layer
         self.upstream: Http1Upstream | None = None
+        self._tunnel: _Tunnel | None = None  # an explicit CONNECT being opened
         chain = ctx.chain
         self.arms = {
             TO_SERVER: Arm(
@@ -238,6 +239,9 @@ class Http1Layer:
             self.flow.mark_ended("client went away")
         if self.upstream is not None:
             self.upstream.abort()
+        tunnel = self._tunnel
+        if tunnel is not None and tunnel.connecting is not None:
+            tunnel.connecting.cancel()
         self._finish()
 
     def _pump(self) -> None:
@@ -311,7 +315,7 @@ class Http1Layer:
             req.body = None
             if self.ctx.chain.wants_whole_body(req, self.flow):
                 ex.buffer = bytearray()
-                if (fields.raw(b"expect") or b"").lower() == b"100-continue":
+                if (fields.raw(b"expect") or b"").lower() == b"100-continue" and version != "HTTP/1.0":
                     # The server will not see the head before the body: say
                     # "go on" ourselves, or the client waits for nothing.
                     fields.remove(b"expect")
@@ -394,6 +398,8 @@ class Http1Layer:
     # -- towards the server ---------------------------------------------------
 
     def _to_server(self, unit: Unit) -> None:
+        if self._finished:
+            return  # an async tap let go of a unit after the connection ended
         ex = self._exchange
         kind = type(unit)
         if kind is BodyChunk:
@@ -433,7 +439,7 @@ class Http1Layer:
         if self.explicit:
             self.flow.dst = dst
         ex.upstream = up
-        parts = up.writer.request(req, upgrade=ex.switching)
+        parts = up.writer.request(req, upgrade=_is_upgrade(req.headers.fields))
         up.reader.expect_response(req.method.encode("latin-1"))
         up.write(parts)
 
@@ -490,12 +496,12 @@ class Http1Layer:
         ex = self._exchange
         if self.upstream is up and (ex is None or ex.upstream is not up or ex.response_submitted):
             up.close()  # the response (if any) is complete or queued; nothing more will come
-            self.upstream = None
+            self._forget_upstream()
 
     def _upstream_lost(self, up: Http1Upstream, reason: Failure) -> None:
         if up is not self.upstream or self._finished:
             return
-        self.upstream = None
+        self._forget_upstream()
         ex = self._exchange
         if ex is None or ex.upstream is not up or ex.answered or ex.response_done:
             return
@@ -504,7 +510,6 @@ class Http1Layer:
 
     def _bad_response(self, up: Http1Upstream, reason: str) -> None:
         """The server broke HTTP or the connection mid-response."""
-        self.flow.mark_ended(f"bad response: {reason}")
         self._log.warn(
             "flow {flow_id}: upstream {dst} {reason}",
             flow_id=self.flow.id,
@@ -513,11 +518,12 @@ class Http1Layer:
         )
         up.abort()
         if self.upstream is up:
-            self.upstream = None
+            self._forget_upstream()
         ex = self._exchange
         if ex is not None and ex.upstream is up and not ex.answered and not ex.response_submitted:
             self._answer(ex, error_page(502, f"upstream {format_addr(up.dst)} {reason}", ex.request))
         elif ex is not None and not ex.answered:
+            self.flow.mark_ended(f"bad response: {reason}")
             self.client.abort()  # the client must not take a cut body for whole
             self._finish()
 
@@ -576,6 +582,9 @@ class Http1Layer:
             resp.body = b""
             arm.submit(resp)  # interim: no body, no end
             return
+        if status == 101 and not ex.switching:
+            self._bad_response(up, "switched protocols without being asked to")
+            return
         ex.response_submitted = True
         if not keep_alive(head.version, head.headers):
             up.keep_alive = False
@@ -594,6 +603,8 @@ class Http1Layer:
     # -- towards the client ---------------------------------------------------
 
     def _to_client(self, unit: Unit) -> None:
+        if self._finished:
+            return
         ex = self._exchange
         kind = type(unit)
         if kind is BodyChunk:
@@ -653,7 +664,7 @@ class Http1Layer:
             # answer is not wanted any more.
             up.abort()
             if self.upstream is up:
-                self.upstream = None
+                self._forget_upstream()
 
     def _dropped(self, unit: Unit) -> None:
         kind = type(unit)
@@ -683,7 +694,7 @@ class Http1Layer:
         up = ex.upstream
         if up is not None and up is self.upstream and not up.keep_alive:
             up.close()
-            self.upstream = None
+            self._forget_upstream()
         if self.reader.paused:
             # An upgrade or CONNECT that did not switch: back to HTTP.
             try:
@@ -730,9 +741,9 @@ class Http1Layer:
             return
         if self.upstream is not None:
             self.upstream.close()
-            self.upstream = None
-        tunnel = _Tunnel(self, ex, dst)
-        tunnel.shell, _ = open_upstream(self.ctx, dst, tunnel)
+            self._forget_upstream()
+        tunnel = self._tunnel = _Tunnel(self, ex, dst)
+        tunnel.shell, tunnel.connecting = open_upstream(self.ctx, dst, tunnel)
 
     def _tunnel_open(self, ex: _Exchange, dst: tuple[str, int], shell: Any, transport: Any) -> None:
         if self._finished or not self.reader.paused:
@@ -777,10 +788,16 @@ class Http1Layer:
             return
         if self.upstream is not None:
             self.upstream.abort()
-            self.upstream = None
+            self._forget_upstream()
         page = error_page(error.status, str(error))
         self._write_client(b"".join(Http1Writer().response(page, method="GET", client_version="HTTP/1.1", keep_alive=False)))
         self._close()
+
+    def _forget_upstream(self) -> None:
+        """Stop using the current upstream; the client may have been paused
+        for its full write buffer, which a lost transport never reports."""
+        self.upstream = None
+        self.client.resume(SINK)
 
     def _pause_upstream_for_taps(self) -> None:
         up = self.upstream
@@ -794,7 +811,8 @@ class Http1Layer:
 
     def _tap_failed(self, failure: Failure) -> None:
         ex = self._exchange
-        reason = f"tap error: {failure.getErrorMessage()}"
+        what = "framing error" if failure.check(FramingError) else "tap error"
+        reason = f"{what}: {failure.getErrorMessage()}"
         if ex is not None and not ex.response_started and not self._finished:
             # Fail closed, but readably: the request is not passed on.
             self.flow.mark_ended(reason)
@@ -843,11 +861,14 @@ class _Tunnel:
         self.ex = ex
         self.dst = dst
         self.shell: Any = None
+        self.connecting: Any = None
 
     def server_connected(self, transport: Any) -> None:
+        self.connecting = None
         self.layer._tunnel_open(self.ex, self.dst, self.shell, transport)
 
     def server_failed(self, reason: str) -> None:
+        self.connecting = None
         self.layer._tunnel_failed(self.ex, self.dst, reason)
 
     def server_data(self, data: bytes) -> None:  # pragma: no cover - handed over before reading

@@ -1,0 +1,250 @@
+"""An in-memory network for glue tests: a proxy context, clients, dialled servers.
+
+Nothing here opens a socket. A `Net` owns a `MemoryReactorClock` whose
+``connectTCP`` also enforces the connect timeout the way a real connector does
+(a `TimeoutError` through ``clientConnectionFailed`` once the clock passes
+it), and records each connect as a `Dial` the test completes or refuses. Both
+ends are `Peer` objects: a protocol on a `StringTransport`, with short verbs
+for what a test does to it (``send``, ``eof``, ``close``, ``reset``) and reads
+from it (``take``). Transports are lenient: a real transport does not mind
+``pauseProducing`` after ``loseConnection``, so neither do these.
+
+`Net.settle` plays the part of the reactor after a close: each transport the
+proxy closed or aborted gets its ``connectionLost``, as the OS would deliver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.testing import MemoryReactorClock, StringTransport, _FakeConnector
+from twisted.python.failure import Failure
+
+from tinspect.chain import TapChain
+from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFactory
+from tinspect.context import ProxyContext, Settings
+
+__all__ = ["Net", "Peer", "Dial", "Transport", "CLIENT_ADDR", "PROXY_ADDR", "SERVER_ADDR"]
+
+CLIENT_ADDR = IPv4Address("TCP", "192.0.2.2", 5555)
+PROXY_ADDR = IPv4Address("TCP", "192.0.2.1", 8080)
+SERVER_ADDR = ("192.0.2.10", 80)
+
+
+class Transport(StringTransport):
+    """A `StringTransport` that can also half-close, as TCP transports can."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class Peer:
+    """One end of an in-memory connection: a protocol on a `StringTransport`.
+
+    Args:
+        proto: the protocol the proxy's side of the connection runs.
+        transport: its transport; what the proxy writes collects there.
+    """
+
+    def __init__(self, proto: Any, transport: Transport) -> None:
+        self.proto = proto
+        self.transport = transport
+        self.lost = False
+
+    def send(self, data: bytes) -> None:
+        """The remote end sends ``data`` to the proxy."""
+        self.proto.dataReceived(data)
+
+    def take(self) -> bytes:
+        """What the proxy wrote to this end since the last `take`."""
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def eof(self) -> None:
+        """The remote end half-closes (FIN)."""
+        self.proto.readConnectionLost()
+
+    def close(self) -> None:
+        """The connection ends cleanly."""
+        self._lose(ConnectionDone())
+
+    def reset(self) -> None:
+        """The connection is reset (RST)."""
+        self._lose(ConnectionLost())
+
+    def _lose(self, reason: Exception) -> None:
+        if not self.lost:
+            self.lost = True
+            self.transport.connected = False
+            self.proto.connectionLost(Failure(reason))
+
+    @property
+    def closed(self) -> bool:
+        """The proxy closed this end (gracefully or not)."""
+        return self.transport.disconnecting
+
+    @property
+    def half_closed(self) -> bool:
+        """The proxy sent this end EOF (shut its write side)."""
+        return self.transport.write_closed
+
+    @property
+    def aborted(self) -> bool:
+        """The proxy aborted this end (RST)."""
+        return self.transport.disconnected
+
+    @property
+    def paused(self) -> bool:
+        """The proxy stopped reading from this end."""
+        return self.transport.producerState == "paused"
+
+
+class _Connector(_FakeConnector):
+    """A connector that also drops its timeout when the connect is cancelled."""
+
+    dial: Dial | None = None
+
+    def stopConnecting(self) -> None:
+        super().stopConnecting()
+        if self.dial is not None:
+            self.dial.settle()
+
+
+class Dial:
+    """One upstream connect the proxy started, for the test to complete."""
+
+    def __init__(self, net: Net, host: str, port: int, factory: Any, timeout: float, connector: _Connector) -> None:
+        self.net = net
+        self.host = host
+        self.port = port
+        self.factory = factory
+        self.connector = connector
+        self.done = False
+        self._timer = net.reactor.callLater(timeout, self._time_out)
+
+    @property
+    def dst(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def cancelled(self) -> bool:
+        return self.connector.stoppedConnecting
+
+    def settle(self) -> None:
+        self.done = True
+        if self._timer.active():
+            self._timer.cancel()
+
+    def accept(self) -> Peer:
+        """The server accepts: the proxy's connection is up."""
+        assert not self.done, "this connect is over"
+        self.settle()
+        transport = Transport(hostAddress=PROXY_ADDR, peerAddress=IPv4Address("TCP", self.host, self.port),
+                              lenient=True)
+        proto = self.factory.buildProtocol(None)
+        peer = Peer(proto, transport)
+        self.net.peers.append(peer)
+        proto.makeConnection(transport)
+        return peer
+
+    def refuse(self) -> None:
+        """Nothing listens there."""
+        assert not self.done, "this connect is over"
+        self.settle()
+        self.factory.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+
+    def _time_out(self) -> None:
+        self.done = True
+        self.factory.clientConnectionFailed(self.connector, Failure(ConnectTimeoutError()))
+
+
+class _Reactor(MemoryReactorClock):
+    def __init__(self, net: Net) -> None:
+        super().__init__()
+        self._net = net
+
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
+        self.tcpClients.append((host, port, factory, timeout, bindAddress))
+        connector = _Connector(IPv4Address("TCP", host, port))
+        factory.startedConnecting(connector)
+        self.connectors.append(connector)
+        connector.dial = Dial(self._net, host, port, factory, timeout, connector)
+        self._net.dials.append(connector.dial)
+        return connector
+
+
+class Net:
+    """A proxy context on a memory reactor, and every connection made through it.
+
+    Args:
+        taps: the tap chain.
+        **settings: `Settings` fields to change.
+    """
+
+    def __init__(self, taps=(), **settings: Any) -> None:
+        self.reactor = _Reactor(self)
+        self.ctx = ProxyContext(TapChain(taps), Settings(**settings), reactor=self.reactor)
+        self.dials: list[Dial] = []
+        self.peers: list[Peer] = []
+
+    def connect(self, factory: Any) -> Peer:
+        """A client connects to a listener built by ``factory``."""
+        transport = Transport(hostAddress=PROXY_ADDR, peerAddress=CLIENT_ADDR, lenient=True)
+        proto = factory.buildProtocol(CLIENT_ADDR)
+        peer = Peer(proto, transport)
+        self.peers.append(peer)
+        proto.makeConnection(transport)
+        return peer
+
+    def transparent(self, dst: tuple[str, int] = SERVER_ADDR) -> Peer:
+        """A client of a forward listener (transparent path, fixed destination)."""
+        return self.connect(TCPProxyFactory(self.ctx, "test", Destination("forward", dst)))
+
+    def explicit(self) -> Peer:
+        """A client of the explicit proxy."""
+        return self.connect(ExplicitProxyFactory(self.ctx, "test"))
+
+    def pending(self) -> list[Dial]:
+        """Connects neither completed, refused, timed out nor cancelled."""
+        return [d for d in self.dials if not d.done and not d.cancelled]
+
+    @property
+    def flow(self):
+        """The one live flow."""
+        (flow,) = self.ctx.flows.values()
+        return flow
+
+    def settle(self) -> None:
+        """Deliver ``connectionLost`` to every end the proxy closed or aborted."""
+        progress = True
+        while progress:
+            progress = False
+            for peer in self.peers:
+                if not peer.lost and peer.transport.disconnecting:
+                    peer._lose(ConnectionAborted() if peer.transport.disconnected else ConnectionDone())
+                    progress = True
+
+    def leftovers(self) -> dict[str, Any]:
+        """After `settle`: live flows, open connections, pending timers (all empty when clean)."""
+        self.settle()
+        return {
+            "flows": dict(self.ctx.flows),
+            "open": [p for p in self.peers if not p.lost],
+            "timers": self.reactor.getDelayedCalls(),
+        }
+
+    def shutdown(self) -> None:
+        """Teardown: end every connection and timer, whatever the test left."""
+        for peer in self.peers:
+            if not peer.lost:
+                peer.close()
+        self.settle()
+        for call in self.reactor.getDelayedCalls():
+            if call.active():
+                call.cancel()
