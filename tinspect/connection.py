@@ -65,7 +65,19 @@ class Destination:
         return original_dst(transport.getHandle())
 
 
-class TCPProxyFactory(Factory):
+class _ListenerFactory(Factory):
+    """What both listener factories share: a `ClientConnection` shell per
+    client, whose ``connectionMade`` calls the factory's ``start``."""
+
+    noisy = False
+
+    def buildProtocol(self, addr):
+        proto = ClientConnection()
+        proto.factory = self
+        return proto
+
+
+class TCPProxyFactory(_ListenerFactory):
     """Builds a `ClientConnection` per accepted client of a transparent or
     forward listener.
 
@@ -75,18 +87,11 @@ class TCPProxyFactory(Factory):
         destination: how to find each connection's destination.
     """
 
-    noisy = False
-
     def __init__(self, ctx: ProxyContext, listener: str, destination: Destination) -> None:
         self.ctx = ctx
         self.listener = listener
         self.destination = destination
         self.port: int | None = None  # set by the listener once bound (loop detection)
-
-    def buildProtocol(self, addr):
-        proto = ClientConnection()
-        proto.factory = self
-        return proto
 
     def start(self, client: ClientConnection) -> None:
         """A client connected: find its destination, connect there, sniff."""
@@ -122,7 +127,7 @@ class TCPProxyFactory(Factory):
     _log = Logger()
 
 
-class ExplicitProxyFactory(Factory):
+class ExplicitProxyFactory(_ListenerFactory):
     """Builds a `ClientConnection` per client of the explicit proxy.
 
     Clients that are configured to use a proxy speak HTTP to it from the
@@ -134,17 +139,10 @@ class ExplicitProxyFactory(Factory):
         listener: the listen spec, for logs.
     """
 
-    noisy = False
-
     def __init__(self, ctx: ProxyContext, listener: str) -> None:
         self.ctx = ctx
         self.listener = listener
         self.port: int | None = None
-
-    def buildProtocol(self, addr):
-        proto = ClientConnection()
-        proto.factory = self
-        return proto
 
     def start(self, client: ClientConnection) -> None:
         """A client connected: open its flow and speak HTTP."""
