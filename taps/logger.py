@@ -48,37 +48,27 @@ class LoggerTap(Tap):
 
     def handle(self, unit: Unit, flow: Flow) -> Unit:
         kind = type(unit)
+        fields = {}
         if kind is Request:
-            self.log.emit(
-                self._level,
-                "flow {flow_id} {direction} request {method} {url}{streamed}",
-                flow_id=flow.id,
-                direction=str(unit.direction),
-                method=unit.method,
-                url=unit.url,
-                streamed=" (body streams)" if unit.body is None else f" {unit.size} bytes",
-                nbytes=unit.size,
-            )
+            what = f"request {unit.method} {unit.url}"
+            fields = {"method": unit.method, "url": unit.url}
         elif kind is Response:
-            self.log.emit(
-                self._level,
-                "flow {flow_id} {direction} response {status} {reason}{streamed}",
-                flow_id=flow.id,
-                direction=str(unit.direction),
-                status=unit.status,
-                reason=unit.reason,
-                streamed=" (body streams)" if unit.body is None else f" {unit.size} bytes",
-                nbytes=unit.size,
-            )
+            what = f"response {unit.status} {unit.reason}"
+            fields = {"status": unit.status}
         else:
-            self.log.emit(
-                self._level,
-                "flow {flow_id} {direction} {kind} {nbytes} bytes",
-                flow_id=flow.id,
-                direction=str(unit.direction),
-                kind=unit.kind,
-                nbytes=unit.size,
-            )
+            what = unit.kind
+        streams = kind in (Request, Response) and unit.body is None
+        self.log.emit(
+            self._level,
+            "flow {flow_id} {direction} {what} {size}",
+            flow_id=flow.id,
+            direction=str(unit.direction),
+            what=what,
+            kind=unit.kind,
+            size="(body streams)" if streams else f"{unit.size} bytes",
+            nbytes=unit.size,
+            **fields,
+        )
         return unit
 
     def flow_closed(self, flow: Flow) -> None:

@@ -7,7 +7,19 @@ from tinspect.chain import Tap, TapChain
 from tinspect.context import Settings
 from tinspect.flow import Flow, FlowClosed
 from tinspect.proxy import ListenError, Proxy
-from tinspect.units import TO_CLIENT, TO_SERVER, Data, Datagram, Direction, Unit
+from tinspect.headers import Headers
+from tinspect.units import (
+    TO_CLIENT,
+    TO_SERVER,
+    BodyChunk,
+    Data,
+    Datagram,
+    Direction,
+    MessageEnd,
+    Request,
+    Response,
+    Unit,
+)
 
 __all__ = [
     "Tap",
@@ -20,6 +32,11 @@ __all__ = [
     "Unit",
     "Data",
     "Datagram",
+    "Request",
+    "Response",
+    "BodyChunk",
+    "MessageEnd",
+    "Headers",
     "Direction",
     "TO_SERVER",
     "TO_CLIENT",

@@ -134,12 +134,15 @@ class RequestHead:
         version: ``b"HTTP/1.0"`` or ``b"HTTP/1.1"``.
         headers: ``(name, value)`` pairs in order; names keep their original
             case, values are stripped of surrounding spaces and tabs.
+        switching: a CONNECT or an upgrade request (``Upgrade`` named in
+            ``Connection``): the reader pauses after it. Not compared.
     """
 
     method: bytes
     target: bytes
     version: bytes
     headers: Headers
+    switching: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -742,11 +745,11 @@ class Http1Reader:
         if version not in _VERSIONS:
             _bad_version(version)
         headers, cl, te, connection, upgrade = _parse_fields(lines)
-        events.append(RequestHead(method, target, version, headers))
-        if method == b"CONNECT" or (
-            upgrade and connection is not None and b"upgrade" in _tokens(connection)
-        ):
-            self._pause_after = True
+        switching = method == b"CONNECT" or (
+            bool(upgrade) and connection is not None and b"upgrade" in _tokens(connection)
+        )
+        events.append(RequestHead(method, target, version, headers, switching))
+        self._pause_after = switching
         if te is not None:
             if cl is not None:
                 raise ProtocolError(400, "both Content-Length and Transfer-Encoding")

@@ -57,7 +57,6 @@ from tinspect.http1 import (
     ProtocolError,
     RequestHead,
     ResponseHead,
-    header_value,
     keep_alive,
 )
 from tinspect.http1_write import FramingError, Http1Writer, serialize_response_head
@@ -286,7 +285,7 @@ class Http1Layer:
         fields = Headers(head.headers)
         req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
-        ex.switching = head.method == b"CONNECT" or _is_upgrade(head.headers)
+        ex.switching = head.switching
         if self.explicit:
             refusal = proxy_request(req, self.ctx.settings.proxy_auth)
             if refusal is not None:
@@ -439,9 +438,9 @@ class Http1Layer:
         if self.explicit:
             self.flow.dst = dst
         ex.upstream = up
-        parts = up.writer.request(req, upgrade=_is_upgrade(req.headers.fields))
+        parts = up.writer.request(req, upgrade=ex.switching)
         up.reader.expect_response(req.method.encode("latin-1"))
-        up.write(parts)
+        up.write_parts(parts)
 
     def _connect(self, dst: tuple[str, int]) -> Http1Upstream:
         shell, d = open_upstream(self.ctx, dst, None)
@@ -528,6 +527,10 @@ class Http1Layer:
             self._finish()
 
     def _response_events(self, up: Http1Upstream, events: list) -> None:
+        if len(events) == 1 and type(events[0]) is BodyData and up.buffer is None and up.message is not None:
+            # The common case while a body streams: no queue to build.
+            self.arms[TO_CLIENT].submit(BodyChunk(events[0].data, direction=TO_CLIENT, message=up.message))
+            return
         queue = deque(events)
         arm = self.arms[TO_CLIENT]
         while queue:
@@ -879,16 +882,6 @@ class _Tunnel:
 
     def server_lost(self, reason: Failure) -> None:  # pragma: no cover
         pass
-
-
-def _is_upgrade(fields: list) -> bool:
-    """An ``Upgrade`` request: the connection may switch protocols after it."""
-    connection = header_value(fields, b"connection")
-    return (
-        connection is not None
-        and b"upgrade" in [t.strip(b" \t") for t in connection.lower().split(b",")]
-        and header_value(fields, b"upgrade") is not None
-    )
 
 
 def _gateway_error(reason: str, dst: tuple[str, int], request: Request) -> Response:

@@ -54,9 +54,17 @@ class Http1Upstream:
     def usable(self) -> bool:
         return not self.closed and self.failure is None and self.keep_alive
 
-    def write(self, parts: list[bytes] | bytes) -> None:
-        if isinstance(parts, bytes):
-            parts = [parts] if parts else []
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (queued while the connection is being made)."""
+        leg = self.leg
+        if leg is not None:
+            if data and leg.write_open and not leg.lost:
+                leg.transport.write(data)
+        elif data and self.failure is None and not self.closed:
+            self.pending.append(data)
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        """Send a head and whatever follows it in one call."""
         leg = self.leg
         if leg is not None:
             if leg.write_open and not leg.lost:

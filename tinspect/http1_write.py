@@ -146,7 +146,8 @@ class Http1Writer:
             req: the request as the taps left it.
             target: the target to send, when not ``req.target`` (an explicit
                 proxy sends the origin form of an absolute-form target).
-            upgrade: keep ``Upgrade`` and send ``Connection: upgrade``.
+            upgrade: keep ``Upgrade`` and, when there is one, send
+                ``Connection: upgrade`` (a CONNECT has none).
 
         Raises:
             FramingError: a declared ``Content-Length`` is not a number.
@@ -154,7 +155,7 @@ class Http1Writer:
         """
         fields, length, framed, te = _scan(req.headers.fields, upgrade)
         coded = te is not _CHUNKED_TE
-        if upgrade:
+        if upgrade and any(name.lower() == b"upgrade" for name, _ in fields):
             fields.append(_UPGRADE_FIELD)
         body = req.body
         head_target = (target if target is not None else req.target).encode("latin-1")
