@@ -67,7 +67,7 @@ def curl(lab, *args, family="-4"):
 def test_https_is_intercepted_with_a_leaf_from_our_ca(lab, https, tls_proxy, pki, family):
     """curl trusting only our CA gets the page over IPv4 and IPv6; taps see the request and the TLS facts."""
     p = tls_proxy()
-    out = curl(lab, "--cacert", str(pki["ours"]), "-w", "%{http_version} %{ssl_verify_result}",
+    out = curl(lab, "--http1.1", "--cacert", str(pki["ours"]), "-w", "%{http_version} %{ssl_verify_result}",
                f"https://{SERVER_NAME}/", family=family)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "hello tls\n1.1 0"

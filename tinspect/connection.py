@@ -19,10 +19,11 @@ from twisted.python.failure import Failure
 
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow, format_addr
+from tinspect.h2_layer import H2Layer
 from tinspect.http1_layer import Http1Layer
 from tinspect.relay import RawRelay
 from tinspect.shells import ClientConnection, ServerConnection, open_upstream
-from tinspect.sniff import HTTP1, RAW, TLS, classify
+from tinspect.sniff import H2, HTTP1, RAW, TLS, classify, server_settings
 from tinspect.sockets import SocketError, normalize_host, original_dst
 from tinspect.tls_layer import TlsLayer
 
@@ -214,7 +215,9 @@ class Sniffer:
         client.handler = self
         server.handler = self
         self._timer = ctx.reactor.callLater(ctx.settings.sniff_timeout, self._decide, RAW)
-        if early:
+        if flow.alpn == "h2":
+            self._decide(H2)  # agreed in TLS; the server may well speak first
+        elif early:
             self.client_data(b"")
 
     def client_data(self, data: bytes) -> None:
@@ -246,10 +249,18 @@ class Sniffer:
         self._server_failure = reason
 
     def server_data(self, data: bytes) -> None:
+        if self._client.handler is not self:
+            self._server.handler.server_data(data)
+            return
         self._server_early += data
-        self._decide(RAW)
+        if server_settings(self._server_early) is False:
+            self._decide(RAW)
+        # else an HTTP/2 server's preface, sent at accept: wait for the client's
 
     def server_eof(self) -> None:
+        if self._client.handler is not self:
+            self._server.handler.server_eof()
+            return
         self._server_eof = True
         self._decide(RAW)
 
@@ -267,16 +278,22 @@ class Sniffer:
             self._timer.cancel()
         client, server = self._client, self._server
         data, self._buf = self._buf, b""
-        if kind == HTTP1:
-            Http1Layer(
-                self.ctx,
-                self.flow,
-                client,
-                self._on_closed,
-                upstream=(server, self._connecting, self._server_transport, self._server_failure),
-                upstream_error=self._server_failure if self._sticky else None,
-            )
-            client.handler.client_data(data)
+        upstream = (server, self._connecting, self._server_transport, self._server_failure)
+        if kind == HTTP1 or kind == H2:
+            sticky = self._server_failure if self._sticky else None
+            if kind == HTTP1:
+                Http1Layer(self.ctx, self.flow, client, self._on_closed, upstream=upstream, upstream_error=sticky)
+            else:
+                # Over TLS the server's ALPN answer says whether it speaks h2;
+                # in cleartext the HTTP/2 layer asks it.
+                h2 = (self.flow.alpn == "h2") if self.flow.tls_version else None
+                H2Layer(self.ctx, self.flow, client, self._on_closed, upstream=upstream, upstream_h2=h2, upstream_error=sticky)
+            if self._server_early:
+                server.handler.server_data(self._server_early)
+            if self._server_eof:
+                server.handler.server_eof()
+            if data:
+                client.handler.client_data(data)
             return
         if kind == TLS and self.ctx.tls is not None and self.flow.tls_version is None:
             TlsLayer(

@@ -36,6 +36,7 @@ __all__ = [
     "header_value",
     "header_values",
     "keep_alive",
+    "take_body",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -967,3 +968,26 @@ def _diagnose_block(block: bytes) -> None:
         if b"\n" in line:
             raise ProtocolError(400, "bare LF in message head")
     raise ProtocolError(400, "bare CR in message head")
+
+
+def take_body(queue: deque) -> tuple[bytes, list] | None:
+    """The whole body and trailers of a message whose end is already in
+    ``queue`` (events after its head), taken off the queue; else ``None``."""
+    if not queue:
+        return None
+    first = queue[0]
+    if type(first) is EndOfMessage:
+        queue.popleft()
+        return b"", first.trailers
+    parts = []
+    for event in queue:
+        kind = type(event)
+        if kind is BodyData:
+            parts.append(event.data)
+        elif kind is EndOfMessage:
+            for _ in range(len(parts) + 1):
+                queue.popleft()
+            return (parts[0] if len(parts) == 1 else b"".join(parts)), event.trailers
+        else:
+            return None
+    return None

@@ -58,6 +58,7 @@ from tinspect.http1 import (
     RequestHead,
     ResponseHead,
     keep_alive,
+    take_body,
 )
 from tinspect.http1_write import FramingError, Http1Writer, serialize_response_head
 from tinspect.http1_upstream import Http1Upstream, UpstreamPauser
@@ -301,7 +302,7 @@ class Http1Layer:
             refusal = None
             host = fields.raw(b"host")
             req.authority = host.decode("latin-1") if host else format_addr(self.flow.dst)
-        whole = self._take_body(self._queue)
+        whole = take_body(self._queue)
         if whole is not None:
             req.body, trailers = whole
             req.trailers = Headers(trailers) if trailers else None
@@ -321,28 +322,6 @@ class Http1Layer:
                     self._write_client(_CONTINUE)
                 return
         self.arms[TO_SERVER].submit(req)
-
-    @staticmethod
-    def _take_body(queue: deque) -> tuple[bytes, list] | None:
-        """The whole body, if the message's end is already queued."""
-        if not queue:
-            return None
-        first = queue[0]
-        if type(first) is EndOfMessage:
-            queue.popleft()
-            return b"", first.trailers
-        parts = []
-        for event in queue:
-            kind = type(event)
-            if kind is BodyData:
-                parts.append(event.data)
-            elif kind is EndOfMessage:
-                for _ in range(len(parts) + 1):
-                    queue.popleft()
-                return (parts[0] if len(parts) == 1 else b"".join(parts)), event.trailers
-            else:
-                return None
-        return None
 
     def _request_body(self, data: bytes) -> None:
         ex = self._exchange
@@ -434,7 +413,7 @@ class Http1Layer:
         if up is None or not up.usable or up.dst != dst:
             if up is not None:
                 up.close()
-            up = self.upstream = self._connect(dst)
+            up = self.upstream = Http1Upstream.open(self, self.ctx, self.flow, dst)
         if self.explicit:
             self.flow.dst = dst
         ex.upstream = up
@@ -442,11 +421,6 @@ class Http1Layer:
         up.reader.expect_response(req.method.encode("latin-1"))
         up.write_parts(parts)
 
-    def _connect(self, dst: tuple[str, int]) -> Http1Upstream:
-        shell, d = open_upstream(self.ctx, dst, None)
-        up = Http1Upstream(self, dst, shell)
-        up.connecting = d
-        return up
 
     # -- upstream events ------------------------------------------------------
 
@@ -591,7 +565,7 @@ class Http1Layer:
         ex.response_submitted = True
         if not keep_alive(head.version, head.headers):
             up.keep_alive = False
-        whole = self._take_body(queue)
+        whole = take_body(queue)
         if whole is not None:
             resp.body, trailers = whole
             resp.trailers = Headers(trailers) if trailers else None

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from tinspect.http1 import Http1Reader
 from tinspect.http1_write import Http1Writer
 from tinspect.relay import SINK, Leg
+from tinspect.shells import open_upstream
 from tinspect.units import Response
 
 __all__ = ["Http1Upstream", "UpstreamPauser"]
@@ -34,11 +35,12 @@ class Http1Upstream:
         "closed", "keep_alive", "connecting", "message", "buffer",
     )
 
-    def __init__(self, layer: Any, dst: tuple[str, int], shell: Any) -> None:
+    def __init__(self, layer: Any, dst: tuple[str, int], shell: Any = None) -> None:
         self.layer = layer
         self.dst = dst
         self.shell = shell
-        shell.handler = self
+        if shell is not None:
+            shell.handler = self
         self.leg: Leg | None = None
         self.reader = Http1Reader("response")
         self.writer = Http1Writer()
@@ -49,6 +51,15 @@ class Http1Upstream:
         self.connecting: Any = None  # the connect Deferred, to cancel
         self.message: Response | None = None  # the response whose body is being read
         self.buffer: bytearray | None = None  # its body, while a tap wants it whole
+
+    @classmethod
+    def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int]) -> "Http1Upstream":
+        """A new connection to ``dst``; TLS again (same name, verified) when
+        ``flow`` is intercepted TLS and ``dst`` is where it goes."""
+        up = cls(layer, dst)
+        tls = ctx.tls.reconnect(flow, b"http/1.1") if ctx.tls is not None and dst == flow.dst else None
+        up.shell, up.connecting = open_upstream(ctx, dst, up, tls)
+        return up
 
     @property
     def usable(self) -> bool:

@@ -154,6 +154,9 @@ class Http1Writer:
             ValueError: a field or the start line would break the framing.
         """
         fields, length, framed, te = _scan(req.headers.fields, upgrade)
+        if req.version == "HTTP/2" and req.authority and not any(n.lower() == b"host" for n, _ in fields):
+            # Translated from HTTP/2, whose :authority HTTP/1.1 says in Host.
+            fields.insert(0, (b"Host", req.authority.encode("latin-1")))
         coded = te is not _CHUNKED_TE
         if upgrade and any(name.lower() == b"upgrade" for name, _ in fields):
             fields.append(_UPGRADE_FIELD)

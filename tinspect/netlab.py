@@ -283,6 +283,8 @@ class Nginx:
         extra: more directives for the ``server`` block.
         tls: ``(certificate chain, key)`` PEM files: also serve HTTPS (TLS 1.2
             and 1.3, h2 and http/1.1) on port 443.
+        http2: the plain port speaks HTTP/2 with prior knowledge (h2c) instead
+            of HTTP/1.1 (nginx 1.22 cannot offer both on one plain port).
 
     The access log (`access_log`) has one line per request:
     ``<connection serial> <request line> <status>``, so a test can tell
@@ -290,8 +292,9 @@ class Nginx:
     """
 
     def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80, extra: str = "",
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, http2: bool = False) -> None:
         self.lab = lab
+        self.http2 = http2
         self.extra = extra
         self.tls = tls
         self.ns = ns
@@ -308,6 +311,7 @@ class Nginx:
         if self.tls is not None:
             tls_conf = (f"listen 443 ssl http2; listen [::]:443 ssl http2; ssl_certificate {self.tls[0]}; "
                         f"ssl_certificate_key {self.tls[1]}; ssl_protocols TLSv1.2 TLSv1.3;")
+        plain = " http2" if self.http2 else ""
         conf = self.workdir / "nginx.conf"
         conf.write_text(
             f"""
@@ -329,8 +333,8 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     server {{
-        listen {self.port};
-        listen [::]:{self.port};
+        listen {self.port}{plain};
+        listen [::]:{self.port}{plain};
         {tls_conf}
         root {self.root};
         {self.extra}

@@ -105,15 +105,54 @@ class UpstreamFactory(Factory):
         return self.shell
 
 
-def open_upstream(ctx: ProxyContext, dst: tuple[str, int], handler: Any) -> tuple[ServerConnection, Deferred]:
+def open_upstream(
+    ctx: ProxyContext, dst: tuple[str, int], handler: Any, tls: Any = None
+) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
+
+    Args:
+        tls: a `tinspect.tls.UpstreamHandshake`: ``handler`` then hears
+            ``server_connected`` once TLS is up and verified, and
+            ``server_failed`` with the reason when it is not.
 
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
         to connect reaches the shell's handler as ``server_failed(reason)``.
     """
     shell = ServerConnection(handler)
+    if tls is not None:
+        shell.handler = _Handshaking(shell, handler, tls)
     d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
     d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
     return shell, d
+
+
+class _Handshaking:
+    """A shell's handler while its TLS handshake runs; then the real one."""
+
+    def __init__(self, shell: ServerConnection, handler: Any, handshake: Any) -> None:
+        self.shell = shell
+        self.handler = handler
+        self.handshake = handshake
+        self.transport: Any = None
+
+    def server_connected(self, transport: Any) -> None:
+        self.transport = transport
+        transport.startTLS(self.handshake)
+
+    def server_handshake_done(self) -> None:
+        self.shell.handler = self.handler
+        self.handler.server_connected(self.transport)
+
+    def server_failed(self, reason: str) -> None:
+        self.handler.server_failed(reason)
+
+    def server_data(self, data: bytes) -> None:  # pragma: no cover - TLS reads nothing before the handshake
+        pass
+
+    def server_eof(self) -> None:
+        pass
+
+    def server_lost(self, reason: Failure) -> None:
+        self.handler.server_failed(self.handshake.explain(reason))

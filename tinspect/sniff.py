@@ -23,7 +23,7 @@ import re
 
 from tinspect.clienthello import looks_like_tls
 
-__all__ = ["RAW", "HTTP1", "TLS", "H2", "H2_PREFACE", "classify"]
+__all__ = ["RAW", "HTTP1", "TLS", "H2", "H2_PREFACE", "classify", "server_settings"]
 
 RAW = "raw"
 HTTP1 = "http/1"
@@ -66,3 +66,26 @@ def classify(data: bytes, max_line: int = 8192) -> str | None:
     if len(data) <= max_line and b"\n" not in data and _PARTIAL_LINE(data):
         return None
     return RAW
+
+
+def server_settings(data: bytes) -> bool | None:
+    """Whether a server's first bytes are an HTTP/2 SETTINGS frame.
+
+    A cleartext HTTP/2 server may send its connection preface (a SETTINGS
+    frame on stream 0) as soon as it accepts, before the client's preface
+    has arrived: that is not a server-speaks-first protocol.
+
+    Returns:
+        ``True`` or ``False``; ``None`` when fewer than a frame header's nine
+        bytes arrived and they could still be one.
+    """
+    head = data[:9]
+    if len(head) >= 4 and head[3] != 4:
+        return False
+    if len(head) >= 5 and head[4] & ~1:
+        return False
+    if len(head) >= 9 and head[5:9] != b"\0\0\0\0":
+        return False
+    if len(head) >= 3 and int.from_bytes(head[:3], "big") % 6:
+        return False
+    return True if len(head) == 9 else None

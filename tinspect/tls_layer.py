@@ -41,15 +41,15 @@ from tinspect.clienthello import ClientHello, ClientHelloError, ClientHelloReade
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow, format_addr
 from tinspect.relay import RawRelay
-from tinspect.tls import ClientFacingTLS, UpstreamTLS, summarize_certificate
+from tinspect.tls import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.tls_policy import PassthroughPolicy, classify_client_failure
 
 __all__ = ["Interception", "TlsLayer"]
 
-# ALPN protocols whose plaintext we can carry: HTTP/1.x decoded, the rest
-# relayed raw. h2 waits for the HTTP/2 layer: offering it upstream would make
-# the server choose a protocol we then relay undecoded.
-_UNCARRIED = frozenset({b"h2", b"h3", b"h2c"})
+# ALPN protocols not offered upstream: HTTP/3 runs over QUIC, not TLS over
+# TCP, and h2c is no TLS protocol at all. HTTP/1.x and h2 are decoded; any
+# other protocol the server picks is relayed raw.
+_UNCARRIED = frozenset({b"h3", b"h2c"})
 
 
 class Interception:
@@ -84,6 +84,14 @@ class Interception:
         self.client_facing = ClientFacingTLS(self.leaves)
         self.passthrough = PassthroughPolicy(passthrough, learn=learn)
         self.insecure = insecure
+
+    def reconnect(self, flow: Flow, alpn: bytes) -> UpstreamHandshake | None:
+        """The TLS parameters of one more upstream connection for ``flow``:
+        the same server name, verified the same way, offering ``alpn``.
+        ``None`` for a flow that is not intercepted TLS."""
+        if flow.tls_version is None:
+            return None
+        return self.upstream.creator(flow.sni, [alpn], ip=flow.dst[0], port=flow.dst[1])
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Interception:
@@ -342,8 +350,9 @@ class TlsLayer:
             return
         hs = self._upstream_hs
         alpn = hs.negotiated_alpn if (hs is not None and self._failure is None) else None
-        if self._failure is not None and b"http/1.1" in self._hello.alpn:
-            alpn = b"http/1.1"  # so that an HTTP client can read the 502 page
+        if self._failure is not None:
+            # So that an HTTP client can read the 502 page.
+            alpn = next((p for p in (b"http/1.1", b"h2") if p in self._hello.alpn), None)
         try:
             self._client_hs = chs = self.tls.client_facing.creator(self._name(), list(names), alpn=alpn)
         except (ValueError, CAError) as e:

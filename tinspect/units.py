@@ -138,6 +138,9 @@ class Request(Unit):
         trailers: trailer fields of a whole body (``None`` for none).
         body_too_large: a tap asked for whole bodies but this one was larger
             than ``--max-body``, so it streams instead.
+        stream_id: the HTTP/2 stream the request came on (the client's
+            stream id); ``None`` for HTTP/1.x. A response, or a body chunk,
+            goes to the stream of the request it names.
     """
 
     method: str
@@ -149,6 +152,7 @@ class Request(Unit):
     body: bytes | None = b""
     trailers: Headers | None = None
     body_too_large: bool = False
+    stream_id: int | None = None
     direction: Direction = field(default=Direction.TO_SERVER, kw_only=True)
 
     @property
