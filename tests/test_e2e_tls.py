@@ -170,3 +170,21 @@ def test_reconnecting_client_resumes_its_tls_session(lab, https, tls_proxy, pki,
     assert "New, TLSv1.2" in first.stdout
     second = lab.exec(lab.client, "sh", "-c", f"echo | {base} -sess_in {session}", check=False, timeout=20)
     assert "Reused, TLSv1.2" in second.stdout, second.stdout
+
+
+def test_upstream_that_closes_between_requests_is_reconnected_over_tls(lab, tmp_path, tls_proxy, pki):
+    """nginx closes after every request (keepalive_requests 1); three requests on one client
+    connection each reach it over a new upstream connection, TLS again and verified."""
+    web = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]), extra="keepalive_requests 1;")
+    (web.root / "index.html").write_text("hello tls\n")
+    web.start()
+    lab.wait_listening(lab.server, 443)
+    p = tls_proxy()
+    url = f"https://{SERVER_NAME}/"
+    out = curl(lab, "--http1.1", "--cacert", str(pki["ours"]), "-w", "%{num_connects} %{http_code}\n", url, url, url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello tls\n1 200\nhello tls\n0 200\nhello tls\n0 200\n", out.stdout
+    served = web.access_log()
+    assert [r for _, r, _ in served] == ["GET / HTTP/1.1"] * 3, served
+    assert len({conn for conn, _, _ in served}) == 3, served
+    assert "tls facts" in p.log()
