@@ -56,6 +56,22 @@ class Block(Tap):
         return unit
 
 
+class Route(Tap):
+    """Sends requests whose path starts with ``prefix`` to ``host:port`` over plain HTTP/1.1."""
+
+    kinds = (Request,)
+
+    def __init__(self, prefix: str = "/routed", host: str = "198.51.100.2", port: str = "8081") -> None:
+        self.prefix = prefix
+        self.to = (host, int(port))
+
+    def handle(self, unit, flow):
+        if unit.path.startswith(self.prefix):
+            unit.destination = self.to
+            unit.scheme = "http"
+        return unit
+
+
 class Whole(Tap):
     """Asks for whole bodies and stamps each message with its body length."""
 

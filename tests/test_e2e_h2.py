@@ -137,6 +137,24 @@ def test_tap_answers_one_stream_while_the_others_get_the_server(lab, https, tls_
     wait_log(p, r"flow \d+ to_client response 403\b")
 
 
+@pytest.mark.parametrize("version", ["--http2", "--http1.1"])
+def test_tap_routes_some_requests_to_another_http1_server(lab, https, tls_proxy, pki, tmp_path, version):
+    """The Route tap sends /routed/... to a plain HTTP/1.1 nginx on port 8081 (translated from h2,
+    or a second destination for HTTP/1.1); the rest of the connection still goes to the original server."""
+    other = Nginx(lab, lab.server, tmp_path / "other", port=8081)
+    (other.root / "routed").mkdir()
+    (other.root / "routed" / "x.txt").write_text("from the other server\n")
+    other.start()
+    tls_proxy(taps=("logger", "tests.lab_taps:Route"))
+    out = curl(lab, version, "--cacert", str(pki["ours"]), "-w", "%{http_version} %{http_code}\n",
+               f"{HTTPS}/", f"{HTTPS}/routed/x.txt", f"{HTTPS}/")
+    expected_version = "2" if version == "--http2" else "1.1"
+    assert out == (f"hello tls\n{expected_version} 200\nfrom the other server\n{expected_version} 200\n"
+                   f"hello tls\n{expected_version} 200\n"), out
+    assert [r for _, r, _ in other.access_log()] == ["GET /routed/x.txt HTTP/1.1"], other.access_log()
+    assert [r for _, r, _ in https.access_log()] == [f"GET / HTTP/{'2.0' if version == '--http2' else '1.1'}"] * 2
+
+
 def test_h2load_16_streams_per_connection_all_succeed(lab, https, tls_proxy, pki):
     """h2load -c 2 -m 16 -n 2000 through the proxy: every request started, done and succeeded."""
     tls_proxy(taps=("logger",))

@@ -75,7 +75,7 @@ class _Stream:
     """One client stream and its way through the proxy."""
 
     __slots__ = (
-        "cid", "request", "response", "up_id", "h1", "held", "held_size", "held_trailers",
+        "cid", "request", "response", "via", "up_id", "h1", "held", "held_size", "held_trailers",
         "req_buffer", "resp_buffer", "req_trailers", "resp_trailers", "owed_client", "owed_server",
         "request_done", "answered", "response_started", "response_ending", "response_done", "closed",
     )
@@ -84,6 +84,7 @@ class _Stream:
         self.cid = cid
         self.request: Request | None = None
         self.response: Response | None = None
+        self.via: Any = None  # the upstream carrying it, once opened
         self.up_id: int | None = None  # the upstream h2 stream
         self.h1: Any = None  # the upstream HTTP/1.1 connection
         self.held: list | None = None  # request body before the upstream stream exists
@@ -168,6 +169,7 @@ class H2Layer:
         self._finished_streams = 0
         self._goaway_sent = False
         self._finished = False
+        self._routes: dict[tuple, H1Upstreams] = {}  # requests taps sent elsewhere
         chain = ctx.chain
         self.arms = {
             TO_SERVER: Arm(
@@ -180,8 +182,8 @@ class H2Layer:
             ),
             TO_CLIENT: Arm(
                 chain, flow, TO_CLIENT, self._to_client,
-                pause=lambda: self.upstream.pause(TAPS),
-                resume=lambda: self.upstream.resume(TAPS),
+                pause=lambda: [up.pause(TAPS) for up in self._upstreams()],
+                resume=lambda: [up.resume(TAPS) for up in self._upstreams()],
                 on_error=self._tap_failed,
                 on_drop=self._dropped,
             ),
@@ -224,7 +226,8 @@ class H2Layer:
             return
         if any(not st.response_done for st in self.streams.values()):
             self.flow.mark_ended("client went away")
-        self.upstream.abort()
+        for up in self._upstreams():
+            up.abort()
         self._finish()
 
     def flush(self) -> None:
@@ -350,7 +353,7 @@ class H2Layer:
             if st.owed_client:
                 self.client.conn.acknowledge_received_data(st.owed_client, cid)
                 st.owed_client = 0
-            self.upstream.cancel(st, code)
+            self._via(st).cancel(st, code)
             self._forget(st)
         if self._resets > MAX_RESETS and self._resets > self._finished_streams:
             self._log.warn(
@@ -388,7 +391,7 @@ class H2Layer:
         if st is None:
             return
         if self.client.pending(cid) < LOW_WATER:
-            self.upstream.credit(st)
+            self._via(st).credit(st)
             if st.response_ending and not self.client.queued(cid):
                 self._response_sent(st)
 
@@ -413,27 +416,46 @@ class H2Layer:
         if kind is BodyChunk:
             st = self._stream_of(unit.message)
             if st is not None and not st.answered:
-                self.upstream.body(st, unit.data)
+                self._via(st).body(st, unit.data)
                 self._credit_client(st)
         elif kind is MessageEnd:
             st = self._stream_of(unit.message)
             if st is not None and not st.answered:
-                self.upstream.end(st, unit.trailers)
+                self._via(st).end(st, unit.trailers)
         elif kind is Request:
             st = self._stream_of(unit)
             if st is None or st.answered:
                 return
             st.request = unit
-            if self._upstream_error is not None:
+            route = unit.destination
+            if route is not None and route != self.flow.dst:
+                st.via = self._route(route, unit.scheme)
+            elif self._upstream_error is not None:
                 self._answer(st, error_page(502, f"upstream {format_addr(self.flow.dst)}: {self._upstream_error}", unit))
                 return
-            self.upstream.open(st)
+            else:
+                st.via = self.upstream
+            st.via.open(st)
         else:
             raise TypeError(f"an HTTP/2 connection cannot send a {unit.kind} to the server")
         self.upstream_flush()
 
+    def _via(self, st: _Stream) -> Any:
+        return st.via or self.upstream
+
+    def _upstreams(self) -> list:
+        return [self.upstream, *self._routes.values()]
+
+    def _route(self, dst: tuple[str, int], scheme: str) -> H1Upstreams:
+        """The HTTP/1.1 upstream for requests a tap sends to ``dst``."""
+        key = (dst, scheme)
+        up = self._routes.get(key)
+        if up is None:
+            up = self._routes[key] = H1Upstreams(self, dst=dst, scheme=scheme)
+        return up
+
     def _credit_client(self, st: _Stream) -> None:
-        if st.owed_client and self.upstream.pending(st) < LOW_WATER:
+        if st.owed_client and self._via(st).pending(st) < LOW_WATER:
             self.client.conn.acknowledge_received_data(st.owed_client, st.cid)
             st.owed_client = 0
             self.client.flush()
@@ -461,12 +483,12 @@ class H2Layer:
     def upstream_body(self, st: _Stream, data: bytes, credit: int) -> None:
         if st.closed or st.answered:
             st.owed_server += credit
-            self.upstream.credit(st)
+            self._via(st).credit(st)
             return
         st.owed_server += credit
         buffer = st.resp_buffer
         if buffer is not None:
-            self.upstream.credit(st)
+            self._via(st).credit(st)
             buffer += data
             if len(buffer) > self._max_body:
                 st.resp_buffer = None
@@ -517,6 +539,7 @@ class H2Layer:
         self.upstream = H1Upstreams(self)
         for st in waiting:
             if not st.closed:
+                st.via = self.upstream
                 self.upstream.open(st)
 
     # -- towards the client ---------------------------------------------------
@@ -564,7 +587,7 @@ class H2Layer:
                 flow_id=self.flow.id, cid=st.cid, error=str(e),
             )
             self._reset(st, ErrorCodes.INTERNAL_ERROR)
-            self.upstream.cancel(st, ErrorCodes.CANCEL)
+            self._via(st).cancel(st, ErrorCodes.CANCEL)
             return False
         st.response_started = True
         st.response = resp
@@ -602,7 +625,7 @@ class H2Layer:
         st.answered = True
         self._drop_upload(st)
         if st.up_id is not None or st.h1 is not None:
-            self.upstream.cancel(st, ErrorCodes.CANCEL)
+            self._via(st).cancel(st, ErrorCodes.CANCEL)
 
     def _drop_upload(self, st: _Stream) -> None:
         if st.owed_client:
@@ -622,7 +645,7 @@ class H2Layer:
                 "flow {flow_id}: a tap dropped the {kind} of stream {cid}; resetting it",
                 flow_id=self.flow.id, kind=unit.kind, cid=st.cid,
             )
-            self.upstream.cancel(st, ErrorCodes.CANCEL)
+            self._via(st).cancel(st, ErrorCodes.CANCEL)
             self._reset(st, ErrorCodes.CANCEL)
 
     # -- ending streams and the connection ------------------------------------
@@ -664,7 +687,8 @@ class H2Layer:
             self.client.close()
         else:
             self.client.abort()
-        self.upstream.abort()
+        for up in self._upstreams():
+            up.abort()
         self._finish()
 
     def _close(self) -> None:
@@ -676,7 +700,8 @@ class H2Layer:
             except H2ProtocolError:
                 pass
         self.client.close()
-        self.upstream.close()
+        for up in self._upstreams():
+            up.close()
         self._finish()
 
     def _finish(self) -> None:

@@ -431,13 +431,24 @@ class H1Upstreams:
         layer: the HTTP/2 layer.
         first: the connection the sniffer opened, when usable for HTTP/1.1:
             ``(shell, connecting, transport, failure)``.
+        dst, scheme: where to connect (a tap routed requests there), and
+            whether over TLS; the flow's own destination and scheme by
+            default.
     """
 
     _log = Logger()
 
-    def __init__(self, layer: Any, first: tuple[Any, Any, Any, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        layer: Any,
+        first: tuple[Any, Any, Any, str | None] | None = None,
+        *,
+        dst: tuple[str, int] | None = None,
+        scheme: str | None = None,
+    ) -> None:
         self.layer = layer
-        self.dst = layer.flow.dst
+        self.dst = dst or layer.flow.dst
+        self.scheme = scheme or layer._scheme
         self.idle: list[Http1Upstream] = []
         self.busy: dict[Http1Upstream, Any] = {}
         self.connections: set[Http1Upstream] = set()
@@ -465,7 +476,7 @@ class H1Upstreams:
             self._drop(up)
         if len(self.connections) < MAX_H1:
             ctx = self.layer.ctx
-            up = Http1Upstream.open(self, ctx, self.layer.flow, self.dst)
+            up = Http1Upstream.open(self, ctx, self.layer.flow, self.dst, self.scheme)
             self.connections.add(up)
             self._start(st, up)
         else:

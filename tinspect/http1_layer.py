@@ -369,6 +369,8 @@ class Http1Layer:
     # -- explicit proxy -------------------------------------------------------
 
     def _destination(self, req: Request) -> tuple[str, int]:
+        if req.destination is not None:
+            return req.destination
         if not self.explicit:
             return self.flow.dst
         return host_port(req.authority, 443 if req.scheme == "https" else 80)
@@ -413,7 +415,7 @@ class Http1Layer:
         if up is None or not up.usable or up.dst != dst:
             if up is not None:
                 up.close()
-            up = self.upstream = Http1Upstream.open(self, self.ctx, self.flow, dst)
+            up = self.upstream = Http1Upstream.open(self, self.ctx, self.flow, dst, req.scheme)
         if self.explicit:
             self.flow.dst = dst
         ex.upstream = up

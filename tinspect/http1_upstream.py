@@ -53,11 +53,11 @@ class Http1Upstream:
         self.buffer: bytearray | None = None  # its body, while a tap wants it whole
 
     @classmethod
-    def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int]) -> "Http1Upstream":
-        """A new connection to ``dst``; TLS again (same name, verified) when
-        ``flow`` is intercepted TLS and ``dst`` is where it goes."""
+    def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int], scheme: str) -> "Http1Upstream":
+        """A new connection of ``flow`` to ``dst``, over TLS when
+        `tinspect.tls_layer.Interception.connector` says so."""
         up = cls(layer, dst)
-        tls = ctx.tls.reconnect(flow, b"http/1.1") if ctx.tls is not None and dst == flow.dst else None
+        tls = ctx.tls.connector(flow, dst, scheme, b"http/1.1") if ctx.tls is not None else None
         up.shell, up.connecting = open_upstream(ctx, dst, up, tls)
         return up
 

@@ -85,13 +85,21 @@ class Interception:
         self.passthrough = PassthroughPolicy(passthrough, learn=learn)
         self.insecure = insecure
 
-    def reconnect(self, flow: Flow, alpn: bytes) -> UpstreamHandshake | None:
-        """The TLS parameters of one more upstream connection for ``flow``:
-        the same server name, verified the same way, offering ``alpn``.
-        ``None`` for a flow that is not intercepted TLS."""
-        if flow.tls_version is None:
+    def connector(self, flow: Flow, dst: tuple[str, int], scheme: str, alpn: bytes) -> UpstreamHandshake | None:
+        """The TLS parameters of one more upstream connection of ``flow``.
+
+        To the flow's own destination: TLS again when the flow is
+        intercepted TLS, with the same server name, verified the same way.
+        Elsewhere (a tap routed a request): TLS when ``scheme`` is https,
+        verified against ``dst``'s host. ``None`` means plain TCP.
+        """
+        if dst == flow.dst:
+            if flow.tls_version is None:
+                return None
+            return self.upstream.creator(flow.sni, [alpn], ip=dst[0], port=dst[1])
+        if scheme != "https":
             return None
-        return self.upstream.creator(flow.sni, [alpn], ip=flow.dst[0], port=flow.dst[1])
+        return self.upstream.creator(dst[0], [alpn], ip=dst[0], port=dst[1])
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Interception:

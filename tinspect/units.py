@@ -141,6 +141,10 @@ class Request(Unit):
         stream_id: the HTTP/2 stream the request came on (the client's
             stream id); ``None`` for HTTP/1.x. A response, or a body chunk,
             goes to the stream of the request it names.
+        destination: ``(host, port)`` to send this request to instead of
+            the flow's destination: a tap routes it elsewhere (a cache, a
+            mock server). It goes there over HTTP/1.1, over TLS when
+            `scheme` is ``"https"`` (verified against ``host``).
     """
 
     method: str
@@ -153,6 +157,7 @@ class Request(Unit):
     trailers: Headers | None = None
     body_too_large: bool = False
     stream_id: int | None = None
+    destination: tuple[str, int] | None = None
     direction: Direction = field(default=Direction.TO_SERVER, kw_only=True)
 
     @property
