@@ -55,7 +55,7 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tinspect.chain import Arm
+from tinspect.chain import Arm, submit_streaming
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow, format_addr
 from tinspect.h2_conn import H2Endpoint, error_name, new_connection, take_whole
@@ -314,7 +314,7 @@ class H2Layer:
                 buffer += data
                 if len(buffer) > self._max_body:
                     st.req_buffer = None
-                    self._overflow(st.request, buffer, self.arms[TO_SERVER])
+                    submit_streaming(self.arms[TO_SERVER], st.request, buffer, self._max_body)
             return
         st.owed_client += credit
         self.arms[TO_SERVER].submit(BodyChunk(data, direction=TO_SERVER, message=st.request))
@@ -332,19 +332,6 @@ class H2Layer:
             self.arms[TO_SERVER].submit(req)
         else:
             self.arms[TO_SERVER].submit(MessageEnd(st.req_trailers, direction=TO_SERVER, message=req))
-
-    def _overflow(self, message: Request | Response, buffer: bytearray, arm: Arm) -> None:
-        """A body asked for whole outgrew ``max_body``: stream it after all."""
-        self._log.info(
-            "flow {flow_id}: {kind} body over {limit} bytes; streaming it instead of buffering",
-            flow_id=self.flow.id,
-            kind=message.kind,
-            limit=self._max_body,
-        )
-        message.body = None
-        message.body_too_large = True
-        arm.submit(message)
-        arm.submit(BodyChunk(bytes(buffer), direction=arm.direction, message=message))
 
     def _client_reset(self, cid: int, code: int) -> None:
         self._resets += 1
@@ -492,7 +479,7 @@ class H2Layer:
             buffer += data
             if len(buffer) > self._max_body:
                 st.resp_buffer = None
-                self._overflow(st.response, buffer, self.arms[TO_CLIENT])
+                submit_streaming(self.arms[TO_CLIENT], st.response, buffer, self._max_body)
             return
         self.arms[TO_CLIENT].submit(BodyChunk(data, direction=TO_CLIENT, message=st.response))
 

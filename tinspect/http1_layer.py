@@ -45,7 +45,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tinspect.chain import Arm
+from tinspect.chain import Arm, submit_streaming
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow, format_addr
 from tinspect.headers import Headers
@@ -331,7 +331,7 @@ class Http1Layer:
         if buffer is not None:
             buffer += data
             if len(buffer) > self._max_body:
-                self._overflow(ex.request, buffer, self.arms[TO_SERVER])
+                submit_streaming(self.arms[TO_SERVER], ex.request, buffer, self._max_body)
                 ex.buffer = None
             return
         self.arms[TO_SERVER].submit(BodyChunk(data, direction=TO_SERVER, message=ex.request))
@@ -352,19 +352,6 @@ class Http1Layer:
                 end = MessageEnd(Headers(trailers) if trailers else None, direction=TO_SERVER, message=req)
                 self.arms[TO_SERVER].submit(end)
         self._maybe_done(ex)
-
-    def _overflow(self, message: Request | Response, buffer: bytearray, arm: Arm) -> None:
-        """A body asked for whole outgrew ``max_body``: stream it after all."""
-        self._log.info(
-            "flow {flow_id}: {kind} body over {limit} bytes; streaming it instead of buffering",
-            flow_id=self.flow.id,
-            kind=message.kind,
-            limit=self._max_body,
-        )
-        message.body = None
-        message.body_too_large = True
-        arm.submit(message)
-        arm.submit(BodyChunk(bytes(buffer), direction=arm.direction, message=message))
 
     # -- explicit proxy -------------------------------------------------------
 
@@ -527,7 +514,7 @@ class Http1Layer:
                     buffer += event.data
                     if len(buffer) > self._max_body:
                         up.buffer = None
-                        self._overflow(resp, buffer, arm)
+                        submit_streaming(arm, resp, buffer, self._max_body)
                     continue
                 arm.submit(BodyChunk(event.data, direction=TO_CLIENT, message=resp))
             elif kind is EndOfMessage:
