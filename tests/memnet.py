@@ -24,10 +24,12 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport, _FakeC
 from twisted.python.failure import Failure
 
 from tinspect.chain import TapChain
-from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFactory
+from tinspect.connection import Destination, ExplicitProxyFactory, Sniffer, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
+from tinspect.flow import Flow
+from tinspect.shells import open_upstream
 
-__all__ = ["Net", "Peer", "Dial", "Transport", "CLIENT_ADDR", "PROXY_ADDR", "SERVER_ADDR"]
+__all__ = ["Net", "Peer", "Dial", "Transport", "InterceptedFactory", "CLIENT_ADDR", "PROXY_ADDR", "SERVER_ADDR"]
 
 CLIENT_ADDR = IPv4Address("TCP", "192.0.2.2", 5555)
 PROXY_ADDR = IPv4Address("TCP", "192.0.2.1", 8080)
@@ -103,6 +105,34 @@ class Peer:
     def paused(self) -> bool:
         """The proxy stopped reading from this end."""
         return self.transport.producerState == "paused"
+
+
+class InterceptedFactory(TCPProxyFactory):
+    """A forward listener whose connections arrive as the TLS layer hands them
+    to the `Sniffer` once interception is done: decrypted, with the flow's TLS
+    facts set (``tls_version``, ``sni``, and ``alpn``, which is what both the
+    client and the server agreed on). There is no TLS in memory; the bytes are
+    what the decrypting layer would pass on.
+    """
+
+    def __init__(self, ctx: ProxyContext, dst: tuple[str, int], alpn: str | None, sni: str = "a.example") -> None:
+        super().__init__(ctx, "test", Destination("forward", dst))
+        self.alpn = alpn
+        self.sni = sni
+
+    def start(self, client: Any) -> None:
+        ctx = self.ctx
+        peer = client.transport.getPeer()
+        flow = Flow((peer.host, peer.port), self.destination.fixed, listener=self.listener, mode="forward")
+        flow.tls_version = "TLSv1.3"
+        flow.sni = self.sni
+        flow.alpn = self.alpn
+        if not ctx.open_flow(flow):
+            client.transport.abortConnection()
+            ctx.close_flow(flow)
+            return
+        shell, d = open_upstream(ctx, flow.dst, None)
+        Sniffer(ctx, flow, client, shell, lambda: ctx.close_flow(flow), connecting=d)
 
 
 class _Connector(_FakeConnector):
@@ -205,6 +235,10 @@ class Net:
     def transparent(self, dst: tuple[str, int] = SERVER_ADDR) -> Peer:
         """A client of a forward listener (transparent path, fixed destination)."""
         return self.connect(TCPProxyFactory(self.ctx, "test", Destination("forward", dst)))
+
+    def intercepted(self, alpn: str | None = "h2", dst: tuple[str, int] = SERVER_ADDR) -> Peer:
+        """A client whose TLS was intercepted (see `InterceptedFactory`), ALPN ``alpn`` agreed."""
+        return self.connect(InterceptedFactory(self.ctx, dst, alpn))
 
     def explicit(self) -> Peer:
         """A client of the explicit proxy."""

@@ -194,3 +194,83 @@ def test_a_decided_prefix_never_changes_its_mind(prefix, rest):
     first = classify(prefix)
     if first is not None:
         assert classify(prefix + rest) == first
+
+
+# ---------------------------------------------------------------------------
+# server_settings: an HTTP/2 server's preface, sent before the client's
+# ---------------------------------------------------------------------------
+
+from tinspect.sniff import server_settings  # noqa: E402
+
+
+def _settings_frame(payload=b"", flags=0, stream=0):
+    return len(payload).to_bytes(3, "big") + bytes([4, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def test_server_settings_frame_is_recognised():
+    """An empty SETTINGS frame, one with settings, and one followed by more frames are all True."""
+    assert server_settings(_settings_frame()) is True
+    assert server_settings(_settings_frame(b"\x00\x03\x00\x00\x00\x64" + b"\x00\x04\x00\x01\x00\x00")) is True
+    assert server_settings(_settings_frame(b"\x00\x03\x00\x00\x00\x64") + b"\x00\x00\x04\x08") is True
+
+
+def test_server_settings_from_a_real_h2_server():
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    conn = H2Connection(H2Configuration(client_side=False))
+    conn.initiate_connection()
+    data = conn.data_to_send()
+    assert server_settings(data) is True
+    for i in range(1, 9):
+        assert server_settings(data[:i]) is None, data[:i]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"220 smtp.example ESMTP\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"HTTP/1.1 400 Bad Request\r\n",
+        _settings_frame(stream=1),  # SETTINGS on a stream
+        _settings_frame(b"\x00\x03\x00\x00"),  # length not a multiple of 6
+        b"\x00\x00\x00\x01\x04\x00\x00\x00\x01",  # HEADERS
+    ],
+    ids=["smtp", "ssh", "http1", "on-stream", "bad-length", "headers"],
+)
+def test_other_first_bytes_are_not_settings(data):
+    assert server_settings(data) is False
+
+
+def test_short_prefixes_wait_or_refuse():
+    """Fewer than nine bytes: None while they could start a SETTINGS frame, False once they cannot."""
+    assert server_settings(b"") is None
+    assert server_settings(b"\x00\x00") is None
+    assert server_settings(b"\x00\x00\x00\x04") is None
+    assert server_settings(b"\x00\x00\x06\x04\x00\x00\x00") is None
+    assert server_settings(b"\x00\x00\x00\x05") is False
+    assert server_settings(b"\x00\x00\x05") is False
+
+
+def test_settings_ack_is_not_a_server_preface():
+    """A server's preface is a SETTINGS frame *without* ACK (RFC 9113 §3.4), which is also what the
+    HTTP/2 layer's cleartext probe requires (`H2Upstream.server_data`); an ACK, which a server sends
+    only in answer to a client's SETTINGS, is not one."""
+    assert server_settings(_settings_frame(flags=1)) is False
+    assert server_settings(b"\x00\x00\x00\x04\x01") is False
+
+
+@given(st.binary(max_size=40))
+def test_server_settings_answers_agree_with_their_prefixes(data):
+    """A prefix never says True or False and then the other: once decided, longer data agrees."""
+    answer = server_settings(data)
+    assert answer in (True, False, None)
+    for i in range(len(data)):
+        earlier = server_settings(data[:i])
+        assert earlier is None or earlier == answer
+
+
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 2**32 - 1)), max_size=6), st.binary(max_size=20))
+def test_any_settings_frame_is_true(settings, rest):
+    payload = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in settings)
+    assert server_settings(_settings_frame(payload) + rest) is True

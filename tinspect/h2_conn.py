@@ -25,11 +25,12 @@ from typing import Any, Callable
 
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, StreamEnded, TrailersReceived
+from h2.events import ConnectionTerminated, DataReceived, StreamEnded, TrailersReceived
 from h2.connection import H2Connection
-from h2.exceptions import StreamClosedError
+from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -62,7 +63,7 @@ def new_connection(*, client_side: bool, max_header_list_size: int, max_concurre
         validate_outbound_headers=True,
         normalize_outbound_headers=False,
     )
-    conn = H2Connection(config)
+    conn = _Connection(config)
     values = {
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
@@ -75,6 +76,25 @@ def new_connection(*, client_side: bool, max_header_list_size: int, max_concurre
     conn.initiate_connection()
     conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
     return conn
+
+
+class _Connection(H2Connection):
+    """h2's connection, except that a graceful GOAWAY lets streams finish.
+
+    RFC 9113 §6.8: streams up to the GOAWAY's last stream id may complete.
+    h2 closes the whole connection on any GOAWAY it receives, and drops what
+    it had queued; a NO_ERROR GOAWAY is here only reported (as
+    `ConnectionTerminated`) and the layer stops opening streams.
+    """
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list, list]:
+        if frame.error_code:
+            return super()._receive_goaway_frame(frame)
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class _Outgoing:
@@ -174,8 +194,18 @@ class H2Endpoint:
         self._out.pop(stream_id, None)
         try:
             self.conn.reset_stream(stream_id, code)
-        except StreamClosedError:
+        except H2ProtocolError:  # the stream, or the connection, is closed already
             pass
+
+    def goaway(self, last_stream_id: int) -> None:
+        """Send a graceful GOAWAY: no new streams beyond ``last_stream_id``.
+
+        Written by hand after what is queued, because h2 would close the
+        connection for the streams that are still to finish too.
+        """
+        if self.writable:
+            self.flush()
+            self.leg.transport.write(GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0).serialize())
 
     def pump(self) -> None:
         """Send queued body data while windows and the transport allow."""
@@ -210,7 +240,7 @@ class H2Endpoint:
                             conn.end_stream(stream_id)
                         del out[stream_id]
                         sent.append(stream_id)
-                except StreamClosedError:
+                except H2ProtocolError:  # the stream, or the connection, is closed
                     del out[stream_id]
             data = conn.data_to_send()
             if data and self.writable:

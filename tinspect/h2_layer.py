@@ -308,7 +308,7 @@ class H2Layer:
 
     def _request_data(self, st: _Stream, data: bytes, credit: int) -> None:
         buffer = st.req_buffer
-        if st.answered or buffer is not None:
+        if st.answered or buffer is not None or not data:
             self.client.conn.acknowledge_received_data(credit, st.cid)
             if buffer is not None:
                 buffer += data
@@ -468,7 +468,7 @@ class H2Layer:
         arm.submit(resp)
 
     def upstream_body(self, st: _Stream, data: bytes, credit: int) -> None:
-        if st.closed or st.answered:
+        if st.closed or st.answered or not data:
             st.owed_server += credit
             self._via(st).credit(st)
             return
@@ -505,7 +505,7 @@ class H2Layer:
             "flow {flow_id}: stream {cid} to {dst}: {reason}",
             flow_id=self.flow.id, cid=st.cid, dst=format_addr(self.flow.dst), reason=reason,
         )
-        if st.response is None and not st.answered and code != ErrorCodes.REFUSED_STREAM:
+        if st.response is None and not st.answered and code is None:
             status = 504 if reason.endswith("connect timeout") else 502
             self._answer(st, error_page(status, f"upstream {format_addr(self.flow.dst)}: {reason}", st.request))
             return
@@ -517,8 +517,7 @@ class H2Layer:
             return
         if not self._goaway_sent:
             self._goaway_sent = True
-            self.client.conn.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=self._highest)
-            self.client.flush()
+            self.client.goaway(self._highest)
         self._maybe_close()
 
     def upstream_speaks_h1(self, waiting: list) -> None:

@@ -169,9 +169,13 @@ class H2Upstream:
 
     def goaway(self, code: int) -> None:
         """The client is going away: say so to the server."""
-        if self.ep.leg is not None and self.state == _READY:
+        if self.ep.leg is None or self.state != _READY:
+            return
+        if code:
             self.ep.conn.close_connection(error_code=code)
             self.ep.flush()
+        else:
+            self.ep.goaway(0)  # the server opens no streams of its own: push is off
 
     def close(self) -> None:
         self.state = _GONE

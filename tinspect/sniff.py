@@ -82,7 +82,7 @@ def server_settings(data: bytes) -> bool | None:
     head = data[:9]
     if len(head) >= 4 and head[3] != 4:
         return False
-    if len(head) >= 5 and head[4] & ~1:
+    if len(head) >= 5 and head[4]:  # flags: a preface is no ACK
         return False
     if len(head) >= 9 and head[5:9] != b"\0\0\0\0":
         return False
