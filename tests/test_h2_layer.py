@@ -1139,3 +1139,26 @@ def test_whole_body_tap_rewrites_both_bodies_with_lengths_recomputed(make_net):
     assert [x for x in tap.seen if x[0] in ("request", "response")] == [
         ("request", b"helloworld", None), ("response", b"abcdef", None)]
     assert not [x for x in tap.seen if x[0] in ("bodychunk", "messageend")]
+
+
+def test_request_over_the_servers_header_list_limit_gets_a_431(make_net):
+    """The server allows header lists of 400 octets: a request with a 1000-byte field is answered
+    431 by the proxy and never reaches the server; a small one on the same connection does."""
+    net = make_net()
+    c, s, wire = h2_pair(net, server_settings={SettingCodes.MAX_HEADER_LIST_SIZE: 400})
+    big = c.request(b"/big", extra=[(b"x-big", b"v" * 1000)])
+    small = c.request(b"/small")
+    answered = set()
+
+    def serve():
+        for usid, st in sorted(s.streams.items()):
+            if st.headers is not None and st.ended and usid not in answered:
+                answered.add(usid)
+                s.respond(usid, 200, b"ok")
+                return True
+        return False
+
+    wire.run(each=serve)
+    assert c.stream(big).headers[b":status"] == b"431"
+    assert c.stream(small).headers[b":status"] == b"200"
+    assert sorted(s.requests().values()) == [b"/small"]

@@ -31,7 +31,7 @@ from tinspect.headers import Headers
 from tinspect.http1 import _tokens
 from tinspect.units import Request, Response
 
-__all__ = ["H2FieldError", "request_from_block", "response_from_block", "request_block", "response_block", "trailer_block"]
+__all__ = ["H2FieldError", "list_size", "request_from_block", "response_from_block", "request_block", "response_block", "trailer_block"]
 
 Block = list[tuple[bytes, bytes]]
 
@@ -188,3 +188,9 @@ def _regular(fields: Block, block: Block, body: bytes | None, *, framed_length: 
         block.append((lname, value))
     if recompute and body:
         block.append((b"content-length", b"%d" % len(body)))
+
+
+def list_size(block: Block) -> int:
+    """A header block's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it
+    (RFC 9113 §6.5.2: names and values plus 32 octets per field)."""
+    return sum(len(name) + len(value) + 32 for name, value in block)

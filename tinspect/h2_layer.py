@@ -59,7 +59,7 @@ from tinspect.chain import Arm, submit_streaming
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow, format_addr
 from tinspect.h2_conn import H2Endpoint, error_name, new_connection, take_whole
-from tinspect.h2_fields import H2FieldError, request_from_block, response_block, trailer_block
+from tinspect.h2_fields import H2FieldError, list_size, request_from_block, response_block, trailer_block
 from tinspect.h2_upstream import H1Upstreams, H2Upstream, known_h1_only
 from tinspect.headers import Headers
 from tinspect.relay import TAPS
@@ -497,8 +497,10 @@ class H2Layer:
         else:
             self.arms[TO_CLIENT].submit(MessageEnd(trailers, direction=TO_CLIENT, message=resp))
 
-    def upstream_failed(self, st: _Stream, reason: str, code: int | None) -> None:
-        """The server leg cannot carry ``st`` (any more)."""
+    def upstream_failed(self, st: _Stream, reason: str, code: int | None, status: int | None = None) -> None:
+        """The server leg cannot carry ``st`` (any more): a page with
+        ``status`` (502, or 504 for a timeout) before its response began,
+        else a reset with ``code``."""
         if st.closed:
             return
         self._log.warn(
@@ -506,7 +508,8 @@ class H2Layer:
             flow_id=self.flow.id, cid=st.cid, dst=format_addr(self.flow.dst), reason=reason,
         )
         if st.response is None and not st.answered and code is None:
-            status = 504 if reason.endswith("connect timeout") else 502
+            if status is None:
+                status = 504 if reason.endswith("connect timeout") else 502
             self._answer(st, error_page(status, f"upstream {format_addr(self.flow.dst)}: {reason}", st.request))
             return
         self._reset(st, ErrorCodes.INTERNAL_ERROR if code is None else code)
@@ -560,6 +563,9 @@ class H2Layer:
         conn = self.client.conn
         try:
             block = response_block(resp, st.request.method)
+            limit = conn.remote_settings.max_header_list_size
+            if limit is not None and list_size(block) > limit:
+                raise ValueError(f"its header list is over the client's limit ({limit})")
             if resp.interim:
                 if resp.status != 101:
                     conn.send_headers(st.cid, block)

@@ -51,7 +51,7 @@ from zope.interface import implementer
 
 from tinspect.flow import format_addr
 from tinspect.h2_conn import H2Endpoint, error_name, new_connection, take_whole
-from tinspect.h2_fields import H2FieldError, request_block, response_from_block, trailer_block
+from tinspect.h2_fields import H2FieldError, list_size, request_block, response_from_block, trailer_block
 from tinspect.headers import Headers
 from tinspect.http1 import BodyData, ConnectionClosed, EndOfMessage, ProtocolError, ResponseHead, keep_alive, take_body
 from tinspect.http1_upstream import Http1Upstream
@@ -211,6 +211,10 @@ class H2Upstream:
         end = body is not None and not body and not req.trailers
         try:
             block = request_block(req)
+            limit = conn.remote_settings.max_header_list_size
+            if limit is not None and list_size(block) > limit:
+                self.layer.upstream_failed(st, f"the request's header list is over the server's limit ({limit})", None, status=431)
+                return
             sid = conn.get_next_available_stream_id()
             conn.send_headers(sid, block, end_stream=end)
         except (H2ProtocolError, H2FieldError, ValueError) as e:
