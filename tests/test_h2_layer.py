@@ -606,6 +606,29 @@ def test_local_answer_mid_upload_resets_the_stream_already_at_the_server(make_ne
     assert not c.goaway and not s.goaway
 
 
+def test_server_answering_before_the_upload_ends_gives_the_client_its_window_back(make_net):
+    """The server reads slowly (16 KiB window, nothing consumed) and answers while the client is still
+    uploading: the client gets the answer and RST_STREAM(NO_ERROR), the server's stream is cancelled,
+    and the upload bytes the proxy held are acknowledged on the connection: forty such uploads
+    (7.5 MiB, 5 MiB of it held, more than the proxy's 4 MiB connection window) do not starve it."""
+    net = make_net()
+    c, s, wire = h2_pair(net, server_settings={SettingCodes.INITIAL_WINDOW_SIZE: 16384}, server_consume=False)
+    for i in range(40):
+        sid = c.request(b"/upload/%d" % i, b"POST", end=False)
+        for part in b"abcdefghijkl":
+            c.conn.send_data(sid, bytes([part]) * 16384)
+        wire.run()
+        (usid,) = [u for u, path in s.requests().items() if path == b"/upload/%d" % i]
+        assert len(s.stream(usid).data) <= 16384  # the rest waits in the proxy for the server's windows
+        s.respond(usid, 413, b"too much")
+        wire.run()
+        st = c.stream(sid)
+        assert st.headers[b":status"] == b"413" and bytes(st.data) == b"too much" and st.ended
+        assert st.reset == ErrorCodes.NO_ERROR
+        assert s.stream(usid).reset == ErrorCodes.CANCEL
+    assert c.conn.outbound_flow_control_window > 16384 * 3
+
+
 # ---------------------------------------------------------------------------
 # 6, 7, 8: RST_STREAM, GOAWAY, concurrency limits
 # ---------------------------------------------------------------------------

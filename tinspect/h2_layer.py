@@ -337,9 +337,6 @@ class H2Layer:
         self._resets += 1
         st = self.streams.get(cid)
         if st is not None:
-            if st.owed_client:
-                self.client.conn.acknowledge_received_data(st.owed_client, cid)
-                st.owed_client = 0
             self._via(st).cancel(st, code)
             self._forget(st)
         if self._resets > MAX_RESETS and self._resets > self._finished_streams:
@@ -595,10 +592,10 @@ class H2Layer:
         st.response_ending = False
         st.response_done = True
         if not st.request_done:
-            # Answered before the upload ended: tell the client to stop.
+            # Answered before the upload ended: nobody wants the rest of it.
             self.client.reset(st.cid, ErrorCodes.NO_ERROR)
-            if st.answered:
-                st.request_done = True
+            self._via(st).cancel(st, ErrorCodes.CANCEL)
+            st.answered = st.request_done = True
         self._maybe_done(st)
 
     def _answer(self, st: _Stream, response: Response) -> None:
@@ -620,6 +617,7 @@ class H2Layer:
             self._via(st).cancel(st, ErrorCodes.CANCEL)
 
     def _drop_upload(self, st: _Stream) -> None:
+        """Acknowledge what the client sent of ``st`` and drop what waits."""
         if st.owed_client:
             self.client.conn.acknowledge_received_data(st.owed_client, st.cid)
             st.owed_client = 0
@@ -644,7 +642,6 @@ class H2Layer:
 
     def _reset(self, st: _Stream, code: int) -> None:
         self.client.reset(st.cid, code)
-        self._drop_upload(st)
         self._forget(st)
         self.client.flush()
 
@@ -657,6 +654,7 @@ class H2Layer:
         if st.closed:
             return
         st.closed = True
+        self._drop_upload(st)  # its bytes still count in the connection's window
         self.streams.pop(st.cid, None)
         self.client.forget(st.cid)
         self._maybe_close()

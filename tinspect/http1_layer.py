@@ -410,7 +410,6 @@ class Http1Layer:
         up.reader.expect_response(req.method.encode("latin-1"))
         up.write_parts(parts)
 
-
     # -- upstream events ------------------------------------------------------
 
     def _upstream_connected(self, up: Http1Upstream) -> None:
