@@ -2,7 +2,7 @@
 
 Lines go through twisted.logger with stable field names (``flow_id``,
 ``direction``, ``kind``, ``nbytes``; ``method``, ``url`` and ``status`` for
-HTTP), so a JSON log observer gets them as data. Payloads and header values
+HTTP, ``code`` for a WebSocket close), so a JSON log observer gets them as data. Payloads and header values
 are never logged: sizes only.
 
 Options:
@@ -16,7 +16,7 @@ from twisted.logger import Logger, LogLevel
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow, format_addr
-from tinspect.units import Request, Response, Unit
+from tinspect.units import Request, Response, Unit, WebSocketClose, WebSocketMessage
 
 __all__ = ["LoggerTap"]
 
@@ -55,6 +55,11 @@ class LoggerTap(Tap):
         elif kind is Response:
             what = f"response {unit.status} {unit.reason}"
             fields = {"status": unit.status}
+        elif kind is WebSocketMessage:
+            what = f"websocket {'binary' if unit.binary else 'text'} message"
+        elif kind is WebSocketClose:
+            what = f"websocket close {unit.code}"
+            fields = {"code": unit.code}
         else:
             what = unit.kind
         streams = kind in (Request, Response) and unit.body is None

@@ -1,6 +1,8 @@
 """The ``mangler`` tap: search and replace in payloads.
 
-Works on raw TCP chunks (`Data`), UDP datagrams (`Datagram`) and HTTP bodies.
+Works on raw TCP chunks (`Data`), UDP datagrams (`Datagram`), HTTP bodies and
+WebSocket messages (`WebSocketMessage`, whole; in a text message the
+replacement must keep it valid UTF-8, or the receiver closes with 1007).
 On a raw TCP stream a match split across two chunks is not seen: the tap never
 holds bytes back waiting for more, since an interactive protocol might wait
 forever for them. HTTP bodies are asked for whole (buffered up to
@@ -21,7 +23,7 @@ import codecs
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.units import BodyChunk, Data, Datagram, Direction, Request, Response, Unit
+from tinspect.units import BodyChunk, Data, Datagram, Direction, Request, Response, Unit, WebSocketMessage
 
 __all__ = ["ManglerTap"]
 
@@ -44,7 +46,7 @@ class ManglerTap(Tap):
         direction: ``"both"``, ``"to_server"`` or ``"to_client"``.
     """
 
-    kinds = (Data, Datagram, Request, Response, BodyChunk)
+    kinds = (Data, Datagram, Request, Response, BodyChunk, WebSocketMessage)
     whole_bodies = True
 
     def __init__(self, search: str | bytes, replace: str | bytes = b"", direction: str = "both") -> None:

@@ -6,7 +6,7 @@ from twisted.internet import reactor, task
 from twisted.logger import Logger
 
 from tinspect import Tap
-from tinspect.units import Data, Datagram, Request
+from tinspect.units import TO_CLIENT, TO_SERVER, Data, Datagram, Request, WebSocketClose, WebSocketMessage
 
 
 class Shout(Tap):
@@ -37,7 +37,7 @@ class Tripwire(Tap):
     """Raises on any payload containing ``BOOM``: a tap with a bug."""
 
     def handle(self, unit, flow):
-        if b"BOOM" in unit.data:
+        if b"BOOM" in getattr(unit, "data", b""):
             raise RuntimeError("tripwire")
         return unit
 
@@ -96,4 +96,31 @@ class TlsFacts(Tap):
             sni=flow.sni, alpn=flow.alpn, version=flow.tls_version,
             upstream=",".join(cert.get("dns_names", [])), issuer=cert.get("issuer_cn"),
         )
+        return unit
+
+
+class WsInject(Tap):
+    """On the text message ``inject?`` going to the server, sends ``injected`` to the client first."""
+
+    kinds = (WebSocketMessage,)
+
+    def handle(self, unit, flow):
+        if unit.direction is TO_SERVER and not unit.binary and unit.text == "inject?":
+            flow.inject(WebSocketMessage(b"injected", direction=TO_CLIENT), after=self)
+        return unit
+
+
+class WsFacts(Tap):
+    """Logs every WebSocket unit with its direction, type and close code."""
+
+    kinds = (WebSocketMessage, WebSocketClose)
+    log = Logger(namespace="tests.wsfacts")
+
+    def handle(self, unit, flow):
+        if type(unit) is WebSocketClose:
+            what = f"close {unit.code} {unit.reason!r}"
+        else:
+            what = f"{'binary' if unit.binary else 'text'} {unit.size}"
+        self.log.info("ws facts: flow {flow_id} {direction} {what} protocol={protocol}",
+                      flow_id=flow.id, direction=str(unit.direction), what=what, protocol=flow.protocol)
         return unit

@@ -23,7 +23,6 @@ import pytest
 
 from tinspect.netlab import SERVER4, SERVER6, SERVER_NAME, Nginx
 from tests.conftest import REPO
-from tests.test_e2e_tls import https, pki, tls_proxy  # noqa: F401  (fixtures shared with the TLS tests)
 
 pytestmark = pytest.mark.netns
 

@@ -268,8 +268,8 @@ def test_explicit_proxy_basic_authentication(lab, web, proxy):
     assert "407" in refused.stderr, refused.stderr
 
 
-def test_upgrade_hands_the_connection_to_a_raw_relay(lab, http_proxy):
-    """A WebSocket upgrade (websockets library on both ends) works through the HTTP layer."""
+def test_websocket_upgrade_goes_through_the_http_layer(lab, http_proxy):
+    """A WebSocket upgrade (websockets library on both ends) passes the taps, then carries messages."""
     server = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "ws-echo", "80", cwd=REPO)
     lab.wait_listening(lab.server, 80, proc=server)
     p = http_proxy("logger")

@@ -7,55 +7,10 @@ import re
 import time
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
-from tinspect.ca import CertificateAuthority, LeafCertificates
-from tinspect.netlab import SERVER4, SERVER6, SERVER_NAME, Nginx
+from tinspect.netlab import SERVER4, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
-
-DUAL = "tproxy:8080:interface=\\:\\:"
-
-
-@pytest.fixture
-def pki(tmp_path):
-    """The lab server's own CA and certificate (server.test and its addresses), and our state dir."""
-    server_ca = CertificateAuthority.generate(tmp_path / "server-ca", common_name="Lab server CA")
-    cert, key = LeafCertificates(server_ca).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
-    chain = tmp_path / "server-chain.pem"
-    chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + server_ca.cert_pem)
-    keyfile = tmp_path / "server-key.pem"
-    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    state = tmp_path / "state"
-    ours = CertificateAuthority.load_or_generate(state)
-    (tmp_path / "our-ca.pem").write_bytes(ours.cert_pem)
-    (tmp_path / "server-ca.pem").write_bytes(server_ca.cert_pem)
-    return {"chain": chain, "key": keyfile, "state": state, "ours": tmp_path / "our-ca.pem",
-            "server_ca": tmp_path / "server-ca.pem"}
-
-
-@pytest.fixture
-def https(lab, tmp_path, pki):
-    web = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]))
-    (web.root / "index.html").write_text("hello tls\n")
-    web.start()
-    lab.wait_listening(lab.server, 443)
-    return web
-
-
-@pytest.fixture
-def tls_proxy(lab, proxy, pki):
-    """tinspect under TPROXY for ports 80 and 443, trusting the lab server's CA."""
-
-    def start(*extra, trust=True, taps=("logger", "tests.lab_taps:TlsFacts")):
-        lab.tproxy(8080, dports=[80, 443])
-        args = ["--listen", DUAL, "--state-dir", str(pki["state"]), "--taps", ",".join(taps), *extra]
-        if trust:
-            args += ["--upstream-ca", str(pki["server_ca"])]
-        return proxy(args, wait=[(8080, "tcp")])
-
-    return start
 
 
 def curl(lab, *args, family="-4"):

@@ -19,6 +19,8 @@ from tinspect.units import (
     Request,
     Response,
     Unit,
+    WebSocketClose,
+    WebSocketMessage,
 )
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "Response",
     "BodyChunk",
     "MessageEnd",
+    "WebSocketMessage",
+    "WebSocketClose",
     "Headers",
     "Direction",
     "TO_SERVER",

@@ -33,6 +33,11 @@ class Settings:
             relayed as soon as the server speaks).
         max_body: largest HTTP body buffered for a tap that asks for whole
             bodies; larger ones stream (``--max-body``).
+        max_message: largest WebSocket message (and frame); a side that
+            sends a larger one is closed with 1009, the other with 1011
+            (``--max-message``).
+        ws_compression: offer and accept permessage-deflate, each side on
+            its own (the server is offered it when the client offered it).
         max_request_line, max_header_bytes, max_headers: HTTP/1 head limits
             (answered 414 and 431 beyond them).
         proxy_auth: Basic authentication the explicit proxy requires, or
@@ -56,6 +61,8 @@ class Settings:
     udp_max_sessions: int = 4096
     sniff_timeout: float = 1.0
     max_body: int = 100 * 1024 * 1024
+    max_message: int = 16 * 1024 * 1024
+    ws_compression: bool = True
     max_request_line: int = 8192
     max_header_bytes: int = 65536
     max_headers: int = 100

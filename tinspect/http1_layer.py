@@ -30,10 +30,14 @@ Backpressure: each side's transport pauses the other side's reading while its
 write buffer is full (as `tinspect.relay.RawRelay` does); a tap that goes
 asynchronous pauses its source side; a pipelined request pauses the client.
 
-Switching protocols (a ``101`` to an upgrade request, a 2xx to a CONNECT sent
-to a transparent destination) hands both connections to a `RawRelay`. The
-explicit proxy's own CONNECT opens a tunnel and hands it to the `Sniffer`,
-so a tunnelled connection is inspected like a transparent one.
+Switching protocols hands both connections on. A WebSocket handshake
+(`tinspect.websocket.is_upgrade`) is sent upstream by autobahn, and after the
+server's ``101`` has passed the taps, a `tinspect.websocket.WebSocketLayer`
+carries the connection message by message. Any other switch (a ``101`` to
+another upgrade, a 2xx to a CONNECT sent to a transparent destination) goes
+to a `RawRelay`. The explicit proxy's own CONNECT opens a tunnel and hands
+it to the `Sniffer`, so a tunnelled connection is inspected like a
+transparent one.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from tinspect.relay import SINK, TAPS, Leg, RawRelay, _SinkPauser
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
 from tinspect.explicit import host_port, proxy_request
 from tinspect.shells import open_upstream
+from tinspect.websocket import Upgrade, WebSocketLayer, client_handshake, is_upgrade
 
 __all__ = ["Http1Layer"]
 
@@ -92,6 +97,7 @@ class _Exchange:
         "response_started",
         "response_done",
         "switching",
+        "websocket",
     )
 
     def __init__(self, request: Request, client_version: str, keep_alive: bool) -> None:
@@ -109,6 +115,7 @@ class _Exchange:
         self.response_started = False  # its head was written to the client
         self.response_done = False
         self.switching = False  # upgrade or CONNECT: the readers pause after it
+        self.websocket: Upgrade | None = None  # a WebSocket handshake we terminate
 
 
 class Http1Layer:
@@ -287,6 +294,8 @@ class Http1Layer:
         req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
         ex.switching = head.switching
+        if head.switching and is_upgrade(head.method, head.version, head.headers):
+            ex.websocket = Upgrade(self.ctx, client_handshake(head.target, head.headers))
         if self.explicit:
             refusal = proxy_request(req, self.ctx.settings.proxy_auth)
             if refusal is not None:
@@ -406,6 +415,15 @@ class Http1Layer:
         if self.explicit:
             self.flow.dst = dst
         ex.upstream = up
+        if ex.websocket is not None:
+            # autobahn writes the handshake; its answer is recorded for it.
+            up.record = bytearray()
+            up.reader.expect_response(b"GET")
+            try:
+                ex.websocket.send(req, up)
+            except ValueError as e:
+                self._answer(ex, error_page(400, str(e), req))
+            return
         parts = up.writer.request(req, upgrade=ex.switching)
         up.reader.expect_response(req.method.encode("latin-1"))
         up.write_parts(parts)
@@ -437,6 +455,8 @@ class Http1Layer:
     def _upstream_data(self, up: Http1Upstream, data: bytes) -> None:
         if up is not self.upstream or self._finished:
             return
+        if up.record is not None:
+            up.record += data
         try:
             events = up.reader.feed(data)
         except ProtocolError as e:
@@ -543,6 +563,14 @@ class Http1Layer:
             request=ex.request,
         )
         arm = self.arms[TO_CLIENT]
+        if up.record is not None:
+            if status == 101:
+                up.keep_alive = False
+            elif status < 200:
+                del up.record[: up.record.find(b"\r\n\r\n") + 4]  # autobahn reads only the 101
+            else:
+                up.record = None  # refused: the answer is relayed as HTTP
+                ex.websocket = None
         if status < 200 and status != 101:
             resp.body = b""
             arm.submit(resp)  # interim: no body, no end
@@ -586,6 +614,9 @@ class Http1Layer:
                 if ex.client_version != "HTTP/1.0":
                     reason = unit.reason.encode("latin-1")
                     self._write_client(serialize_response_head(b"HTTP/1.1", unit.status, reason, unit.headers.fields))
+                return
+            if unit.status == 101 and ex.websocket is not None:
+                self._open_websocket(ex, unit)
                 return
             ex.response_started = True
             keep = ex.keep_alive and not self._client_eof and ex.request_done
@@ -697,6 +728,38 @@ class Http1Layer:
         if not self.client.read_open:
             relay.client_eof()
 
+    def _open_websocket(self, ex: _Exchange, resp: Response) -> None:
+        """The server's 101 passed the taps: WebSocket from now on, if
+        autobahn agrees with it (else the client gets a 502)."""
+        up = ex.upstream
+        if up is None or up.leg is None or up.record is None or not self.reader.paused or not up.reader.paused:
+            self.abort("a protocol switch the two sides do not agree on")
+            return
+        ex.response_started = True
+        client_rest = self.reader.switch()
+        up.reader.switch()
+        record, up.record = bytes(up.record), None
+        self.client.transport.unregisterProducer()
+        up.leg.transport.unregisterProducer()
+        self.client.resume(~0)
+        up.leg.resume(~0)
+        layer = WebSocketLayer(self.ctx, self.flow, self._shell, up, ex.websocket, self._on_closed)
+        failure = layer.open(record, client_rest, resp)
+        if failure is None:
+            self._finished = True
+            if not self.client.read_open:
+                layer.client_eof()
+            return
+        self._log.warn(
+            "flow {flow_id}: upstream {dst} WebSocket handshake failed: {reason}",
+            flow_id=self.flow.id,
+            dst=format_addr(up.dst),
+            reason=failure,
+        )
+        self.flow.mark_ended(f"WebSocket handshake failed: {failure}")
+        self._last_word(ex, error_page(502, f"upstream {format_addr(up.dst)} WebSocket handshake failed: {failure}",
+                                       ex.request))
+
     def _open_tunnel(self, ex: _Exchange, req: Request) -> None:
         """The explicit proxy's CONNECT: connect, answer 200, then sniff the tunnel."""
         try:
@@ -781,15 +844,18 @@ class Http1Layer:
         if ex is not None and not ex.response_started and not self._finished:
             # Fail closed, but readably: the request is not passed on.
             self.flow.mark_ended(reason)
-            page = error_page(502, "a tap failed on this request; see the proxy log", ex.request)
-            self._write_client(
-                b"".join(self.writer.response(page, method=ex.request.method, client_version=ex.client_version, keep_alive=False))
-            )
-            if self.upstream is not None:
-                self.upstream.abort()
-            self._close()
+            self._last_word(ex, error_page(502, "a tap failed on this request; see the proxy log", ex.request))
             return
         self.abort(reason)
+
+    def _last_word(self, ex: _Exchange, page: Response) -> None:
+        """Answer ``ex`` with ``page`` straight away (past the taps) and close."""
+        if self.upstream is not None:
+            self.upstream.abort()
+        self._write_client(
+            b"".join(self.writer.response(page, method=ex.request.method, client_version=ex.client_version, keep_alive=False))
+        )
+        self._close()
 
     def abort(self, reason: str) -> None:
         """Abort both sides at once (fail closed)."""

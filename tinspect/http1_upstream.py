@@ -32,7 +32,7 @@ class Http1Upstream:
 
     __slots__ = (
         "layer", "dst", "shell", "leg", "reader", "writer", "pending", "failure",
-        "closed", "keep_alive", "connecting", "message", "buffer",
+        "closed", "keep_alive", "connecting", "message", "buffer", "record",
     )
 
     def __init__(self, layer: Any, dst: tuple[str, int], shell: Any = None) -> None:
@@ -51,6 +51,7 @@ class Http1Upstream:
         self.connecting: Any = None  # the connect Deferred, to cancel
         self.message: Response | None = None  # the response whose body is being read
         self.buffer: bytearray | None = None  # its body, while a tap wants it whole
+        self.record: bytearray | None = None  # raw bytes read, while a WebSocket handshake waits
 
     @classmethod
     def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int], scheme: str) -> "Http1Upstream":

@@ -76,6 +76,11 @@ class Leg:
         if not self._paused and not self.lost and self.read_open:
             self.transport.resumeProducing()
 
+    def write(self, data: bytes) -> None:
+        """Send ``data`` unless writing is over."""
+        if self.write_open and not self.lost:
+            self.transport.write(data)
+
     def shut_write(self) -> None:
         """Send EOF (half-close) once; close the leg if reading is done too.
 
@@ -282,16 +287,11 @@ class RawRelay:
     # -- data out -------------------------------------------------------------
 
     def _to_server(self, unit: Unit) -> None:
-        server = self.server
-        if server is None or not server.write_open or server.lost:
-            return
-        server.transport.write(raw_payload(unit))
+        if self.server is not None:
+            self.server.write(raw_payload(unit))
 
     def _to_client(self, unit: Unit) -> None:
-        client = self.client
-        if not client.write_open or client.lost:
-            return
-        client.transport.write(raw_payload(unit))
+        self.client.write(raw_payload(unit))
 
     def _client_ended(self) -> None:
         # Everything the client sent has been delivered: carry its EOF across.

@@ -27,7 +27,7 @@ class Options(usage.Options):
 
     synopsis = (
         "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
-        "       [--max-body BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
+        "       [--max-body BYTES] [--max-message BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
         "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]"
     )
 
@@ -54,6 +54,10 @@ requests; --proxy-auth USER:PASSWORD (repeatable) makes it require Basic
 authentication. Bodies stream; taps that ask for whole bodies get them
 buffered up to --max-body bytes.
 
+WebSocket (ws:// and wss://) is terminated on both sides: each message
+crosses the taps whole, up to --max-message bytes (a larger one closes its
+sender with 1009 and the other side with 1011).
+
 TLS (any port) is intercepted: the server is verified first (system trust
 store, or --upstream-ca), then the client gets a leaf certificate for the
 name it asked for, signed by the CA (--ca-cert/--ca-key, or one generated
@@ -71,6 +75,8 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         ["udp-timeout", None, 60.0, "Seconds of silence before a UDP session ends.", float],
         ["sniff-timeout", None, 1.0, "Seconds to wait for a client's first bytes before relaying raw.", float],
         ["max-body", None, 100 * 1024 * 1024, "Largest HTTP body buffered for a tap that asks for whole bodies.", int],
+        ["max-message", None, 16 * 1024 * 1024, "Largest WebSocket message; a larger one closes its sender with 1009.",
+         int],
         ["ca-cert", None, None, "CA certificate (PEM or DER) that signs the leaf certificates."],
         ["ca-key", None, None, "The CA's private key (unencrypted; mode 0600 or stricter)."],
         ["state-dir", None, None, "Where a generated CA is kept (default: $TINSPECT_STATE_DIR, "
@@ -130,7 +136,7 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
             raise usage.UsageError(str(e)) from None
         if bool(self["ca-cert"]) != bool(self["ca-key"]):
             raise usage.UsageError("--ca-cert and --ca-key go together")
-        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body", "leaf-cache"):
+        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
         try:
@@ -146,6 +152,7 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         udp_idle_timeout=options["udp-timeout"],
         sniff_timeout=options["sniff-timeout"],
         max_body=options["max-body"],
+        max_message=options["max-message"],
         proxy_auth=options["auth"],
         ca_cert=options["ca-cert"],
         ca_key=options["ca-key"],

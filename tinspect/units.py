@@ -29,6 +29,8 @@ __all__ = [
     "Response",
     "BodyChunk",
     "MessageEnd",
+    "WebSocketMessage",
+    "WebSocketClose",
     "TO_SERVER",
     "TO_CLIENT",
     "raw_payload",
@@ -295,6 +297,51 @@ class MessageEnd(Unit):
 
     trailers: Headers | None = None
     message: Request | Response | None = None
+
+
+@dataclass(slots=True, eq=True)
+class WebSocketMessage(Unit):
+    """One whole WebSocket message (fragments already joined, compression
+    already undone).
+
+    Attributes:
+        data: the payload; for a text message, its UTF-8 bytes.
+        binary: a binary message (``False``: text).
+    """
+
+    data: bytes
+    binary: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @property
+    def text(self) -> str:
+        """The payload of a text message, decoded; set it to replace it."""
+        return self.data.decode("utf-8")
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.data = value.encode("utf-8")
+
+
+@dataclass(slots=True, eq=True)
+class WebSocketClose(Unit):
+    """A WebSocket close frame crossing the proxy (one side closed), or the
+    close the proxy sends one side because the other went away (``1001``)
+    or failed (``1011``).
+
+    A tap may change the code and reason. It cannot stop a close: a close a
+    tap drops is sent as it came. A tap may also inject one to close a side.
+
+    Attributes:
+        code: the status code (``1000`` normal), or ``None`` for none.
+        reason: the reason text (at most 123 bytes of it are sent).
+    """
+
+    code: int | None = 1000
+    reason: str = ""
 
 
 def raw_payload(unit: Unit) -> bytes:
