@@ -226,3 +226,16 @@ def test_explicit_proxy_connect_carries_websocket(lab, pki, ws_servers, proxy, s
     time.sleep(0.2)
     assert re.search(r"flow \d+ to_server request CONNECT server\.test:(80|443)", p.log()), p.log()
     assert "to_server text 1048576 protocol=websocket" in facts(p.log())
+
+
+def test_flood_to_a_slow_reader_keeps_memory_bounded(lab, pki, ws_servers, ws_proxy):
+    """64 MiB of 64 KiB messages over wss to a client reading 16 MB/s: all intact, in order,
+    and the proxy's peak RSS grows by far less: the slow side pauses the fast one."""
+    p = ws_proxy()
+    assert ws_client(lab, pki, "say", f"wss://{SERVER_NAME}/echo", "warm")["replies"] == ["warm"]
+    baseline = p.status("VmRSS")
+    out = ws_client(lab, pki, "slow-read", f"wss://{SERVER_NAME}/flood", "1024", str(16 * 1000 * 1000))
+    peak = p.status("VmHWM")
+    print(f"proxy RSS before {baseline} KiB, peak {peak} KiB")
+    assert out == {"good": 1024}
+    assert peak - baseline < 24 * 1024, (baseline, peak)

@@ -9,6 +9,8 @@ serves, by path:
 * ``/close``: echoes, and closes with 4002 "server bye" after the first one.
 * ``/drop``: drops the TCP connection (no close frame) after the first message.
 * ``/refuse``: answers 403 with the body ``go away``.
+* ``/flood``: the first message is a count N; sends N binary 64 KiB messages,
+  message i made of the byte ``i % 256``, as fast as the connection takes them.
 
 Every message the server receives, and how each connection ended, is
 appended to LOG as one JSON line, so a test can see what crossed the proxy.
@@ -46,6 +48,10 @@ async def _server(port: int, log: str, tls: tuple[str, str] | None, deflate: boo
                 _log(log, event="message", path=path, kind=kind, size=size, head=head)
                 if message == "extensions?":
                     await ws.send(json.dumps([e.name for e in ws.protocol.extensions]))
+                    continue
+                if path == "/flood":
+                    for i in range(int(message)):
+                        await ws.send(bytes([i % 256]) * 65536)
                     continue
                 if path == "/drop":
                     ws.transport.abort()
@@ -162,7 +168,25 @@ async def reset(ws, args):
     return {"echo": echoed}
 
 
-SCENARIOS = {"basic": basic, "many": many, "say": say, "wait-close": wait_close, "big": big, "reset": reset}
+async def slow_read(ws, args):
+    """Ask /flood for N messages and read them at RATE bytes/s; count the good ones."""
+    n, rate = int(args[0]), int(args[1])
+    await ws.send(str(n))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    good = 0
+    for i in range(n):
+        message = await ws.recv()
+        if message == bytes([i % 256]) * 65536:
+            good += 1
+        ahead = (i + 1) * 65536 / rate - (loop.time() - start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+    await ws.close()
+    return {"good": good}
+
+
+SCENARIOS = {"slow-read": slow_read, "basic": basic, "many": many, "say": say, "wait-close": wait_close, "big": big, "reset": reset}
 
 
 async def _client(scenario: str, url: str, ca: str | None, proxy: str | None, args: list[str]) -> None:
