@@ -95,14 +95,16 @@ def facts(log: str) -> list[str]:
     ],
 )
 def test_messages_cross_and_the_close_is_relayed(lab, pki, ws_servers, ws_proxy, url):
-    """Text, binary, 1 MiB and fragmented messages echo intact; the subprotocol the server
-    chose and deflate reach the client; the client's close code reaches the server; taps see it all."""
+    """Text, binary, 1 MiB and fragmented messages echo intact; pings from either end are
+    answered; the subprotocol the server chose and deflate reach the client; the client's close
+    code reaches the server; taps see it all."""
     p = ws_proxy()
     out = ws_client(lab, pki, "basic", url)
     assert out == {
         "subprotocol": "chat",
         "extensions": ["permessage-deflate"],
         "text": "hello",
+        "pings": "pinged",
         "binary": True,
         "big": True,
         "fragmented": "frag-mented",
@@ -112,7 +114,7 @@ def test_messages_cross_and_the_close_is_relayed(lab, pki, ws_servers, ws_proxy,
     assert ws_servers.wait_for(event="closed", path="/echo") == {
         "event": "closed", "path": "/echo", "code": 4000, "reason": "client bye"}
     sizes = [(r["kind"], r["size"]) for r in ws_servers.records(event="message")]
-    assert sizes == [("text", 5), ("binary", 256), ("text", 1 << 20), ("text", 11), ("text", 11)]
+    assert sizes == [("text", 5), ("text", 5), ("binary", 256), ("text", 1 << 20), ("text", 11), ("text", 11)]
     time.sleep(0.2)
     seen = facts(p.log())
     assert "to_server text 5 protocol=websocket" in seen
@@ -197,6 +199,14 @@ def test_refused_upgrade_is_relayed_as_http(lab, pki, ws_servers, ws_proxy):
     ws_proxy()
     out = ws_client(lab, pki, "basic", f"wss://{SERVER_NAME}/refuse")
     assert out == {"status": 403, "body": "go away\n"}
+
+
+def test_a_tap_refuses_the_upgrade(lab, pki, ws_servers, ws_proxy):
+    """A tap answering the handshake request (a block page) stops it before the server."""
+    ws_proxy("tests.lab_taps:Block")
+    out = ws_client(lab, pki, "basic", f"ws://{SERVER_NAME}/blocked")
+    assert out == {"status": 403, "body": f"blocked by tinspect: http://{SERVER_NAME}/blocked\n"}
+    assert ws_servers.records() == []
 
 
 def test_mangler_rewrites_a_text_message(lab, pki, ws_servers, ws_proxy):

@@ -5,7 +5,8 @@ serves, by path:
 
 * ``/echo``: echoes every message; picks subprotocol ``chat`` when offered.
   The text message ``extensions?`` is answered with the extensions this
-  server negotiated instead.
+  server negotiated instead; ``ping?`` with ``pinged`` once a ping of the
+  server's own was answered.
 * ``/close``: echoes, and closes with 4002 "server bye" after the first one.
 * ``/drop``: drops the TCP connection (no close frame) after the first message.
 * ``/refuse``: answers 403 with the body ``go away``.
@@ -46,6 +47,10 @@ async def _server(port: int, log: str, tls: tuple[str, str] | None, deflate: boo
                 size = len(message)
                 head = message[:40] if isinstance(message, str) else message[:40].hex()
                 _log(log, event="message", path=path, kind=kind, size=size, head=head)
+                if message == "ping?":
+                    await asyncio.wait_for(await ws.ping(b"from the server"), 5)
+                    await ws.send("pinged")
+                    continue
                 if message == "extensions?":
                     await ws.send(json.dumps([e.name for e in ws.protocol.extensions]))
                     continue
@@ -86,6 +91,9 @@ async def basic(ws, args):
     out = {"subprotocol": ws.subprotocol, "extensions": [e.name for e in ws.protocol.extensions]}
     await ws.send("hello")
     out["text"] = await ws.recv()
+    await asyncio.wait_for(await ws.ping(b"from the client"), 5)
+    await ws.send("ping?")
+    out["pings"] = await ws.recv()  # our ping was answered, and so was the server's
     await ws.send(bytes(range(256)))
     echoed = await ws.recv()
     out["binary"] = echoed == bytes(range(256)) and isinstance(echoed, bytes)

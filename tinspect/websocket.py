@@ -461,6 +461,15 @@ class WebSocketLayer:
         """The server's 101 checked out: take both connections over and
         complete the client's handshake."""
         self._took_over = True
+        try:
+            self._take_over()
+        except Exception:
+            # Inside autobahn's callbacks an exception would vanish into a
+            # Deferred: fail the flow closed here instead.
+            self._log.failure("flow {flow_id}: WebSocket hand-over failed", flow_id=self.flow.id)
+            self.abort("WebSocket hand-over failed")
+
+    def _take_over(self) -> None:
         flow = self.flow
         flow.protocol = "websocket"
         flow.attach(self.arms, self.abort)
