@@ -66,7 +66,7 @@ from tinspect.http1 import (
 )
 from tinspect.http1_write import FramingError, Http1Writer, serialize_response_head
 from tinspect.http1_upstream import Http1Upstream, UpstreamPauser
-from tinspect.relay import SINK, TAPS, Leg, RawRelay, _SinkPauser
+from tinspect.relay import SINK, TAPS, Leg, RawRelay, _SinkPauser, send
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
 from tinspect.explicit import host_port, proxy_request
 from tinspect.shells import open_upstream
@@ -624,7 +624,7 @@ class Http1Layer:
                 unit, method=ex.request.method, client_version=ex.client_version, keep_alive=keep
             )
             if not self.client.lost and self.client.write_open:
-                self.client.transport.writeSequence(parts)
+                send(self.client.transport, b"".join(parts))
             if ex.switching and (unit.status == 101 or (ex.request.method == "CONNECT" and unit.status < 300)):
                 self._switch(ex)
             elif unit.body is not None:
@@ -635,7 +635,7 @@ class Http1Layer:
     def _write_client(self, data: bytes) -> None:
         client = self.client
         if data and not client.lost and client.write_open:
-            client.transport.write(data)
+            send(client.transport, data)
 
     def _answer(self, ex: _Exchange, response: Response) -> None:
         """Answer ``ex`` ourselves (refusal, gateway error); the taps see it."""

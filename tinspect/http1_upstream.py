@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from tinspect.http1 import Http1Reader
 from tinspect.http1_write import Http1Writer
-from tinspect.relay import SINK, Leg
+from tinspect.relay import SINK, Leg, send
 from tinspect.shells import open_upstream
 from tinspect.units import Response
 
@@ -71,7 +71,7 @@ class Http1Upstream:
         leg = self.leg
         if leg is not None:
             if data and leg.write_open and not leg.lost:
-                leg.transport.write(data)
+                send(leg.transport, data)
         elif data and self.failure is None and not self.closed:
             self.pending.append(data)
 
@@ -80,7 +80,7 @@ class Http1Upstream:
         leg = self.leg
         if leg is not None:
             if leg.write_open and not leg.lost:
-                leg.transport.writeSequence(parts)
+                send(leg.transport, b"".join(parts))
         elif self.failure is None and not self.closed:
             self.pending.extend(parts)
 

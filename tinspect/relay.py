@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -37,11 +38,45 @@ from tinspect.chain import Arm, TapChain
 from tinspect.flow import Flow, format_addr
 from tinspect.units import TO_CLIENT, TO_SERVER, Data, Unit, raw_payload
 
-__all__ = ["Leg", "RawRelay", "SINK", "TAPS", "CONNECTING"]
+__all__ = ["Leg", "RawRelay", "SINK", "TAPS", "CONNECTING", "send"]
 
 SINK = 1
 TAPS = 2
 CONNECTING = 4
+
+
+_TCP = (tcp.Server, tcp.Client)
+
+
+def send(transport, data: bytes) -> None:
+    """``transport.write(data)``, but sent at once when nothing is queued.
+
+    Twisted queues every write for the next reactor turn: two ``epoll_ctl``
+    calls and a loop iteration per write, a fifth of the proxy's time on
+    small requests. A plain TCP transport whose buffer is empty can hand the
+    bytes to the socket now; what the socket does not take is queued as
+    usual (so producers are paused as usual). TLS transports, and anything
+    else, take the ordinary path.
+    """
+    if (
+        type(transport) in _TCP
+        and not transport.TLS
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # the ordinary path meets the error again and reports it
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class Leg:
@@ -79,7 +114,7 @@ class Leg:
     def write(self, data: bytes) -> None:
         """Send ``data`` unless writing is over."""
         if self.write_open and not self.lost:
-            self.transport.write(data)
+            send(self.transport, data)
 
     def shut_write(self) -> None:
         """Send EOF (half-close) once; close the leg if reading is done too.
