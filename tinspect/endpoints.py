@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from tinspect.sockets import SocketError, transparent_socket
 
-__all__ = ["TProxyServerEndpoint", "TProxyServerParser"]
+__all__ = ["TProxyServerEndpoint", "TProxyServerParser", "SharedTCPServerParser"]
 
 
 @implementer(IStreamServerEndpoint)
@@ -36,14 +36,17 @@ class TProxyServerEndpoint:
         interface: address to bind (``""`` all IPv4, ``"::"`` all IPv6).
         backlog: listen backlog.
         reuse_port: share the port between processes (SO_REUSEPORT).
+        transparent: set IP_TRANSPARENT (``False`` for `SharedTCPServerParser`).
     """
 
-    def __init__(self, reactor, port: int, interface: str = "", backlog: int = 50, reuse_port: bool = False):
+    def __init__(self, reactor, port: int, interface: str = "", backlog: int = 50, reuse_port: bool = False,
+                 transparent: bool = True):
         self._reactor = reactor
         self.port = port
         self.interface = interface
         self._backlog = backlog
         self._reuse_port = reuse_port
+        self._transparent = transparent
 
     def listen(self, factory):
         """Bind, listen and start accepting for ``factory``.
@@ -59,6 +62,7 @@ class TProxyServerEndpoint:
                 self.port,
                 backlog=self._backlog,
                 reuse_port=self._reuse_port,
+                transparent=self._transparent,
             )
         except SocketError as e:
             return defer.fail(CannotListenError(self.interface, self.port, e))
@@ -89,3 +93,16 @@ class TProxyServerParser:
             int(backlog),
             reuse_port=reuseport.lower() in ("yes", "true", "1"),
         )
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class SharedTCPServerParser:
+    """Parses ``tcpshared:PORT[:interface=ADDR][:backlog=N]``: an ordinary TCP
+    listener with SO_REUSEPORT, which ``--workers`` gives each worker in
+    place of ``tcp:``."""
+
+    prefix = "tcpshared"
+
+    def parseStreamServer(self, reactor, port, interface="", backlog="50"):
+        """Build a non-transparent, port-sharing `TProxyServerEndpoint`."""
+        return TProxyServerEndpoint(reactor, int(port), interface, int(backlog), reuse_port=True, transparent=False)

@@ -9,6 +9,7 @@ naming the culprit, raised before anything binds.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.python import usage
@@ -18,6 +19,7 @@ from tinspect.explicit import ProxyAuth
 from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.proxy import TwistdProxy
 from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
+from tinspect.workers import Workers, shared_endpoint, worker_argv
 
 __all__ = ["Options", "makeService"]
 
@@ -28,7 +30,8 @@ class Options(usage.Options):
     synopsis = (
         "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
         "       [--max-body BYTES] [--max-message BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
-        "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]"
+        "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]\n"
+        "       [--workers N]"
     )
 
     longdesc = f"""\
@@ -67,6 +70,10 @@ matching hosts untouched; --no-tls relays all TLS untouched.
 --taps NAMES: comma-separated, in chain order: built-in names (logger,
 mangler), entry-point names (group tinspect.taps), module:Class, or
 ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
+
+--workers N runs N processes sharing the TCP listening ports (SO_REUSEPORT;
+tcp:, tcp6: and tproxy: listeners); --udp stays in the first. The others log
+next to it (LOGFILE.workerN).
 """
 
     optParameters = [
@@ -83,12 +90,14 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
                                   "$XDG_STATE_HOME/tinspect or ~/.local/state/tinspect)."],
         ["upstream-ca", None, None, "PEM bundle to verify servers against instead of the system trust store."],
         ["leaf-cache", None, 1024, "Leaf certificates kept in memory.", int],
+        ["workers", None, 1, "Proxy processes sharing the listening ports (SO_REUSEPORT).", int],
     ]
 
     optFlags = [
         ["insecure-upstream", None, "Do not verify server certificates (logged loudly)."],
         ["passthrough-rejected", None, "Pass through, from then on, hosts whose client rejected our certificate."],
         ["no-tls", None, "Do not intercept TLS: relay it raw."],
+        ["worker", None, "(internal) This process is an extra worker of --workers."],
     ]
 
     def __init__(self) -> None:
@@ -98,6 +107,10 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
         self["tap_options"] = {}
         self["proxy_auth"] = []
         self["passthrough"] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self["argv"] = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, spec: str) -> None:
         """[MODE@]ENDPOINT to listen on (repeatable); see above."""
@@ -136,9 +149,20 @@ ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
             raise usage.UsageError(str(e)) from None
         if bool(self["ca-cert"]) != bool(self["ca-key"]):
             raise usage.UsageError("--ca-cert and --ca-key go together")
-        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache"):
+        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache",
+                    "workers"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
+        if self["workers"] > 1 or self["worker"]:
+            if not self["listen"] and not self["udp"]:
+                self["listen"].append(parse_listen(DEFAULT_LISTEN))
+            try:
+                self["listen"] = [
+                    parse_listen(spec.text[: len(spec.text) - len(spec.endpoint)] + shared_endpoint(spec.endpoint))
+                    for spec in self["listen"]
+                ]
+            except SpecError as e:
+                raise usage.UsageError(f"--listen: {e}") from None
         try:
             self["auth"] = ProxyAuth(self["proxy_auth"]) if self["proxy_auth"] else None
         except ValueError as e:
@@ -167,6 +191,11 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     proxy = TwistdProxy(options["tap_objects"], settings, reactor)
     for spec in options["listen"]:
         proxy.listen(spec.text)
+    if options["worker"]:
+        return proxy  # UDP sessions live in worker 0
     for spec in options["udp"]:
         proxy.listen_udp(spec.text)
+    if options["workers"] > 1:
+        argvs = [worker_argv(sys.argv, options["argv"], n) for n in range(1, options["workers"])]
+        Workers(proxy.ctx.reactor, argvs).setServiceParent(proxy)
     return proxy

@@ -70,6 +70,7 @@ def transparent_socket(
     backlog: int = 50,
     reuse_port: bool = False,
     recv_orig_dst: bool = False,
+    transparent: bool = True,
 ) -> socket.socket:
     """Create a non-blocking IP_TRANSPARENT socket bound to ``(host, port)``.
 
@@ -82,6 +83,8 @@ def transparent_socket(
         reuse_port: set SO_REUSEPORT (several processes share the port).
         recv_orig_dst: for datagram sockets, ask for each datagram's original
             destination (see `recv_with_orig_dst`).
+        transparent: set IP_TRANSPARENT (``False``: an ordinary socket, for
+            a listener that only needs ``reuse_port``).
 
     Raises:
         SocketError: with a message naming the address and the cause
@@ -95,7 +98,9 @@ def transparent_socket(
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
-            if family == socket.AF_INET6:
+            if not transparent:
+                pass
+            elif family == socket.AF_INET6:
                 sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
             else:
                 sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)

@@ -6,7 +6,7 @@ directory merges into Twisted's own plugin package (Twisted's convention).
 
 from twisted.application.service import ServiceMaker
 
-from tinspect.endpoints import TProxyServerParser
+from tinspect.endpoints import SharedTCPServerParser, TProxyServerParser
 
 tinspectServiceMaker = ServiceMaker(
     "tinspect",
@@ -16,3 +16,4 @@ tinspectServiceMaker = ServiceMaker(
 )
 
 tproxyServerParser = TProxyServerParser()
+sharedServerParser = SharedTCPServerParser()
