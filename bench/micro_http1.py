@@ -12,11 +12,8 @@ import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from tinspect.http1 import (  # noqa: E402
-    Http1Reader,
-    serialize_request_head,
-    serialize_response_head,
-)
+from tinspect.http1 import Http1Reader  # noqa: E402
+from tinspect.http1_write import serialize_request_head, serialize_response_head  # noqa: E402
 
 CURL_GET = (
     b"GET /index.html HTTP/1.1\r\n"
