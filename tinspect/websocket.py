@@ -77,19 +77,21 @@ from tinspect.flow import Flow  # noqa: E402
 from tinspect.relay import TAPS, Leg, _SinkPauser  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
-__all__ = ["is_upgrade", "client_handshake", "Upgrade", "WebSocketLayer"]
+__all__ = ["is_upgrade", "client_handshake", "end_to_end", "upstream_request", "client_response", "Upgrade",
+           "WebSocketLayer"]
 
 _OPEN = WebSocketProtocol.STATE_OPEN
 GOING_AWAY = 1001
 INTERNAL_ERROR = 1011
 
-# Fields autobahn writes itself, or that describe one connection only.
-_HANDSHAKE_FIELDS = frozenset(
+# The fields of a handshake that belong to one connection's handshake (and
+# those of any HTTP message that belong to one connection): autobahn writes
+# its own on each side; the rest of a message crosses as it is.
+_HANDSHAKE = frozenset(
     {
-        "host", "upgrade", "connection", "keep-alive", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "content-length", "sec-websocket-key", "sec-websocket-version",
-        "sec-websocket-extensions", "sec-websocket-protocol", "sec-websocket-accept",
-        "pragma", "cache-control", "user-agent", "origin",
+        b"upgrade", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+        b"content-length", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
+        b"sec-websocket-protocol", b"sec-websocket-accept",
     }
 )
 
@@ -100,7 +102,8 @@ _HANDSHAKE_FIELDS = frozenset(
 def is_upgrade(method: bytes, version: bytes, fields: list[tuple[bytes, bytes]]) -> bool:
     """Whether a switching request is a WebSocket handshake we can terminate
     (RFC 6455 §4.2.1): ``GET``, HTTP/1.1, ``Upgrade: websocket``, one
-    ``Host``, a 16-byte key, version 13 and no body."""
+    ``Host``, one 16-byte key, one version 13, handshake fields in ASCII
+    and no body. Anything else is relayed raw, for the server to judge."""
     if method != b"GET" or version != b"HTTP/1.1":
         return False
     upgrade = key = ws_version = None
@@ -116,8 +119,12 @@ def is_upgrade(method: bytes, version: bytes, fields: list[tuple[bytes, bytes]])
                 return False
             key = value
         elif lname == b"sec-websocket-version":
+            if ws_version is not None:
+                return False
             ws_version = value
         elif lname in (b"content-length", b"transfer-encoding") and value.strip() not in (b"0", b""):
+            return False
+        if lname.startswith(b"sec-websocket-") and not value.isascii():
             return False
     if upgrade is None or b"websocket" not in [t.strip().lower() for t in upgrade.split(b",")]:
         return False
@@ -130,10 +137,33 @@ def is_upgrade(method: bytes, version: bytes, fields: list[tuple[bytes, bytes]])
 
 
 def client_handshake(target: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
-    """The client's handshake request as autobahn's server side reads it."""
-    lines = [b"GET " + target + b" HTTP/1.1"]
-    lines.extend(name + b": " + value for name, value in fields)
+    """The client's handshake as autobahn's server side reads it: what it
+    needs to answer (``Host``, key, version, subprotocols and extensions,
+    repeated fields joined), nothing it might refuse that the server has
+    already accepted (``Origin``: the server judged it)."""
+    keep = {b"host": [], b"sec-websocket-key": [], b"sec-websocket-version": [],
+            b"sec-websocket-protocol": [], b"sec-websocket-extensions": []}
+    for name, value in fields:
+        values = keep.get(name.lower())
+        if values is not None:
+            values.append(value)
+    lines = [b"GET " + target + b" HTTP/1.1", b"Upgrade: websocket", b"Connection: Upgrade"]
+    for name, values in keep.items():
+        if values:
+            lines.append(name + b": " + b", ".join(values))
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``fields`` without the handshake's own and the hop-by-hop ones
+    (those the ``Connection`` field names too), as sent."""
+    listed = {
+        token.strip().lower()
+        for name, value in fields
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    return [(n, v) for n, v in fields if n.lower() not in _HANDSHAKE and n.lower() not in listed]
 
 
 def _tokens(values: list[str]) -> list[str]:
@@ -141,8 +171,8 @@ def _tokens(values: list[str]) -> list[str]:
 
 
 def upstream_options(req: Request) -> tuple[ConnectingRequest, bool]:
-    """What autobahn's client sends upstream for ``req``, and whether to
-    offer permessage-deflate (the client offered it).
+    """What autobahn's client needs for ``req``'s upstream handshake, and
+    whether to offer permessage-deflate (the client offered it).
 
     Raises:
         ValueError: the request's authority is not ``host[:port]``.
@@ -150,25 +180,10 @@ def upstream_options(req: Request) -> tuple[ConnectingRequest, bool]:
     host, port = host_port(req.authority, 443 if req.scheme == "https" else 80)
     if ":" in host:
         host = f"[{host}]"
-    headers: dict[str, str] = {}
-    names: dict[str, str] = {}  # lower-case name -> the name as first sent
-    for name, value in req.headers.items():
-        lname = name.lower()
-        if lname in _HANDSHAKE_FIELDS:
-            continue
-        if lname in names:
-            glue = "; " if lname == "cookie" else ", "
-            headers[names[lname]] += glue + value
-        else:
-            names[lname] = name
-            headers[name] = value
     options = ConnectingRequest(
         host=host,
         port=port,
         resource=req.path,
-        headers=headers,
-        useragent=req.headers.get("user-agent"),
-        origin=req.headers.get("origin"),
         protocols=_tokens(req.headers.get_all("sec-websocket-protocol")),
     )
     deflate = any(
@@ -178,17 +193,32 @@ def upstream_options(req: Request) -> tuple[ConnectingRequest, bool]:
     return options, deflate
 
 
-def response_fields(resp: Response) -> dict[str, list[str]]:
-    """The end-to-end fields of the server's ``101`` for the client's ``101``
-    (autobahn writes the handshake ones itself)."""
-    out: dict[str, list[str]] = {}
-    for name, value in resp.headers.items():
-        if name.lower() not in _HANDSHAKE_FIELDS and name.lower() != "server":
-            out.setdefault(name, []).append(value)
-    server = resp.headers.get("server")
-    if server is not None:
-        out["Server"] = [server]
-    return out
+def _own_lines(generated: bytes) -> tuple[bytes, list[bytes]]:
+    """The first line of a handshake autobahn wrote, and its lines with
+    the handshake's own fields."""
+    lines = generated.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    return lines[0], [line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() in _HANDSHAKE]
+
+
+def upstream_request(generated: bytes, req: Request) -> bytes:
+    """The handshake request to send upstream: autobahn's key, version,
+    subprotocols and extension offer, with ``req``'s own request line and
+    end-to-end fields (``Host``, cookies, origin...) byte for byte."""
+    _, own = _own_lines(generated)
+    lines = [b"GET " + req.path.encode("latin-1") + b" HTTP/1.1"]
+    lines.extend(n + b": " + v for n, v in end_to_end(req.headers.fields))
+    lines.extend(own)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def client_response(generated: bytes, resp: Response) -> bytes:
+    """The ``101`` for the client: autobahn's accept, subprotocol and
+    extensions, with the end-to-end fields of the server's ``101`` as it
+    left the taps (cookies, ``Server``) byte for byte."""
+    status, own = _own_lines(generated)
+    lines = [status, *own]
+    lines.extend(n + b": " + v for n, v in end_to_end(resp.headers.fields))
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 # -- autobahn, wired to our legs ---------------------------------------------
@@ -197,15 +227,24 @@ def response_fields(resp: Response) -> dict[str, list[str]]:
 @implementer(ITransport)
 class _Wire:
     """Autobahn's transport: writes and closes go through ``target`` (a `Leg`
-    or an `tinspect.http1_upstream.Http1Upstream`)."""
+    or an `tinspect.http1_upstream.Http1Upstream`).
+
+    Args:
+        target: where writes and closes go.
+        peer: the address autobahn reports.
+        first: rewrites the first write (the handshake autobahn wrote).
+    """
 
     disconnecting = False
 
-    def __init__(self, target: Any, peer: Any) -> None:
+    def __init__(self, target: Any, peer: Any, first: Callable[[bytes], bytes] | None = None) -> None:
         self.target = target
         self.peer = peer
+        self._first = first
 
     def write(self, data: bytes) -> None:
+        if self._first is not None:
+            data, self._first = self._first(data), None
         self.target.write(data)
 
     def writeSequence(self, data: list[bytes]) -> None:
@@ -313,6 +352,10 @@ class _Side:
         super()._fail_connection(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # autobahn leaves the close-handshake timer running past the connection.
+        if self.closeHandshakeTimeoutCall is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         if self.layer is not None:
             self.layer._side_closed(self.side)
 
@@ -338,7 +381,7 @@ class _ClientSide(_Side, WebSocketServerProtocol):
 
     side = TO_SERVER
 
-    def onConnect(self, request: Any) -> tuple[str | None, dict]:
+    def onConnect(self, request: Any) -> str | None:
         return self.layer._client_connecting(request)
 
     def onOpen(self) -> None:
@@ -366,7 +409,7 @@ class Upgrade:
         proto = self.server_side = _ServerSide(options)
         factory = factories.client_deflate if deflate and self.ctx.settings.ws_compression else factories.client
         proto.factory = _Offering(factory, options.protocols)
-        proto.makeConnection(_Wire(upstream, _address(upstream.dst)))
+        proto.makeConnection(_Wire(upstream, _address(upstream.dst), lambda generated: upstream_request(generated, req)))
 
 
 # -- the layer -----------------------------------------------------------------
@@ -446,7 +489,14 @@ class WebSocketLayer:
         self._client_bytes = self._upgrade.client_head + client_rest
         proto = self._server_side
         proto.layer = self
-        proto.dataReceived(server_bytes)
+        try:
+            proto.dataReceived(server_bytes)
+        except Exception as e:  # autobahn choked on the 101 (it decodes it as UTF-8)
+            if self._took_over:
+                raise
+            proto.layer = None
+            proto.dropConnection(abort=True)
+            return f"a 101 autobahn could not read ({e})"
         if self._took_over:
             return None
         proto.layer = None
@@ -483,18 +533,23 @@ class WebSocketLayer:
         side = self._client_side = _ClientSide()
         side.layer = self
         side.factory = _factories(self.ctx).server
-        side.makeConnection(_Wire(self.client, client_t.getPeer()))
+        side.makeConnection(_Wire(self.client, client_t.getPeer(), self._client_101))
         data, self._client_bytes = self._client_bytes, b""
         side.dataReceived(data)
         if side.state != _OPEN and not self._close_sent[TO_SERVER]:
             # autobahn answered the client's bad handshake with a 4xx.
             self._peer_failed(TO_SERVER, INTERNAL_ERROR, "the client's WebSocket handshake failed")
 
-    def _client_connecting(self, request: Any) -> tuple[str | None, dict]:
+    def _client_connecting(self, request: Any) -> str | None:
         protocol = self._server_side.websocket_protocol_in_use
         if protocol is not None and protocol not in request.protocols:
             raise ConnectionDeny(502, f"the server chose subprotocol {protocol!r}, which the client did not offer")
-        return protocol, response_fields(self._response)
+        return protocol
+
+    def _client_101(self, generated: bytes) -> bytes:
+        if generated.startswith(b"HTTP/1.1 101 "):
+            return client_response(generated, self._response)
+        return generated  # autobahn refusing the client's handshake
 
     # -- units in --------------------------------------------------------------
 
@@ -503,6 +558,7 @@ class WebSocketLayer:
 
     def _peer_closed(self, direction: Direction, code: int | None, reason: str) -> None:
         """A side sent a close frame (autobahn has echoed it): pass it on."""
+        self._close_sent[direction.reverse] = True
         self._send_close(direction, code, reason)
 
     def _peer_failed(self, direction: Direction, code: int, reason: str) -> None:
@@ -516,6 +572,7 @@ class WebSocketLayer:
             code=code,
             reason=reason,
         )
+        self._close_sent[direction.reverse] = True  # autobahn closes it with ``code``
         self._send_close(direction, INTERNAL_ERROR, f"the {who} failed: {reason}"[:120])
 
     def _side_closed(self, direction: Direction) -> None:
@@ -579,6 +636,7 @@ class WebSocketLayer:
 
     def client_lost(self, reason: Failure) -> None:
         self.client.lost = True
+        self._close_sent[TO_CLIENT] = True  # nothing reaches it any more
         if self._client_side is not None:
             self._client_side.connectionLost(reason)
         else:
@@ -589,6 +647,7 @@ class WebSocketLayer:
         self.server.lost = True
         if not reason.check(ConnectionDone) and not self._close_sent[TO_SERVER]:
             self.flow.mark_ended("upstream reset")
+        self._close_sent[TO_SERVER] = True
         self._server_side.connectionLost(reason)
         self._maybe_closed()
 
