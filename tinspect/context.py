@@ -95,6 +95,7 @@ class ProxyContext:
         self.settings = settings or Settings()
         self.flows: dict[str, Flow] = {}
         self.tls: Any = None  # tinspect.tls_layer.Interception, set up when the proxy starts
+        self.websocket: Any = None  # tinspect.websocket's autobahn factories, made on first use
 
     def open_flow(self, flow: Flow) -> bool:
         """Register a flow and tell the taps.

@@ -324,10 +324,9 @@ def _accept_response(response: Any) -> Any:
 
 
 def _factories(ctx: ProxyContext) -> _Factories:
-    factories = getattr(ctx, "_websocket", None)
-    if factories is None:
-        factories = ctx._websocket = _Factories(ctx.settings)
-    return factories
+    if ctx.websocket is None:
+        ctx.websocket = _Factories(ctx.settings)
+    return ctx.websocket
 
 
 class _Side:
