@@ -1,0 +1,406 @@
+"""Load generators and servers that ``bench/run`` starts inside the lab namespaces.
+
+Every client checks what it got and prints one JSON object on stdout::
+
+    {"ok": true, "ops": N, "seconds": S, "bytes": B, "lat_us": [p50, p99], ...}
+
+or ``{"ok": false, "error": "..."}`` (exit status 1) at the first wrong answer,
+so a wrong answer is never mistaken for a measurement.
+
+Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
+
+* ``wsserver PORT [--tls CHAIN KEY]``: a WebSocket echo server (the
+  ``websockets`` library, asyncio, permessage-deflate off so the benchmark
+  measures the proxy, not zlib).  Echoes every message as it came.
+* ``tlsnew``: a new TLS connection per request.  ``--concurrency`` threads
+  each loop: TCP connect, full TLS handshake (no session resumption,
+  certificate verified against ``--ca`` for ``--name``), ``GET PATH`` with
+  ``Connection: close``, read the response by its ``Content-Length``, check
+  the status, the length, the body size and the ALPN protocol
+  (``http/1.1``), then close (``--strict-close``: wait for the server's
+  close first, and fail when it does not come within ``--close-timeout``;
+  without it one extra connection after the timed window checks the close
+  and reports ``close_problem``).
+* ``ws``: WebSocket echo round trips: ``--connections`` connections each
+  send a binary message of ``--size`` bytes, wait for the echo and compare
+  it byte for byte (each message carries a sequence number, so a stale or
+  reordered echo is caught), for ``--seconds`` counted from when every
+  connection is open; then each closes (code 1000 expected back). A TCP
+  close that does not follow the closing handshake within
+  ``--close-timeout`` is reported as ``close_problem`` (a failure with
+  ``--strict-close``).
+* ``bulkserver PORT FILE SIZE``: sends SIZE bytes of FILE (the sparse, zero
+  filled download file) with sendfile to each client as soon as it
+  connects, then closes: a server that speaks first, fast enough that the
+  proxy, not the source, is what a tunnel measurement measures (socat with
+  ``head -c N /dev/zero`` tops out near 170 MB/s here).
+* ``tcpread``: connect, read to EOF, check the byte count and that every
+  byte is zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+
+
+def _percentiles(samples: list[float]) -> list[float] | None:
+    """p50 and p99 of ``samples`` (nearest rank), or None when empty."""
+    if not samples:
+        return None
+    s = sorted(samples)
+
+    def rank(p: float) -> float:
+        return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
+
+    return [rank(50), rank(99)]
+
+
+def _emit(result: dict) -> int:
+    print(json.dumps(result), flush=True)
+    return 0 if result.get("ok") else 1
+
+
+def _client_context(ca: str | None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+# --- WebSocket echo server -------------------------------------------------------------
+
+
+async def _ws_server(port: int, tls: list[str] | None) -> None:
+    from websockets.asyncio.server import serve
+
+    async def echo(ws):
+        try:
+            async for message in ws:
+                await ws.send(message)
+        except Exception:  # noqa: BLE001 - a client going away mid-message is not our concern
+            pass
+
+    context = None
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+    async with serve(echo, None, port, ssl=context, compression=None, max_size=None, ping_interval=None):
+        await asyncio.get_running_loop().create_future()
+
+
+# --- new TLS connection per request ----------------------------------------------------
+
+
+class CloseProblem(Exception):
+    """The peer did not close the connection when it should have."""
+
+
+def cmd_tlsnew(args: argparse.Namespace) -> int:
+    ctx = _client_context(args.ca, ["http/1.1"])
+    # A fresh connection never offers a session: every handshake is a full one.
+    ctx.options |= ssl.OP_NO_TICKET
+    request = f"GET {args.path} HTTP/1.1\r\nHost: {args.name}\r\nConnection: close\r\n\r\n".encode()
+    deadline = time.monotonic() + args.seconds
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: list[str] = []
+    counted = [0, 0]  # requests, bytes
+
+    def one(wait_eof: bool = args.strict_close) -> tuple[float, int]:
+        t0 = time.perf_counter()
+        with socket.create_connection((args.host, args.port), timeout=args.timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=args.name) as tls:
+                alpn = tls.selected_alpn_protocol()
+                if alpn != "http/1.1":
+                    raise ValueError(f"ALPN {alpn!r}, expected 'http/1.1'")
+                tls.sendall(request)
+                response = b""
+                while b"\r\n\r\n" not in response:
+                    data = tls.recv(65536)
+                    if not data:
+                        raise ValueError(f"connection closed after {len(response)} bytes, before the response head")
+                    response += data
+                head, _, body = response.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                status = lines[0].split(b" ", 2)
+                if len(status) < 2 or status[1] != b"200":
+                    raise ValueError(f"status line {lines[0][:80]!r}")
+                length = None
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip())
+                if length != args.expect:
+                    raise ValueError(f"Content-Length {length}, expected {args.expect}")
+                while len(body) < length:
+                    data = tls.recv(65536)
+                    if not data:
+                        break
+                    body += data
+                if len(body) != args.expect:
+                    raise ValueError(f"body of {len(body)} bytes, expected {args.expect}")
+                elapsed = time.perf_counter() - t0
+                if wait_eof:
+                    # The server (or the proxy) should close after "Connection: close".
+                    tls.settimeout(args.close_timeout)
+                    try:
+                        if tls.recv(65536):
+                            raise ValueError("bytes after the response body")
+                    except TimeoutError:
+                        raise CloseProblem(f"the connection was not closed within {args.close_timeout:g} s "
+                                           f"of a complete response to a request with 'Connection: close'") from None
+        return elapsed, len(body)
+
+    def worker() -> None:
+        mine: list[float] = []
+        n = nbytes = 0
+        try:
+            while time.monotonic() < deadline:
+                elapsed, size = one()
+                mine.append(elapsed * 1e6)
+                n += 1
+                nbytes += size
+        except Exception as e:  # noqa: BLE001 - reported as the run's failure (CloseProblem too)
+            with lock:
+                errors.append(f"{type(e).__name__}: {e}")
+        with lock:
+            latencies.extend(mine)
+            counted[0] += n
+            counted[1] += nbytes
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - start
+    if errors:
+        return _emit({"ok": False, "error": f"{len(errors)} of {args.concurrency} loops failed; first: {errors[0]}",
+                      "ops": counted[0]})
+    if counted[0] == 0:
+        return _emit({"ok": False, "error": "no request completed"})
+    result = {"ok": True, "ops": counted[0], "seconds": seconds, "bytes": counted[1],
+              "lat_us": _percentiles(latencies), "alpn": "http/1.1"}
+    if not args.strict_close:
+        # One more connection, after the timed window, to see whether the server closes.
+        try:
+            one(wait_eof=True)
+        except CloseProblem as e:
+            result["close_problem"] = str(e)
+        except Exception as e:  # noqa: BLE001
+            return _emit({"ok": False, "error": f"close probe: {type(e).__name__}: {e}"})
+    return _emit(result)
+
+
+# --- WebSocket echo round trips --------------------------------------------------------
+
+
+async def _ws_client(args: argparse.Namespace) -> dict:
+    from websockets.asyncio.client import connect
+
+    secure = args.url.startswith("wss:")
+    ctx = _client_context(args.ca) if secure else None
+    base = os.urandom(args.size)
+    latencies: list[float] = []
+    counts = [0]
+    closes: list[float] = []
+    opened = [0]
+    go = asyncio.Event()
+    window = {"deadline": 0.0}
+
+    # Theory of operation: every connection is opened first and the clock
+    # starts when the last one is up, so the figure is echo round trips only
+    # (lane d measures connection setup); the closing handshake is timed
+    # separately, after the window.
+    async def loop(index: int) -> None:
+        kwargs = {"host": args.host, "port": args.port, "compression": None, "max_size": None,
+                  "ping_interval": None, "proxy": None, "open_timeout": args.timeout,
+                  "close_timeout": args.close_timeout}
+        if secure:
+            kwargs["ssl"] = ctx
+        try:
+            ws = await connect(args.url, **kwargs)
+        except BaseException:
+            go.set()
+            raise
+        try:
+            if ws.protocol.extensions:
+                raise ValueError(f"extensions negotiated: {[e.name for e in ws.protocol.extensions]}")
+            opened[0] += 1
+            if opened[0] == args.connections:
+                window["deadline"] = time.monotonic() + args.seconds
+                window["start"] = time.monotonic()
+                go.set()
+            await go.wait()
+            seq = 0
+            while time.monotonic() < window["deadline"]:
+                tag = f"{index}:{seq}:".encode()
+                message = (tag + base)[: args.size] if args.size > len(tag) else base
+                t0 = time.perf_counter()
+                await ws.send(message)
+                echo = await asyncio.wait_for(ws.recv(), args.timeout)
+                latencies.append((time.perf_counter() - t0) * 1e6)
+                if echo != message:
+                    got = len(echo) if isinstance(echo, (bytes, str)) else type(echo).__name__
+                    raise ValueError(f"echo differs from what was sent (sent {len(message)} bytes, got {got})")
+                seq += 1
+                counts[0] += 1
+            window["end"] = max(window.get("end", 0.0), time.monotonic())
+        finally:
+            go.set()  # a failed connection must not leave the others waiting
+            t0 = time.monotonic()
+            await ws.close()
+            closes.append(time.monotonic() - t0)
+        code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+        if code != 1000:
+            raise ValueError(f"closing handshake: the server's close code is {code}, expected 1000")
+
+    results = await asyncio.gather(*(loop(i) for i in range(args.connections)), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        first = failures[0]
+        return {"ok": False, "error": f"{len(failures)} of {args.connections} connections failed; first: "
+                                      f"{type(first).__name__}: {first}", "ops": counts[0]}
+    if counts[0] == 0:
+        return {"ok": False, "error": "no round trip completed"}
+    slow = max(closes)
+    result = {"ok": True, "ops": counts[0], "seconds": window["end"] - window["start"],
+              "bytes": counts[0] * args.size, "lat_us": _percentiles(latencies), "close_s": slow}
+    if slow >= args.close_timeout * 0.95:
+        result["close_problem"] = (f"the TCP connection was not closed within {args.close_timeout:g} s "
+                                   f"of the closing handshake (the client aborted it)")
+        if args.strict_close:
+            return {"ok": False, "error": result["close_problem"], "ops": counts[0]}
+    return result
+
+
+def cmd_ws(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_ws_client(args))
+    except Exception as e:  # noqa: BLE001
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return _emit(result)
+
+
+# --- raw TCP bulk source and reader -----------------------------------------------------
+
+
+def cmd_bulkserver(args: argparse.Namespace) -> int:
+    """Send ``--size`` bytes of ``FILE`` (zeros: a sparse file) to every client as soon as it
+    connects, with sendfile, then close: a server that speaks first, at memory speed."""
+    import socketserver
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with open(args.file, "rb") as f:
+                try:
+                    self.request.sendfile(f, 0, args.size)
+                except OSError:
+                    pass  # the client went away
+
+    class Server(socketserver.ThreadingTCPServer):
+        address_family = socket.AF_INET6
+        allow_reuse_address = True
+        daemon_threads = True
+
+        def server_bind(self) -> None:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
+
+    with Server(("::", args.port), Handler) as server:
+        server.serve_forever()
+    return 0
+
+
+
+def cmd_tcpread(args: argparse.Namespace) -> int:
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    zeros = bytes(len(buf))
+    total = 0
+    try:
+        t0 = time.perf_counter()
+        with socket.create_connection((args.host, args.port), timeout=args.timeout) as s:
+            while True:
+                n = s.recv_into(view)
+                if not n:
+                    break
+                # (bytearray comparison is a memcmp; memoryview's is per item, ~450 MB/s)
+                if (buf != zeros) if n == len(buf) else (buf[:n] != zeros[:n]):
+                    return _emit({"ok": False, "error": f"non-zero byte within bytes {total}..{total + n}"})
+                total += n
+        seconds = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001
+        return _emit({"ok": False, "error": f"{type(e).__name__}: {e} after {total} bytes"})
+    if total != args.expect:
+        return _emit({"ok": False, "error": f"read {total} bytes, expected {args.expect}"})
+    return _emit({"ok": True, "ops": 1, "seconds": seconds, "bytes": total})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("wsserver", help="WebSocket echo server")
+    p.add_argument("port", type=int)
+    p.add_argument("--tls", nargs=2, metavar=("CHAIN", "KEY"))
+
+    p = sub.add_parser("tlsnew", help="a new TLS connection per request")
+    p.add_argument("--host", required=True, help="address to connect to")
+    p.add_argument("--port", type=int, default=443)
+    p.add_argument("--name", required=True, help="SNI, Host and the name the certificate must carry")
+    p.add_argument("--ca", required=True, help="CA bundle to verify the server against")
+    p.add_argument("--path", default="/1k")
+    p.add_argument("--expect", type=int, default=1024, help="body size")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--close-timeout", type=float, default=2)
+    p.add_argument("--strict-close", action="store_true",
+                   help="after each body, also wait (--close-timeout) for the server to close the connection, "
+                        "and fail if it does not; by default the client closes once it has the whole body, as "
+                        "curl and browsers do, and one extra connection after the timed window checks the close")
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--timeout", type=float, default=10)
+
+    p = sub.add_parser("ws", help="WebSocket echo round trips")
+    p.add_argument("url")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--ca")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--connections", type=int, default=4)
+    p.add_argument("--close-timeout", type=float, default=2,
+                   help="how long the closing handshake may take before the client aborts the connection")
+    p.add_argument("--strict-close", action="store_true",
+                   help="fail when the connection is not closed within --close-timeout of the closing handshake")
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--timeout", type=float, default=10)
+
+    p = sub.add_parser("bulkserver", help="send SIZE bytes of FILE to each client at once, then close")
+    p.add_argument("port", type=int)
+    p.add_argument("file")
+    p.add_argument("size", type=int)
+
+    p = sub.add_parser("tcpread", help="read a raw TCP stream to EOF")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--expect", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=30)
+
+    args = parser.parse_args(argv)
+    if args.cmd == "wsserver":
+        asyncio.run(_ws_server(args.port, args.tls))
+        return 0
+    return {"tlsnew": cmd_tlsnew, "ws": cmd_ws, "tcpread": cmd_tcpread, "bulkserver": cmd_bulkserver}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
