@@ -37,12 +37,17 @@ SERVER_ADDR = ("192.0.2.10", 80)
 
 
 class Transport(StringTransport):
-    """A `StringTransport` that can also half-close, as TCP transports can."""
+    """A `StringTransport` that behaves like TCP transports where it differs:
+    it can half-close, and unregistering no producer is not an error."""
 
     write_closed = False
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
 
 
 class Peer:

@@ -50,6 +50,26 @@ def test_tls_1_2_client_is_served(lab, https, tls_proxy, pki):
     assert out.stdout == "hello tls\n"
 
 
+@pytest.mark.parametrize("version", ["-tls1_3", "-tls1_2"])
+def test_connection_close_request_gets_close_notify_and_eof(lab, https, tls_proxy, pki, version):
+    """After answering a request with "Connection: close", the proxy ends the TLS session itself.
+
+    openssl s_client with -ign_eof reads until the server side closes; it
+    would wait until the timeout if the proxy only closed after the client
+    (Twisted holds TLS shutdown while a producer is registered).
+    """
+    tls_proxy()
+    request = f"GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n"
+    started = time.monotonic()
+    out = lab.exec(lab.client, "openssl", "s_client", "-quiet", "-ign_eof", version, "-connect", f"{SERVER4}:443",
+                   "-servername", SERVER_NAME, "-CAfile", str(pki["ours"]), "-verify_return_error",
+                   input=request, check=False, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("HTTP/1.1 200"), out.stdout
+    assert out.stdout.endswith("hello tls\n"), out.stdout
+    assert time.monotonic() - started < 5
+
+
 def test_untrusted_upstream_certificate_gives_a_502_page(lab, https, tls_proxy, pki):
     """A server our trust store does not vouch for never yields a normal answer: the client reads why."""
     p = tls_proxy(trust=False)

@@ -43,7 +43,9 @@ class LabError(RuntimeError):
 
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("text", True)
-    proc = subprocess.run(list(argv), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, **kw)
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL
+    proc = subprocess.run(list(argv), capture_output=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         err = proc.stderr if kw["text"] else proc.stderr.decode(errors="replace")
         raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {err.strip()}")

@@ -127,19 +127,28 @@ class Leg:
             if self.read_open and not getattr(self.transport, "TLS", False):
                 self.transport.loseWriteConnection()
             else:
-                self.transport.loseConnection()
+                self._lose()
 
     def read_closed(self) -> None:
         """The peer sent EOF; close the leg if writing is done too."""
         self.read_open = False
         if not self.write_open and not self.lost:
-            self.transport.loseConnection()
+            self._lose()
 
     def close(self) -> None:
         """Close gracefully: flush what is buffered, then FIN."""
         self.write_open = False
         if not self.lost:
-            self.transport.loseConnection()
+            self._lose()
+
+    def _lose(self) -> None:
+        # Nothing more is written, so no producer needs pausing on this
+        # transport's buffer; and TLS sends its close_notify only once no
+        # producer is registered (Twisted's TLSMemoryBIOProtocol waits for
+        # unregisterProducer), so a registered one would hold the
+        # connection open until the peer gave up.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
 
     def abort(self) -> None:
         """Close at once, dropping buffered data (RST)."""
