@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import ipaddress
 import os
 import pathlib
 import ssl
+import weakref
 
 import pytest
 import pytest_twisted
@@ -301,7 +303,8 @@ def test_alpn_selects_exactly_the_upstream_choice(facing, ca_pem, upstream_choic
     """The client gets the protocol the upstream selected, not its own first choice."""
     handshake = facing.creator("a.example", alpn=upstream_choice)
     client = make_client(ca_pem, alpn=[b"h2", b"http/1.1"])
-    assert pump(client, handshake.new_connection()) == {}
+    server = handshake.new_connection()
+    assert pump(client, server) == {}
     assert client.get_alpn_proto_negotiated() == upstream_choice
     assert handshake.negotiated_alpn == upstream_choice
 
@@ -345,6 +348,21 @@ def test_creator_is_single_use(facing):
         handshake.new_connection()
 
 
+def test_connections_are_freed_once_their_user_drops_them(facing, upstream_ca):
+    """Neither side's creator map keeps a finished connection (and its buffers) alive."""
+    upstream = UpstreamTLS(upstream_ca[1])
+    refs = []
+    for creator in (facing.creator("a.example"), upstream.creator("a.example")):
+        conn = creator.new_connection()
+        refs.append(weakref.ref(conn))
+        assert creator.connection is conn
+        del conn
+    del creator
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert len(facing._handshakes) == 0 and len(upstream._handshakes) == 0
+
+
 # --------------------------------------------------------------------------
 # Upstream verification
 # --------------------------------------------------------------------------
@@ -371,7 +389,9 @@ def stdlib_upstream(tmp_path, cert, key, max_version):
 
 def upstream_handshake(tls, server_connect, sni="a.example", alpn=(), ip=None, port=443):
     handshake = tls.creator(sni, alpn, ip=ip, port=port)
-    errors = pump(handshake.new_connection(), server_connect())
+    conn = handshake.new_connection()
+    errors = pump(conn, server_connect())
+    handshake.held = conn  # the creator holds its connection weakly; its user (Twisted's protocol) holds it
     return handshake, errors
 
 

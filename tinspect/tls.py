@@ -264,8 +264,18 @@ class _Creator:
     _connect = True  # client side: connect state; server side: accept state
 
     def __init__(self, owner: UpstreamTLS | ClientFacingTLS) -> None:
-        self.connection: SSL.Connection | None = None
+        self._connection: weakref.ref[SSL.Connection] | None = None
         self._owner = owner
+
+    @property
+    def connection(self) -> SSL.Connection | None:
+        """The ``SSL.Connection`` once made, while its user still holds it.
+
+        Held weakly: the owner's map from connection to creator is weak in
+        its key, so a creator holding its connection would keep both alive
+        for ever (a whole SSL object, buffers and all, per connection).
+        """
+        return self._connection() if self._connection is not None else None
 
     def new_connection(self) -> SSL.Connection:
         """Make the connection, in connect or accept state, for use with memory BIOs."""
@@ -277,12 +287,12 @@ class _Creator:
         return conn
 
     def _make(self) -> SSL.Connection:
-        if self.connection is not None:
+        if self._connection is not None:
             raise RuntimeError(f"a {type(self).__name__} makes one connection; ask for a new one")
         conn = SSL.Connection(self._owner.context, None)
         self._configure(conn)
         self._owner._handshakes[conn] = self
-        self.connection = conn
+        self._connection = weakref.ref(conn)
         return conn
 
     def _configure(self, conn: SSL.Connection) -> None:
