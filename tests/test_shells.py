@@ -1,0 +1,74 @@
+"""The protocol shells over real loopback sockets: what they set on their sockets."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+
+from tinspect.shells import ClientConnection, ServerConnection
+
+
+def _nodelay(transport) -> int:
+    return transport.getHandle().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+class _Accepting(Factory):
+    protocol = ClientConnection
+
+    def __init__(self) -> None:
+        self.started: Deferred = Deferred()
+
+    def start(self, shell: ClientConnection) -> None:
+        self.started.callback(shell)
+
+
+class _Handler:
+    def __init__(self) -> None:
+        self.connected: Deferred = Deferred()
+
+    def server_connected(self, transport) -> None:
+        self.connected.callback(transport)
+
+
+@pytest_twisted.ensureDeferred
+async def test_both_shells_turn_nagle_off():
+    """Client and upstream sockets send small relayed pieces at once (TCP_NODELAY)."""
+    factory = _Accepting()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    handler = _Handler()
+    try:
+        upstream = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+                                         ServerConnection(handler))
+        shell = await factory.started
+        transport = await handler.connected
+        assert _nodelay(shell.transport) != 0
+        assert _nodelay(transport) != 0
+        shell.transport.abortConnection()
+        upstream.transport.abortConnection()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_twisted_socket_has_nagle_on():
+    """The control: without the shells, Twisted leaves Nagle on."""
+    accepted: Deferred = Deferred()
+
+    class Plain(Protocol):
+        def connectionMade(self) -> None:
+            accepted.callback(self.transport)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Plain), interface="127.0.0.1")
+    try:
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Protocol())
+        transport = await accepted
+        assert _nodelay(transport) == 0
+        transport.abortConnection()
+        client.transport.abortConnection()
+    finally:
+        await port.stopListening()
