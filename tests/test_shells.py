@@ -34,6 +34,9 @@ class _Handler:
     def server_connected(self, transport) -> None:
         self.connected.callback(transport)
 
+    def server_lost(self, reason) -> None:
+        pass
+
 
 @pytest_twisted.ensureDeferred
 async def test_both_shells_turn_nagle_off():
