@@ -8,6 +8,9 @@
                                                    parts, 2 s apart (is the proxy streaming?)
     python -m tests.peers banner-server PORT       say "220 banner" first, then echo (SMTP-like)
     python -m tests.peers send HOST PORT HEX       send the bytes, half-close, print all replies
+    python -m tests.peers hold HOST PORT HEX SECS  send the bytes, keep the connection open, print
+                                                   "<seconds until EOF, or 'open'> <reply>"
+    python -m tests.peers mute-server PORT         accept and read, never answer
     python -m tests.peers ws-echo PORT             WebSocket echo server (websockets library)
     python -m tests.peers ws-ask URL MSG...        send each MSG over a WebSocket, print each reply
 
@@ -142,6 +145,32 @@ def ws_ask(url: str, messages: list[str]) -> None:
             ws.send(message)
             print(ws.recv(timeout=10), flush=True)
 
+def hold(host: str, port: int, payload: bytes, seconds: float) -> None:
+    sock = socket.create_connection((host, port), timeout=10)
+    started = time.monotonic()
+    sock.sendall(payload)
+    sock.settimeout(seconds)
+    out = b""
+    ended = "open"
+    try:
+        while data := sock.recv(65536):
+            out += data
+        ended = f"{time.monotonic() - started:.1f}"
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        ended = f"{time.monotonic() - started:.1f}"
+    sys.stdout.write(f"{ended} {out.decode('latin-1')}")
+
+
+def mute_server(port: int) -> None:
+    def handle(conn):
+        with conn:
+            while conn.recv(65536):
+                pass
+
+    _serve_threads(port, handle)
+
 
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
@@ -159,6 +188,10 @@ if __name__ == "__main__":
         banner_server(int(args[0]))
     elif cmd == "send":
         send(args[0], int(args[1]), bytes.fromhex(args[2]))
+    elif cmd == "hold":
+        hold(args[0], int(args[1]), bytes.fromhex(args[2]), float(args[3]))
+    elif cmd == "mute-server":
+        mute_server(int(args[0]))
     elif cmd == "ws-echo":
         ws_echo(int(args[0]))
     elif cmd == "ws-ask":

@@ -25,6 +25,16 @@ class Settings:
 
     Attributes:
         connect_timeout: seconds to wait for an upstream TCP connection.
+        idle_timeout: seconds an HTTP/1.1 connection may wait between
+            requests, or an HTTP/2 one with no stream open, before it is closed.
+        header_timeout: seconds from the first byte of an HTTP/1 request
+            head to its end (``408`` beyond: slowloris).
+        response_timeout: seconds a server may send nothing while a response
+            is awaited or being read (``504`` page, or the exchange aborted
+            once the response began); time the proxy holds the server back
+            (a slow client or tap) does not count.
+        handshake_timeout: seconds from a client's first TLS byte to the end
+            of its handshake with us.
         udp_idle_timeout: seconds of silence after which a UDP session ends.
         udp_max_sessions: UDP sessions per listener; the oldest idle one is
             dropped to make room for a new client.
@@ -57,6 +67,10 @@ class Settings:
     """
 
     connect_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    header_timeout: float = 30.0
+    response_timeout: float = 60.0
+    handshake_timeout: float = 15.0
     udp_idle_timeout: float = 60.0
     udp_max_sessions: int = 4096
     sniff_timeout: float = 1.0

@@ -30,6 +30,14 @@ Backpressure: each side's transport pauses the other side's reading while its
 write buffer is full (as `tinspect.relay.RawRelay` does); a tap that goes
 asynchronous pauses its source side; a pipelined request pauses the client.
 
+Timeouts (one `tinspect.timeouts.Deadline` at a time): between requests the
+connection may be idle for ``idle_timeout`` (then it is closed); once a
+request head has begun it must be complete within ``header_timeout`` (else
+``408``: slowloris); once the whole request went upstream, the server may
+be silent for at most ``response_timeout`` while we read from it (else a
+``504`` page, or an abort when the response had begun). Time the proxy
+itself holds the server back (a full client, a slow tap) does not count.
+
 Switching protocols hands both connections on. A WebSocket handshake
 (`tinspect.websocket.is_upgrade`) is sent upstream by autobahn, and after the
 server's ``101`` has passed the taps, a `tinspect.websocket.WebSocketLayer`
@@ -70,11 +78,13 @@ from tinspect.relay import SINK, TAPS, Leg, RawRelay, _SinkPauser, send
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
 from tinspect.explicit import host_port, proxy_request
 from tinspect.shells import open_upstream
+from tinspect.timeouts import Deadline
 from tinspect.websocket import Upgrade, WebSocketLayer, client_handshake, is_upgrade
 
 __all__ = ["Http1Layer"]
 
 WAIT = 8  # a Leg pause reason: a pipelined request waits for its turn
+IDLE, HEAD, RESPONSE = "idle", "head", "response"  # what the deadline waits for
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -197,6 +207,8 @@ class Http1Layer:
         flow.attach(self.arms, self.abort)
         flow.protocol = "http/1.1"
         client.transport.registerProducer(UpstreamPauser(self), True)
+        self._deadline = Deadline(ctx.reactor, self._timed_out, self._upstream_paused)
+        self._deadline.start(settings.idle_timeout, IDLE)
         if upstream is not None:
             shell, connecting, transport, failure = upstream
             up = self.upstream = Http1Upstream(self, flow.dst, shell)
@@ -219,9 +231,13 @@ class Http1Layer:
             self._queue.append(e)
         else:
             if not events:
+                if self._deadline.what is IDLE:
+                    self._deadline.start(self.ctx.settings.header_timeout, HEAD)
                 return
             self._queue.extend(events)
         self._pump()
+        if self._exchange is None and self._deadline.what is IDLE and not self._finished:
+            self._deadline.start(self.ctx.settings.header_timeout, HEAD)
 
     def client_eof(self) -> None:
         """The client half-closed."""
@@ -293,6 +309,7 @@ class Http1Layer:
         fields = Headers(head.headers)
         req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
+        self._deadline.stop()
         ex.switching = head.switching
         if head.switching and is_upgrade(head.method, head.version, head.headers):
             ex.websocket = Upgrade(self.ctx, client_handshake(head.target, head.headers))
@@ -386,6 +403,7 @@ class Http1Layer:
             up = ex.upstream if ex is not None else None
             if up is not None and not ex.answered:
                 up.write(up.writer.end(unit.trailers.fields if unit.trailers else None))
+                self._await_response(ex)
         elif kind is Request:
             if ex is None or ex.sent or ex.answered:
                 raise RuntimeError("taps can only pass the current request on an HTTP/1.1 connection")
@@ -427,6 +445,8 @@ class Http1Layer:
         parts = up.writer.request(req, upgrade=ex.switching)
         up.reader.expect_response(req.method.encode("latin-1"))
         up.write_parts(parts)
+        if req.body is not None:
+            self._await_response(ex)
 
     # -- upstream events ------------------------------------------------------
 
@@ -455,6 +475,7 @@ class Http1Layer:
     def _upstream_data(self, up: Http1Upstream, data: bytes) -> None:
         if up is not self.upstream or self._finished:
             return
+        self._deadline.kick()
         if up.record is not None:
             up.record += data
         try:
@@ -687,6 +708,7 @@ class Http1Layer:
         if not (ex.request_done and ex.response_done) or self._exchange is not ex:
             return
         self._exchange = None
+        self._deadline.start(self.ctx.settings.idle_timeout, IDLE)
         up = ex.upstream
         if up is not None and up is self.upstream and not up.keep_alive:
             up.close()
@@ -709,7 +731,7 @@ class Http1Layer:
             return
         client_rest = self.reader.switch()
         server_rest = up.reader.switch()
-        self._finished = True
+        self._hand_over()
         client_t = self.client.transport
         server_t = up.leg.transport
         client_t.unregisterProducer()
@@ -746,7 +768,7 @@ class Http1Layer:
         layer = WebSocketLayer(self.ctx, self.flow, self._shell, up, ex.websocket, self._on_closed)
         failure = layer.open(record, client_rest, resp)
         if failure is None:
-            self._finished = True
+            self._hand_over()
             if not self.client.read_open:
                 layer.client_eof()
             return
@@ -783,7 +805,7 @@ class Http1Layer:
         ex.response_started = True
         self._write_client(b"HTTP/1.1 200 Connection established\r\n\r\n")
         early = self.reader.switch()
-        self._finished = True
+        self._hand_over()
         self.client.transport.unregisterProducer()
         self.client.resume(~0)
         Sniffer(self.ctx, self.flow, self._shell, shell, self._on_closed, server_transport=transport, early=early)
@@ -833,6 +855,7 @@ class Http1Layer:
             up.leg.pause(TAPS)
 
     def _resume_upstream_for_taps(self) -> None:
+        self._deadline.kick()  # the server was held back until now: its silence was ours
         up = self.upstream
         if up is not None and up.leg is not None:
             up.leg.resume(TAPS)
@@ -857,6 +880,44 @@ class Http1Layer:
         )
         self._close()
 
+    # -- timeouts -------------------------------------------------------------
+
+    def _await_response(self, ex: _Exchange) -> None:
+        """The whole request went upstream: its answer must come in time."""
+        if not ex.response_done and self._exchange is ex:
+            self._deadline.start(self.ctx.settings.response_timeout, RESPONSE)
+
+    def _upstream_paused(self) -> bool:
+        """Silence from the server is ours while we are not reading it."""
+        up = self.upstream
+        return self._deadline.what is RESPONSE and up is not None and up.leg is not None and up.leg.paused
+
+    def _timed_out(self, what: str) -> None:
+        if self._finished:
+            return
+        settings = self.ctx.settings
+        if what is IDLE:
+            self._log.info("flow {flow_id}: closing the connection: idle for {seconds:g} s",
+                           flow_id=self.flow.id, seconds=settings.idle_timeout)
+            self._close()
+        elif what is HEAD:
+            self._bad_request(ProtocolError(408, f"no complete request head within {settings.header_timeout:g} s"))
+        else:
+            ex = self._exchange
+            up = ex.upstream if ex is not None else None
+            if ex is None or up is None:
+                return
+            reason = f"sent nothing for {settings.response_timeout:g} s"
+            if ex.response_submitted or ex.answered:
+                self.abort(f"upstream {format_addr(up.dst)} {reason} in the middle of the response")
+                return
+            self._log.warn("flow {flow_id}: upstream {dst} {reason}", flow_id=self.flow.id,
+                           dst=format_addr(up.dst), reason=reason)
+            up.abort()
+            if self.upstream is up:
+                self._forget_upstream()
+            self._answer(ex, error_page(504, f"upstream {format_addr(up.dst)} {reason}", ex.request))
+
     def abort(self, reason: str) -> None:
         """Abort both sides at once (fail closed)."""
         if self._finished:
@@ -877,9 +938,15 @@ class Http1Layer:
             self.upstream.close()
         self._finish()
 
+    def _hand_over(self) -> None:
+        """Another layer carries the connection from now on."""
+        self._finished = True
+        self._deadline.stop()
+
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            self._deadline.stop()
             self._queue.clear()
             self._on_closed()
 

@@ -151,8 +151,10 @@ class UpstreamPauser:
             up.leg.pause(SINK)
 
     def resumeProducing(self) -> None:
-        self._layer._client_full = False
-        up = self._layer.upstream
+        layer = self._layer
+        layer._client_full = False
+        layer._deadline.kick()  # the server was held back until now: its silence was ours
+        up = layer.upstream
         if up is not None and up.leg is not None:
             up.leg.resume(SINK)
 

@@ -97,6 +97,11 @@ class Leg:
         self.write_open = True
         self.lost = False
 
+    @property
+    def paused(self) -> bool:
+        """Whether reading is stopped, for any reason."""
+        return bool(self._paused)
+
     def pause(self, reason: int) -> None:
         """Stop reading for ``reason`` (a bit); idempotent."""
         if not self._paused and not self.lost:

@@ -79,6 +79,12 @@ next to it (LOGFILE.workerN).
     optParameters = [
         ["taps", "t", "", "Taps in chain order, comma-separated (logger,mangler,mypkg.mod:MyTap)."],
         ["connect-timeout", None, 10.0, "Seconds to wait for an upstream TCP connection.", float],
+        ["idle-timeout", None, 60.0, "Seconds a client connection may wait between HTTP requests.", float],
+        ["header-timeout", None, 30.0, "Seconds from a request head's first byte to its end (408 beyond).", float],
+        ["response-timeout", None, 60.0, "Seconds a server may send nothing while its response is awaited "
+                                          "or read (504 beyond).", float],
+        ["handshake-timeout", None, 15.0, "Seconds from a client's first TLS byte to the end of its handshake.",
+         float],
         ["udp-timeout", None, 60.0, "Seconds of silence before a UDP session ends.", float],
         ["sniff-timeout", None, 1.0, "Seconds to wait for a client's first bytes before relaying raw.", float],
         ["max-body", None, 100 * 1024 * 1024, "Largest HTTP body buffered for a tap that asks for whole bodies.", int],
@@ -149,8 +155,8 @@ next to it (LOGFILE.workerN).
             raise usage.UsageError(str(e)) from None
         if bool(self["ca-cert"]) != bool(self["ca-key"]):
             raise usage.UsageError("--ca-cert and --ca-key go together")
-        for key in ("connect-timeout", "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache",
-                    "workers"):
+        for key in ("connect-timeout", "idle-timeout", "header-timeout", "response-timeout", "handshake-timeout",
+                    "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache", "workers"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
         if self["workers"] > 1 or self["worker"]:
@@ -173,6 +179,10 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     """Build the proxy service from parsed options."""
     settings = Settings(
         connect_timeout=options["connect-timeout"],
+        idle_timeout=options["idle-timeout"],
+        header_timeout=options["header-timeout"],
+        response_timeout=options["response-timeout"],
+        handshake_timeout=options["handshake-timeout"],
         udp_idle_timeout=options["udp-timeout"],
         sniff_timeout=options["sniff-timeout"],
         max_body=options["max-body"],

@@ -41,6 +41,7 @@ from tinspect.clienthello import ClientHello, ClientHelloError, ClientHelloReade
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow, format_addr
 from tinspect.relay import RawRelay
+from tinspect.timeouts import Deadline
 from tinspect.tls import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.tls_policy import PassthroughPolicy, classify_client_failure
 
@@ -180,6 +181,8 @@ class TlsLayer:
         self._closed = False
         client.handler = self
         server.handler = self
+        self._deadline = Deadline(ctx.reactor, self._timed_out)
+        self._deadline.start(ctx.settings.handshake_timeout, "handshake")
 
     # -- client side ----------------------------------------------------------
 
@@ -213,6 +216,7 @@ class TlsLayer:
         if self._closed:
             return
         self._closed = self._done = True
+        self._deadline.stop()
         failure = classify_client_failure(reason)
         name = self._name()
         if self._client_hs is not None and failure.rejected_certificate:
@@ -249,6 +253,7 @@ class TlsLayer:
         protocol = handle.get_alpn_proto_negotiated()
         self.flow.alpn = protocol.decode("ascii", "replace") if protocol else None
         self._done = True
+        self._deadline.stop()
         self._log.info(
             "flow {flow_id}: TLS intercepted for {name} ({version}, ALPN {alpn})",
             flow_id=self.flow.id,
@@ -379,6 +384,7 @@ class TlsLayer:
     def _relay_raw(self) -> None:
         """Relay the connection untouched, from its first byte."""
         self._done = True
+        self._deadline.stop()
         relay = RawRelay(self.ctx.chain, self.flow, self._client.transport, on_closed=self._on_closed)
         self._client.handler = relay
         self._server.handler = relay
@@ -390,10 +396,15 @@ class TlsLayer:
             relay.server_failed(self._failure)
         relay.client_data(self._reader.received)
 
+    def _timed_out(self, what: str) -> None:
+        self._give_up(f"no complete TLS handshake within {self.ctx.settings.handshake_timeout:g} s "
+                      f"of the client's first byte")
+
     def _give_up(self, reason: str) -> None:
         if self._done:
             return
         self._done = True
+        self._deadline.stop()
         self.flow.mark_ended(reason)
         self._log.info("flow {flow_id}: {reason}", flow_id=self.flow.id, reason=reason)
         self._client.transport.loseConnection()

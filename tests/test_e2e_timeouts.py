@@ -1,0 +1,126 @@
+"""End to end, timeouts: stalled clients and servers through real TPROXY rules.
+
+Each test runs ``twistd tinspect`` with one timeout cut to a second and a
+peer that stalls at the matching moment; the other side must get a clean
+answer (a 408 or 504 page, or the connection closed) in a few seconds, and
+the proxy must not count the time it holds a server back itself.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DUAL, REPO, client_run
+from tinspect.netlab import SERVER4, SERVER_NAME, Nginx
+
+pytestmark = pytest.mark.netns
+
+
+def hold(lab, payload: bytes, seconds: float = 8, port: int = 80) -> tuple[str, str]:
+    """Send ``payload`` from the client and wait; (seconds until the proxy closed or 'open', what came back)."""
+    out = client_run(lab, sys.executable, "-m", "tests.peers", "hold", SERVER4, str(port), payload.hex(), str(seconds),
+                     timeout=seconds + 10)
+    ended, _, reply = out.partition(" ")
+    return ended, reply
+
+
+@pytest.fixture
+def web(lab, tmp_path):
+    server = Nginx(lab, lab.server, tmp_path / "nginx")
+    (server.root / "index.html").write_text("hello world\n")
+    (server.root / "big.bin").write_bytes(b"x" * (3 * 1024 * 1024))
+    return server.start()
+
+
+def start(lab, proxy, *extra, ports=(80,)):
+    lab.tproxy(8080, dports=list(ports))
+    return proxy(["--listen", DUAL, "--taps", "logger", *extra], wait=[(8080, "tcp")])
+
+
+def test_a_request_head_that_never_ends_gets_408(lab, web, proxy):
+    """Slowloris: a head begun but not finished within --header-timeout is answered 408 and closed."""
+    p = start(lab, proxy, "--header-timeout", "1")
+    ended, reply = hold(lab, b"GET / HTTP/1.1\r\nHost: server.test\r\nX-Slow: ")
+    assert ended != "open" and float(ended) < 4, (ended, reply)
+    assert reply.startswith("HTTP/1.1 408 "), reply
+    assert "no complete request head within 1 s" in reply
+    time.sleep(0.3)
+    assert "bad request from" in p.log() and "(answering 408)" in p.log()
+
+
+def test_an_idle_keep_alive_connection_is_closed(lab, web, proxy):
+    """After a complete exchange, a connection silent for --idle-timeout is closed; the answer came first."""
+    p = start(lab, proxy, "--idle-timeout", "1")
+    ended, reply = hold(lab, b"GET / HTTP/1.1\r\nHost: server.test\r\n\r\n")
+    assert reply.startswith("HTTP/1.1 200 ") and reply.endswith("hello world\n"), reply
+    assert ended != "open" and 0.9 <= float(ended) < 4, ended
+    time.sleep(0.3)
+    assert "closing the connection: idle for 1 s" in p.log()
+
+
+def test_a_connection_that_keeps_talking_is_not_idle(lab, web, proxy):
+    """Three requests 0.7 s apart on one connection with --idle-timeout 1: all answered."""
+    start(lab, proxy, "--idle-timeout", "1")
+    script = (
+        "import socket,sys,time\n"
+        f"s=socket.create_connection(('{SERVER4}',80)); got=b''\n"
+        "for i in range(3):\n"
+        "    s.sendall(b'GET / HTTP/1.1\\r\\nHost: server.test\\r\\n\\r\\n')\n"
+        "    while got.count(b'hello world') <= i: got+=s.recv(65536)\n"
+        "    time.sleep(0.7)\n"
+        "print(got.count(b'HTTP/1.1 200'))\n"
+    )
+    assert client_run(lab, sys.executable, "-c", script).strip() == "3"
+
+
+def test_a_server_that_never_answers_gives_504(lab, proxy):
+    """A server that takes the request and stays silent: 504 after --response-timeout."""
+    lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "mute-server", "80", cwd=REPO)
+    lab.wait_listening(lab.server, 80)
+    p = start(lab, proxy, "--response-timeout", "1")
+    started = time.monotonic()
+    out = client_run(lab, "curl", "-sS", "-w", "\\n%{http_code}", f"http://{SERVER4}/")
+    assert time.monotonic() - started < 5
+    assert out.endswith("\n504"), out
+    assert "sent nothing for 1 s" in out
+    time.sleep(0.3)
+    assert "upstream 198.51.100.2:80 sent nothing for 1 s" in p.log()
+
+
+def test_a_client_that_stops_reading_is_not_taken_for_a_silent_server(lab, web, proxy):
+    """A client reads a little of 3 MiB, stops for 3 s, then reads the rest, with --response-timeout 1:
+    the proxy held the server back meanwhile, so that silence is not the server's and nothing times out."""
+    p = start(lab, proxy, "--response-timeout", "1")
+    script = (
+        "import socket,time\n"
+        f"s=socket.create_connection(('{SERVER4}',80))\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n"
+        "s.sendall(b'GET /big.bin HTTP/1.1\\r\\nHost: server.test\\r\\nConnection: close\\r\\n\\r\\n')\n"
+        "got=s.recv(1000); time.sleep(3)\n"
+        "while d:=s.recv(65536): got+=d\n"
+        "print(len(got.partition(b'\\r\\n\\r\\n')[2]))\n"
+    )
+    out = lab.exec(lab.client, sys.executable, "-c", script, timeout=30, check=False)
+    assert out.stdout.strip() == str(3 * 1024 * 1024), (out.stderr, p.log())
+    assert "sent nothing" not in p.log()
+
+
+def test_a_tls_handshake_that_stalls_is_given_up(lab, proxy, tmp_path, pki):
+    """A client that sends half a ClientHello and waits is disconnected after --handshake-timeout."""
+    https = Nginx(lab, lab.server, tmp_path / "nginx-tls", tls=(pki["chain"], pki["key"]))
+    (https.root / "index.html").write_text("hello tls\n")
+    https.start()
+    lab.wait_listening(lab.server, 443)
+    p = start(lab, proxy, "--handshake-timeout", "1", "--state-dir", str(pki["state"]),
+              "--upstream-ca", str(pki["server_ca"]), ports=(443,))
+    ended, reply = hold(lab, bytes.fromhex("160301020001"), port=443)  # a record head, then nothing
+    assert ended != "open" and float(ended) < 4, ended
+    assert reply == ""
+    time.sleep(0.3)
+    assert "no complete TLS handshake within 1 s" in p.log()
+    # and a real client is served by the same proxy
+    out = client_run(lab, "curl", "-sS", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+    assert out == "hello tls\n"
