@@ -240,7 +240,7 @@ def test_silent_client_is_relayed_after_the_sniff_timeout(lab, http_proxy, proxy
 
 def test_explicit_proxy_absolute_form_and_names(lab, web, proxy):
     """curl -x with http:// URLs: origin-form upstream, Host set, host names resolved, keep-alive kept."""
-    proxy(["--listen", "tcp:3128:interface=192.0.2.1"], wait=[(3128, "tcp")])
+    proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24"], wait=[(3128, "tcp")])
     via = "http://192.0.2.1:3128"
     out = curl(lab, "-x", via, f"http://{SERVER_NAME}/headers", f"http://{SERVER_NAME}/")
     assert out == f"host=[{SERVER_NAME}] connection=[] keep-alive=[] secret=[] te=[] seen=[] proxy-auth=[]\nhello world\n"
@@ -251,9 +251,38 @@ def test_explicit_proxy_absolute_form_and_names(lab, web, proxy):
     assert bad.endswith("502") and "cannot resolve host name" in bad, bad
 
 
+def test_explicit_proxy_serves_only_its_client_networks(lab, web, proxy):
+    """Listening on a non-loopback address is not an open relay: only local/private clients by default,
+    exactly the --allow-clients networks when given."""
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1"], wait=[(3128, "tcp")])
+    refused = lab.exec(lab.client, "curl", "-sS", "-x", "http://192.0.2.1:3128", url(SERVER4), check=False)
+    assert refused.returncode != 0 and "hello world" not in refused.stdout
+    time.sleep(0.2)
+    assert re.search(r"refusing 192\.0\.2\.2:\d+ on tcp:3128:interface=192\.0\.2\.1: not in the client networks "
+                     r"it serves \(127\.0\.0\.0/8,", p.log()), p.log()
+    p.stop()
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.2/32,2001:db8::/32"],
+              wait=[(3128, "tcp")])
+    assert curl(lab, "-x", "http://192.0.2.1:3128", url(SERVER4)) == "hello world\n"
+    p.stop()
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.128/25"], wait=[(3128, "tcp")])
+    refused = lab.exec(lab.client, "curl", "-sS", "-x", "http://192.0.2.1:3128", url(SERVER4), check=False)
+    assert refused.returncode != 0 and "hello world" not in refused.stdout
+
+
+def test_transparent_listener_with_allow_clients_refuses_others(lab, web, http_proxy):
+    """--allow-clients applies to transparent listeners too: a client outside is cut, not relayed."""
+    p = http_proxy("logger", extra=("--allow-clients", "203.0.113.0/24"))
+    refused = lab.exec(lab.client, "curl", "-sS", url(SERVER4), check=False)
+    assert refused.returncode != 0 and "hello world" not in refused.stdout
+    assert web.access_log() == []
+    time.sleep(0.2)
+    assert "not in the client networks it serves (203.0.113.0/24)" in p.log()
+
+
 def test_explicit_proxy_basic_authentication(lab, web, proxy):
     """--proxy-auth: 407 without credentials, through with them, and the credentials go no further."""
-    proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--proxy-auth", "alice:wonder land"], wait=[(3128, "tcp")])
+    proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24", "--proxy-auth", "alice:wonder land"], wait=[(3128, "tcp")])
     via = "http://192.0.2.1:3128"
     denied = lab.exec(lab.client, "curl", "-sS", "-i", "-x", via, url(SERVER4), check=False).stdout
     assert denied.startswith("HTTP/1.1 407 Proxy Authentication Required"), denied

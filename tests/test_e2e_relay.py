@@ -266,7 +266,7 @@ def test_explicit_proxy_connect_tunnel_with_curl(lab, proxy, tmp_path):
     web = Nginx(lab, lab.server, tmp_path / "nginx")
     (web.root / "index.html").write_text("tunnelled\n")
     web.start()
-    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--taps", "logger"], wait=[(3128, "tcp")])
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24", "--taps", "logger"], wait=[(3128, "tcp")])
     via = "http://192.0.2.1:3128"
     assert client_run(lab, "curl", "-sS", "-p", "-x", via, f"http://{SERVER4}/") == "tunnelled\n"
     assert client_run(lab, "curl", "-sS", "-p", "-x", via, f"http://[{SERVER6}]/") == "tunnelled\n"

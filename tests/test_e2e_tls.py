@@ -126,7 +126,7 @@ def test_passthrough_pattern_relays_tls_untouched(lab, https, tls_proxy, pki):
 
 def test_connect_tunnel_through_the_explicit_proxy_is_intercepted(lab, https, proxy, pki):
     """curl -x with https:// tunnels through CONNECT, and the tunnel is decrypted like a transparent one."""
-    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--state-dir", str(pki["state"]),
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24", "--state-dir", str(pki["state"]),
                "--upstream-ca", str(pki["server_ca"]), "--taps", "logger"], wait=[(3128, "tcp")])
     out = curl(lab, "-x", "http://192.0.2.1:3128", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
     assert out.returncode == 0, out.stderr

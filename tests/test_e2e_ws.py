@@ -228,7 +228,7 @@ def test_a_tap_injects_a_message_to_the_client(lab, pki, ws_servers, ws_proxy):
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_explicit_proxy_connect_carries_websocket(lab, pki, ws_servers, proxy, scheme):
     """Through the explicit proxy's CONNECT, plain and TLS WebSocket are decoded the same way."""
-    p = proxy(["--listen", f"tcp:3128:interface={GW_CLIENT4}", "--state-dir", str(pki["state"]),
+    p = proxy(["--listen", f"tcp:3128:interface={GW_CLIENT4}", "--allow-clients", "192.0.2.0/24", "--state-dir", str(pki["state"]),
                "--upstream-ca", str(pki["server_ca"]), "--taps", "logger,tests.lab_taps:WsFacts"],
               wait=[(3128, "tcp")])
     out = ws_client(lab, pki, "basic", f"{scheme}://{SERVER_NAME}/echo", via=f"http://{GW_CLIENT4}:3128")

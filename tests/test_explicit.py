@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tinspect.explicit import ProxyAuth, host_port, proxy_request
+from tinspect.explicit import LOCAL_NETWORKS, ClientNetworks, ProxyAuth, host_port, proxy_request
 from tinspect.headers import Headers
 from tinspect.units import Request, Response
 
@@ -287,3 +289,37 @@ def test_host_port_errors(authority, default, message):
     """No host, a bad port, an unbracketed IPv6 address or a missing port without default: ValueError."""
     with pytest.raises(ValueError, match=message):
         host_port(authority, default)
+
+
+# -- client networks ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("host, inside", [
+    ("127.0.0.1", True), ("::1", True), ("10.1.2.3", True), ("172.31.255.255", True), ("172.32.0.1", False),
+    ("192.168.0.9", True), ("::ffff:192.168.0.9", True), ("fd00::1", True), ("fe80::1%eth0", True),
+    ("192.0.2.2", False), ("2001:db8::1", False), ("8.8.8.8", False), ("not an address", False),
+])
+def test_local_networks_are_loopback_and_private_only(host, inside):
+    assert (host in ClientNetworks(LOCAL_NETWORKS)) is inside
+
+
+def test_client_networks_take_cidrs_and_single_addresses():
+    nets = ClientNetworks(["192.0.2.0/25", "2001:db8::7", "198.51.100.9/24"])  # host bits are allowed
+    assert "192.0.2.127" in nets and "192.0.2.128" not in nets
+    assert "2001:db8::7" in nets and "2001:db8::8" not in nets
+    assert "198.51.100.200" in nets
+    assert str(nets) == "192.0.2.0/25,2001:db8::7/128,198.51.100.0/24"
+
+
+@pytest.mark.parametrize("bad", [["192.0.2.0/33"], ["example.com"], []])
+def test_bad_client_networks_are_named(bad):
+    with pytest.raises(ValueError, match="not a network" if bad else "no client networks"):
+        ClientNetworks(bad)
+
+
+@given(st.ip_addresses())
+def test_an_address_is_in_its_own_network(ip):
+    """(IPv4-mapped IPv6 addresses are IPv4 clients of a dual-stack socket: they match as IPv4.)"""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    net = f"{mapped}/32" if mapped is not None else f"{ip}/{ip.max_prefixlen}"
+    assert str(ip) in ClientNetworks([net])

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tinspect.context import ProxyContext
+from tinspect.explicit import LOCAL_NETWORKS, ClientNetworks
 from tinspect.flow import Flow, format_addr
 from tinspect.h2_layer import H2Layer
 from tinspect.http1_layer import Http1Layer
@@ -71,11 +72,39 @@ class _ListenerFactory(Factory):
     client, whose ``connectionMade`` calls the factory's ``start``."""
 
     noisy = False
+    default_clients: tuple[str, ...] | None = None  # served when --allow-clients is not given; None: all
 
     def buildProtocol(self, addr):
         proto = ClientConnection()
         proto.factory = self
         return proto
+
+    def allowed(self, client: ClientConnection) -> tuple[str, int] | None:
+        """The client's address if this listener serves it; else refuse it (logged) and return ``None``."""
+        peer = client.transport.getPeer()
+        addr = (normalize_host(peer.host), peer.port)
+        networks = self.ctx.settings.allow_clients or self.default_clients
+        if networks is None:
+            return addr
+        clients = self._clients
+        if clients is None or clients[0] is not networks:
+            clients = self._clients = (networks, ClientNetworks(networks))
+        if addr[0] in clients[1]:
+            return addr
+        self._refuse(client, addr, f"not in the client networks it serves ({clients[1]})")
+        return None
+
+    def _refuse(self, client: ClientConnection, addr: tuple[str, int], reason: str) -> None:
+        self._log.warn(
+            "refusing {client} on {listener}: {reason}",
+            client=format_addr(addr),
+            listener=self.listener,
+            reason=reason,
+        )
+        client.transport.abortConnection()
+
+    _clients: tuple[tuple[str, ...], ClientNetworks] | None = None
+    _log = Logger()
 
 
 class TCPProxyFactory(_ListenerFactory):
@@ -98,8 +127,9 @@ class TCPProxyFactory(_ListenerFactory):
         """A client connected: find its destination, connect there, sniff."""
         ctx = self.ctx
         transport = client.transport
-        peer = transport.getPeer()
-        addr = (normalize_host(peer.host), peer.port)
+        addr = self.allowed(client)
+        if addr is None:
+            return
         try:
             dst = self.destination.resolve(transport)
         except SocketError as e:
@@ -116,17 +146,6 @@ class TCPProxyFactory(_ListenerFactory):
         shell, d = open_upstream(ctx, dst, None)
         Sniffer(ctx, flow, client, shell, lambda: ctx.close_flow(flow), connecting=d)
 
-    def _refuse(self, client: ClientConnection, addr: tuple[str, int], reason: str) -> None:
-        self._log.warn(
-            "refusing {client} on {listener}: {reason}",
-            client=format_addr(addr),
-            listener=self.listener,
-            reason=reason,
-        )
-        client.transport.abortConnection()
-
-    _log = Logger()
-
 
 class ExplicitProxyFactory(_ListenerFactory):
     """Builds a `ClientConnection` per client of the explicit proxy.
@@ -140,6 +159,8 @@ class ExplicitProxyFactory(_ListenerFactory):
         listener: the listen spec, for logs.
     """
 
+    default_clients = LOCAL_NETWORKS  # not an open relay, whatever interface it listens on
+
     def __init__(self, ctx: ProxyContext, listener: str) -> None:
         self.ctx = ctx
         self.listener = listener
@@ -148,8 +169,10 @@ class ExplicitProxyFactory(_ListenerFactory):
     def start(self, client: ClientConnection) -> None:
         """A client connected: open its flow and speak HTTP."""
         ctx = self.ctx
-        peer = client.transport.getPeer()
-        flow = Flow((normalize_host(peer.host), peer.port), None, listener=self.listener, mode="explicit")
+        addr = self.allowed(client)
+        if addr is None:
+            return
+        flow = Flow(addr, None, listener=self.listener, mode="explicit")
         if not ctx.open_flow(flow):
             client.transport.abortConnection()
             ctx.close_flow(flow)

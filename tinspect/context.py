@@ -52,6 +52,10 @@ class Settings:
             (answered 414 and 431 beyond them).
         proxy_auth: Basic authentication the explicit proxy requires, or
             ``None``.
+        allow_clients: networks whose clients the listeners serve
+            (``--allow-clients``); ``None``: explicit listeners serve
+            loopback and private networks (`tinspect.explicit.LOCAL_NETWORKS`),
+            transparent ones every client routed through them.
         ca_cert, ca_key: the CA's PEM (or DER) files; when not given, the CA
             is loaded from (or generated into) ``state_dir``.
         state_dir: where a generated CA lives (a per-user default).
@@ -81,6 +85,7 @@ class Settings:
     max_header_bytes: int = 65536
     max_headers: int = 100
     proxy_auth: ProxyAuth | None = None
+    allow_clients: tuple[str, ...] | None = None
     ca_cert: str | None = None
     ca_key: str | None = None
     state_dir: str | None = None

@@ -11,7 +11,9 @@ in ``Request.authority`` and the ``Host`` header. The HTTP/1.1 layer
 
 The explicit proxy binds to loopback by default
 (``tcp:8080:interface=127.0.0.1``) so that it is not an open relay unless
-told otherwise. No I/O here.
+told otherwise, and it serves only clients in `ClientNetworks` (by default
+loopback and private networks, `LOCAL_NETWORKS`), so a listener opened to a
+public interface is still not an open relay. No I/O here.
 """
 
 from __future__ import annotations
@@ -19,10 +21,52 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
+from typing import Iterable
 
 from tinspect.units import Request, Response, error_page
 
-__all__ = ["ProxyAuth", "proxy_request", "host_port"]
+__all__ = ["ClientNetworks", "LOCAL_NETWORKS", "ProxyAuth", "proxy_request", "host_port"]
+
+# Loopback, RFC 1918, shared address space (RFC 6598), link-local, unique local.
+LOCAL_NETWORKS = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "169.254.0.0/16", "fc00::/7", "fe80::/10",
+)
+
+
+class ClientNetworks:
+    """The networks whose clients a listener serves.
+
+    Args:
+        networks: CIDRs or single addresses (``192.0.2.0/24``, ``2001:db8::1``).
+
+    Raises:
+        ValueError: a network that does not parse, named in the message.
+    """
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = []
+        for text in networks:
+            try:
+                self.networks.append(ipaddress.ip_network(text.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"not a network: {text!r} (say 192.0.2.0/24 or 2001:db8::/32)") from None
+        if not self.networks:
+            raise ValueError("no client networks given")
+
+    def __contains__(self, host: str) -> bool:
+        """Whether a client address (IPv4-mapped IPv6 counts as IPv4) is in one of the networks."""
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.networks)
+
+    def __str__(self) -> str:
+        return ",".join(str(net) for net in self.networks)
 
 
 class ProxyAuth:

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.python import usage
 
 from tinspect.context import Settings
-from tinspect.explicit import ProxyAuth
+from tinspect.explicit import ClientNetworks, ProxyAuth
 from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.proxy import TwistdProxy
 from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
@@ -54,7 +54,9 @@ HTTP/1.1 is decoded wherever a client's first bytes are a request line
 (anything else is relayed raw; a client that says nothing for --sniff-timeout
 seconds too). The explicit proxy takes CONNECT and http:// absolute-form
 requests; --proxy-auth USER:PASSWORD (repeatable) makes it require Basic
-authentication. Bodies stream; taps that ask for whole bodies get them
+authentication. It serves clients from loopback and private networks only
+unless --allow-clients CIDR,... (repeatable; applies to every listener) says
+otherwise. Bodies stream; taps that ask for whole bodies get them
 buffered up to --max-body bytes.
 
 WebSocket (ws:// and wss://) is terminated on both sides: each message
@@ -112,6 +114,7 @@ next to it (LOGFILE.workerN).
         self["udp"] = []
         self["tap_options"] = {}
         self["proxy_auth"] = []
+        self["allow_clients"] = []
         self["passthrough"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -135,6 +138,16 @@ next to it (LOGFILE.workerN).
     def opt_passthrough(self, pattern: str) -> None:
         """Relay TLS for hosts matching PATTERN untouched (*.bank.example, IP, CIDR; repeatable)."""
         self["passthrough"].append(pattern)
+
+    def opt_allow_clients(self, networks: str) -> None:
+        """Serve only clients in these networks (comma-separated CIDRs; repeatable). Default: the explicit
+        proxy serves loopback and private networks, transparent listeners every client routed to them."""
+        parts = [n for n in networks.split(",") if n.strip()]
+        try:
+            ClientNetworks(parts)
+        except ValueError as e:
+            raise usage.UsageError(f"--allow-clients: {e}") from None
+        self["allow_clients"] += parts
 
     def opt_proxy_auth(self, credentials: str) -> None:
         """USER:PASSWORD the explicit proxy requires (Basic; repeatable)."""
@@ -188,6 +201,7 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         max_body=options["max-body"],
         max_message=options["max-message"],
         proxy_auth=options["auth"],
+        allow_clients=tuple(options["allow_clients"]) or None,
         ca_cert=options["ca-cert"],
         ca_key=options["ca-key"],
         state_dir=options["state-dir"],
