@@ -2,12 +2,19 @@
 
 Lines go through twisted.logger with stable field names (``flow_id``,
 ``direction``, ``kind``, ``nbytes``; ``method``, ``url`` and ``status`` for
-HTTP, ``code`` for a WebSocket close), so a JSON log observer gets them as data. Payloads and header values
-are never logged: sizes only.
+HTTP, ``code`` for a WebSocket close), so a JSON log observer gets them as data. Payloads are never
+logged: sizes only. Header fields are logged only when asked for, and even
+then the values of fields that carry credentials or sessions
+(`PRIVATE_FIELDS`: Authorization, Cookie, Set-Cookie...) are replaced by
+``[redacted N bytes]`` unless ``private`` is also on.
 
 Options:
     level: ``info`` (default) or ``debug`` for the per-unit lines; flow
         open/close lines are always ``info``.
+    headers: ``yes`` to add the header fields of requests and responses
+        (default ``no``).
+    private: ``yes`` to log the values of `PRIVATE_FIELDS` too (default
+        ``no``; for a lab, never for a shared log).
 """
 
 from __future__ import annotations
@@ -18,7 +25,22 @@ from tinspect.chain import Tap
 from tinspect.flow import Flow, format_addr
 from tinspect.units import Request, Response, Unit, WebSocketClose, WebSocketMessage
 
-__all__ = ["LoggerTap"]
+__all__ = ["LoggerTap", "PRIVATE_FIELDS"]
+
+PRIVATE_FIELDS = frozenset({
+    b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key", b"x-auth-token",
+    b"x-csrf-token", b"x-amz-security-token",
+})
+_YES = {"yes": True, "true": True, "1": True, "on": True, "no": False, "false": False, "0": False, "off": False}
+
+
+def _flag(name: str, value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    try:
+        return _YES[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{name} must be yes or no, not {value!r}") from None
 
 
 class LoggerTap(Tap):
@@ -26,15 +48,19 @@ class LoggerTap(Tap):
 
     Args:
         level: log level of the per-unit lines, ``"info"`` or ``"debug"``.
+        headers: add requests' and responses' header fields to their lines.
+        private: do not redact `PRIVATE_FIELDS` (only with ``headers``).
     """
 
     log = Logger(namespace="tinspect.tap.logger")
 
-    def __init__(self, level: str = "info") -> None:
+    def __init__(self, level: str = "info", headers: str | bool = False, private: str | bool = False) -> None:
         try:
             self._level = LogLevel.levelWithName(level.lower())
         except Exception:
             raise ValueError(f"level must be info or debug, not {level!r}") from None
+        self._headers = _flag("headers", headers)
+        self._private = _flag("private", private)
 
     def flow_opened(self, flow: Flow) -> None:
         self.log.info(
@@ -63,6 +89,8 @@ class LoggerTap(Tap):
         else:
             what = unit.kind
         streams = kind in (Request, Response) and unit.body is None
+        if self._headers and (kind is Request or kind is Response):
+            what += "; " + self._fields(unit.headers.fields)
         self.log.emit(
             self._level,
             "flow {flow_id} {direction} {what} {size}",
@@ -75,6 +103,14 @@ class LoggerTap(Tap):
             **fields,
         )
         return unit
+
+    def _fields(self, fields: list[tuple[bytes, bytes]]) -> str:
+        shown = []
+        for name, value in fields:
+            if not self._private and name.lower() in PRIVATE_FIELDS:
+                value = f"[redacted {len(value)} bytes]".encode()
+            shown.append(name + b": " + value)
+        return "; ".join(f.decode("latin-1") for f in shown) or "no header fields"
 
     def flow_closed(self, flow: Flow) -> None:
         self.log.info(

@@ -306,3 +306,25 @@ def test_websocket_upgrade_goes_through_the_http_layer(lab, http_proxy):
     assert out == "one\ntwo\n"
     time.sleep(0.2)
     assert re.search(r"flow \d+ to_client response 101 Switching Protocols", p.log()), p.log()
+
+
+@pytest.mark.parametrize("options, shown", [
+    ((), False),
+    (("--tap-option", "logger.headers=yes"), False),
+    (("--tap-option", "logger.headers=yes", "--tap-option", "logger.private=yes"), True),
+])
+def test_credentials_stay_out_of_the_log_unless_asked_for(lab, web, http_proxy, options, shown):
+    """Authorization and Cookie values are never logged by default; with headers=yes they are
+    redacted; only private=yes shows them. The request still carries them to the server."""
+    p = http_proxy("logger", extra=options)
+    out = curl(lab, "-H", "Authorization: Bearer s3cret-token", "-H", "Cookie: session=c00kie-value",
+               "-H", "X-Secret: visible", url(SERVER4, "/headers"))
+    assert "secret=[visible]" in out
+    time.sleep(0.3)
+    log = p.log()
+    assert re.search(r"to_server request GET http://198\.51\.100\.2/headers", log), log
+    assert ("s3cret-token" in log) is shown and ("c00kie-value" in log) is shown, log
+    if options:
+        assert "X-Secret: visible" in log
+        if not shown:
+            assert "Authorization: [redacted 19 bytes]" in log and "Cookie: [redacted 20 bytes]" in log
