@@ -224,6 +224,7 @@ class Net:
 
     def __init__(self, taps=(), **settings: Any) -> None:
         self.reactor = _Reactor(self)
+        settings.setdefault("allow_clients", ("192.0.2.0/24",))  # CLIENT_ADDR is no private address
         self.ctx = ProxyContext(TapChain(taps), Settings(**settings), reactor=self.reactor)
         self.dials: list[Dial] = []
         self.peers: list[Peer] = []

@@ -124,3 +124,33 @@ def test_a_tls_handshake_that_stalls_is_given_up(lab, proxy, tmp_path, pki):
     # and a real client is served by the same proxy
     out = client_run(lab, "curl", "-sS", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
     assert out == "hello tls\n"
+
+
+def test_connection_limits_refuse_the_excess_and_count_closed_ones_out(lab, web, proxy):
+    """--max-connections-per-client 2: a third connection is cut at once while two are open; once one
+    closes, a new one is served (the closed one no longer counts)."""
+    p = start(lab, proxy, "--max-connections-per-client", "2")
+    script = (
+        "import socket,time\n"
+        f"A=('{SERVER4}',80)\n"
+        "req=b'GET / HTTP/1.1\\r\\nHost: server.test\\r\\n\\r\\n'\n"
+        "def ask(s):\n"
+        "    s.sendall(req); got=b''\n"
+        "    while b'hello world' not in got:\n"
+        "        d=s.recv(65536)\n"
+        "        if not d: return 'closed'\n"
+        "        got+=d\n"
+        "    return 'ok'\n"
+        "def ask_safely(s):\n"
+        "    try: return ask(s)\n"
+        "    except ConnectionResetError: return 'closed'\n"
+        "one=socket.create_connection(A); two=socket.create_connection(A)\n"
+        "r=[ask(one), ask(two)]\n"
+        "three=socket.create_connection(A); time.sleep(0.3); r.append(ask_safely(three))\n"
+        "one.close(); time.sleep(0.3)\n"
+        "four=socket.create_connection(A); r.append(ask_safely(four)); r.append(ask(two))\n"
+        "print(' '.join(r))\n"
+    )
+    assert client_run(lab, sys.executable, "-c", script).split() == ["ok", "ok", "closed", "ok", "ok"]
+    time.sleep(0.3)
+    assert "connections from this client are open (--max-connections-per-client)" in p.log()

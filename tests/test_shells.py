@@ -26,6 +26,9 @@ class _Accepting(Factory):
     def start(self, shell: ClientConnection) -> None:
         self.started.callback(shell)
 
+    def ended(self, shell: ClientConnection) -> None:
+        pass
+
 
 class _Handler:
     def __init__(self) -> None:

@@ -80,19 +80,31 @@ class _ListenerFactory(Factory):
         return proto
 
     def allowed(self, client: ClientConnection) -> tuple[str, int] | None:
-        """The client's address if this listener serves it; else refuse it (logged) and return ``None``."""
+        """The client's address if this listener serves it (its networks, the
+        connection limits); else refuse it (logged) and return ``None``."""
         peer = client.transport.getPeer()
         addr = (normalize_host(peer.host), peer.port)
         networks = self.ctx.settings.allow_clients or self.default_clients
-        if networks is None:
-            return addr
-        clients = self._clients
-        if clients is None or clients[0] is not networks:
-            clients = self._clients = (networks, ClientNetworks(networks))
-        if addr[0] in clients[1]:
-            return addr
-        self._refuse(client, addr, f"not in the client networks it serves ({clients[1]})")
-        return None
+        if networks is not None:
+            clients = self._clients
+            if clients is None or clients[0] is not networks:
+                clients = self._clients = (networks, ClientNetworks(networks))
+            if addr[0] not in clients[1]:
+                self._refuse(client, addr, f"not in the client networks it serves ({clients[1]})")
+                return None
+        refusal = self.ctx.admit(addr[0])
+        if refusal is not None:
+            self._refuse(client, addr, refusal)
+            return None
+        client.admitted = addr[0]
+        return addr
+
+    def ended(self, client: ClientConnection) -> None:
+        """A client connection closed: it no longer counts against the limits."""
+        host = getattr(client, "admitted", None)
+        if host is not None:
+            client.admitted = None
+            self.ctx.release(host)
 
     def _refuse(self, client: ClientConnection, addr: tuple[str, int], reason: str) -> None:
         self._log.warn(

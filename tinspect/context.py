@@ -7,6 +7,7 @@ every layer does that the same way, and keeps the set of live flows, which tests
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,9 @@ class Settings:
             (a slow client or tap) does not count.
         handshake_timeout: seconds from a client's first TLS byte to the end
             of its handshake with us.
+        max_connections: client connections open at once, over all TCP
+            listeners; more are refused (closed at accept, logged).
+        max_connections_per_client: the same, per client address.
         udp_idle_timeout: seconds of silence after which a UDP session ends.
         udp_max_sessions: UDP sessions per listener; the oldest idle one is
             dropped to make room for a new client.
@@ -75,6 +79,8 @@ class Settings:
     header_timeout: float = 30.0
     response_timeout: float = 60.0
     handshake_timeout: float = 15.0
+    max_connections: int = 8192
+    max_connections_per_client: int = 512
     udp_idle_timeout: float = 60.0
     udp_max_sessions: int = 4096
     sniff_timeout: float = 1.0
@@ -113,8 +119,32 @@ class ProxyContext:
         self.chain = chain
         self.settings = settings or Settings()
         self.flows: dict[str, Flow] = {}
+        self.clients: Counter[str] = Counter()  # open client connections per client address
+        self.connections = 0  # open client connections, all addresses
         self.tls: Any = None  # tinspect.tls_layer.Interception, set up when the proxy starts
         self.websocket: Any = None  # tinspect.websocket's autobahn factories, made on first use
+
+    def admit(self, host: str) -> str | None:
+        """Count a new client connection from ``host``, or say why it is refused
+        (the limits); `release` it when it ends."""
+        settings = self.settings
+        if self.connections >= settings.max_connections:
+            return f"{settings.max_connections} client connections are open (--max-connections)"
+        if self.clients[host] >= settings.max_connections_per_client:
+            return f"{settings.max_connections_per_client} connections from this client are open " \
+                   f"(--max-connections-per-client)"
+        self.clients[host] += 1
+        self.connections += 1
+        return None
+
+    def release(self, host: str) -> None:
+        """A client connection `admit` counted has ended."""
+        self.connections -= 1
+        left = self.clients[host] - 1
+        if left > 0:
+            self.clients[host] = left
+        else:
+            del self.clients[host]
 
     def open_flow(self, flow: Flow) -> bool:
         """Register a flow and tell the taps.

@@ -33,7 +33,7 @@ from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFacto
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import format_addr
 from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
-from tinspect.sockets import SocketError
+from tinspect.sockets import SocketError, raise_fd_limit
 from tinspect.udp import ForwardUDP, TransparentUDP
 
 __all__ = ["Proxy", "TwistdProxy", "ListenError"]
@@ -217,6 +217,13 @@ class TwistdProxy(Proxy):
     _log = Logger()
 
     def privilegedStartService(self) -> None:
+        wanted = 2 * self.ctx.settings.max_connections + 256
+        soft, _hard = raise_fd_limit(wanted)
+        if soft < wanted:
+            self._log.warn(
+                "open files are limited to {soft}: fewer than --max-connections {n} proxied connections fit "
+                "(raise the hard limit: ulimit -Hn, LimitNOFILE=)", soft=soft, n=self.ctx.settings.max_connections,
+            )
         try:
             super().privilegedStartService()
         except ListenError as e:

@@ -87,6 +87,8 @@ next to it (LOGFILE.workerN).
                                           "or read (504 beyond).", float],
         ["handshake-timeout", None, 15.0, "Seconds from a client's first TLS byte to the end of its handshake.",
          float],
+        ["max-connections", None, 8192, "Client connections open at once; more are refused.", int],
+        ["max-connections-per-client", None, 512, "Client connections open at once from one address.", int],
         ["udp-timeout", None, 60.0, "Seconds of silence before a UDP session ends.", float],
         ["sniff-timeout", None, 1.0, "Seconds to wait for a client's first bytes before relaying raw.", float],
         ["max-body", None, 100 * 1024 * 1024, "Largest HTTP body buffered for a tap that asks for whole bodies.", int],
@@ -169,7 +171,7 @@ next to it (LOGFILE.workerN).
         if bool(self["ca-cert"]) != bool(self["ca-key"]):
             raise usage.UsageError("--ca-cert and --ca-key go together")
         for key in ("connect-timeout", "idle-timeout", "header-timeout", "response-timeout", "handshake-timeout",
-                    "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache", "workers"):
+                    "max-connections", "max-connections-per-client", "udp-timeout", "sniff-timeout", "max-body", "max-message", "leaf-cache", "workers"):
             if self[key] <= 0:
                 raise usage.UsageError(f"--{key} must be positive")
         if self["workers"] > 1 or self["worker"]:
@@ -196,6 +198,8 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         header_timeout=options["header-timeout"],
         response_timeout=options["response-timeout"],
         handshake_timeout=options["handshake-timeout"],
+        max_connections=options["max-connections"],
+        max_connections_per_client=options["max-connections-per-client"],
         udp_idle_timeout=options["udp-timeout"],
         sniff_timeout=options["sniff-timeout"],
         max_body=options["max-body"],

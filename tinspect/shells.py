@@ -46,7 +46,8 @@ class ClientConnection(Protocol):
     connection now (`Sniffer`, `RawRelay`, `Http1Layer`...), which replaces
     itself as the protocol is found out: ``client_data``, ``client_eof`` and
     ``client_lost``; and ``client_handshake_done`` once TLS (started by the
-    TLS layer) is up.
+    TLS layer) is up. Its factory hears of the start (``start``) and the end
+    (``ended``) of the connection.
     """
 
     factory: Any
@@ -69,6 +70,7 @@ class ClientConnection(Protocol):
         pass
 
     def connectionLost(self, reason: Failure) -> None:
+        self.factory.ended(self)
         if self.handler is not None:
             self.handler.client_lost(reason)
 

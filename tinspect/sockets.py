@@ -185,3 +185,19 @@ def recv_with_orig_dst(
         if (level, kind) in ((SOL_IP, IP_RECVORIGDSTADDR), (SOL_IPV6, IPV6_RECVORIGDSTADDR)):
             dst = _parse_sockaddr(value)
     return data, (normalize_host(src[0]), src[1]), dst
+
+
+def raise_fd_limit(wanted: int) -> tuple[int, int]:
+    """Raise this process's soft limit on open files towards ``wanted`` (never
+    above the hard limit, never lower than it is); returns ``(soft, hard)``
+    after. A proxy needs two descriptors per proxied connection, and the
+    usual soft limit of 1024 would cut it off at about 500.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft, hard
