@@ -11,6 +11,9 @@
     python -m tests.peers hold HOST PORT HEX SECS  send the bytes, keep the connection open, print
                                                    "<seconds until EOF, or 'open'> <reply>"
     python -m tests.peers mute-server PORT         accept and read, never answer
+    python -m tests.peers cut-server PORT          answer HTTP with a 1 MB Content-Length, send
+                                                   100 kB of it, then reset the connection
+    python -m tests.peers garbage-server PORT      answer anything with bytes that are not HTTP
     python -m tests.peers ws-echo PORT             WebSocket echo server (websockets library)
     python -m tests.peers ws-ask URL MSG...        send each MSG over a WebSocket, print each reply
 
@@ -172,6 +175,40 @@ def mute_server(port: int) -> None:
     _serve_threads(port, handle)
 
 
+def _read_head(conn) -> bool:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            return False
+        data += more
+    return True
+
+
+def cut_server(port: int) -> None:
+    import struct
+
+    def handle(conn):
+        with conn:
+            if not _read_head(conn):
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100_000)
+            time.sleep(0.2)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    _serve_threads(port, handle)
+
+
+def garbage_server(port: int) -> None:
+    def handle(conn):
+        with conn:
+            if _read_head(conn):
+                conn.sendall(b"\x00\xffSSH-2.0-not-http\r\n\r\n" + bytes(range(256)))
+                time.sleep(0.5)
+
+    _serve_threads(port, handle)
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     if cmd == "udp-echo":
@@ -190,6 +227,10 @@ if __name__ == "__main__":
         send(args[0], int(args[1]), bytes.fromhex(args[2]))
     elif cmd == "hold":
         hold(args[0], int(args[1]), bytes.fromhex(args[2]), float(args[3]))
+    elif cmd == "cut-server":
+        cut_server(int(args[0]))
+    elif cmd == "garbage-server":
+        garbage_server(int(args[0]))
     elif cmd == "mute-server":
         mute_server(int(args[0]))
     elif cmd == "ws-echo":

@@ -90,11 +90,11 @@ class _ListenerFactory(Factory):
             if clients is None or clients[0] is not networks:
                 clients = self._clients = (networks, ClientNetworks(networks))
             if addr[0] not in clients[1]:
-                self._refuse(client, addr, f"not in the client networks it serves ({clients[1]})")
+                self._refuse(client, addr, f"not in the client networks it serves ({clients[1]})", "network")
                 return None
         refusal = self.ctx.admit(addr[0])
         if refusal is not None:
-            self._refuse(client, addr, refusal)
+            self._refuse(client, addr, refusal, "limit")
             return None
         client.admitted = addr[0]
         return addr
@@ -106,7 +106,8 @@ class _ListenerFactory(Factory):
             client.admitted = None
             self.ctx.release(host)
 
-    def _refuse(self, client: ClientConnection, addr: tuple[str, int], reason: str) -> None:
+    def _refuse(self, client: ClientConnection, addr: tuple[str, int], reason: str, label: str) -> None:
+        self.ctx.metrics.refused[label] += 1
         self._log.warn(
             "refusing {client} on {listener}: {reason}",
             client=format_addr(addr),
@@ -145,10 +146,11 @@ class TCPProxyFactory(_ListenerFactory):
         try:
             dst = self.destination.resolve(transport)
         except SocketError as e:
-            self._refuse(client, addr, str(e))
+            self._refuse(client, addr, str(e), "destination")
             return
         if self.destination.mode != "forward" and _is_self(dst, self.port):
-            self._refuse(client, addr, f"it connected to the proxy itself ({format_addr(dst)}), which would loop")
+            self._refuse(client, addr, f"it connected to the proxy itself ({format_addr(dst)}), which would loop",
+                         "loop")
             return
         flow = Flow(addr, dst, listener=self.listener, mode=self.destination.flow_mode)
         if not ctx.open_flow(flow):
@@ -246,6 +248,7 @@ class Sniffer:
         self._sticky = sticky_failure
         self._server_early = b""
         self._server_eof = False
+        self._lost = False  # the client went away before anything was decided
         self._buf = early
         client.handler = self
         server.handler = self
@@ -267,6 +270,7 @@ class Sniffer:
 
     def client_lost(self, reason: Failure) -> None:
         self._timer.cancel()
+        self._lost = True
         if self._server_transport is not None:
             self._server_transport.loseConnection()
         elif self._connecting is not None:
@@ -284,6 +288,8 @@ class Sniffer:
         self._server_failure = reason
 
     def server_data(self, data: bytes) -> None:
+        if self._lost:
+            return  # the upstream closing after the client left: nothing to relay
         if self._client.handler is not self:
             self._server.handler.server_data(data)
             return
@@ -293,6 +299,8 @@ class Sniffer:
         # else an HTTP/2 server's preface, sent at accept: wait for the client's
 
     def server_eof(self) -> None:
+        if self._lost:
+            return  # the upstream closing after the client left: nothing to relay
         if self._client.handler is not self:
             self._server.handler.server_eof()
             return
@@ -300,6 +308,8 @@ class Sniffer:
         self._decide(RAW)
 
     def server_lost(self, reason: Failure) -> None:
+        if self._lost:
+            return  # the upstream closing after the client left: nothing to relay
         if self._client.handler is self:  # a reset with no FIN first: not decided yet
             self._server_eof = True
             self._decide(RAW)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
+from tinspect.metrics import Metrics
 
 if TYPE_CHECKING:
     from tinspect.explicit import ProxyAuth
@@ -121,6 +122,7 @@ class ProxyContext:
         self.flows: dict[str, Flow] = {}
         self.clients: Counter[str] = Counter()  # open client connections per client address
         self.connections = 0  # open client connections, all addresses
+        self.metrics = Metrics()
         self.tls: Any = None  # tinspect.tls_layer.Interception, set up when the proxy starts
         self.websocket: Any = None  # tinspect.websocket's autobahn factories, made on first use
 
@@ -135,6 +137,7 @@ class ProxyContext:
                    f"(--max-connections-per-client)"
         self.clients[host] += 1
         self.connections += 1
+        self.metrics.connections_total += 1
         return None
 
     def release(self, host: str) -> None:
@@ -165,4 +168,5 @@ class ProxyContext:
         if self.flows.pop(flow.id, None) is None:
             return
         flow.mark_ended(error)
+        self.metrics.flow_closed(flow.protocol, flow.error)
         self.chain.flow_closed(flow)

@@ -26,6 +26,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.web.server import Site
 
 from tinspect.ca import CAError
 from tinspect.chain import Tap, TapChain
@@ -79,6 +80,46 @@ class _TCPListener(Service):
         if self.port is not None:
             port, self.port = self.port, None
             return defer.maybeDeferred(port.stopListening)
+
+
+class _MetricsListener(Service):
+    """``--metrics ENDPOINT``: the counters over HTTP, at ``/metrics``."""
+
+    _log = Logger()
+
+    def __init__(self, ctx: ProxyContext, endpoint: str) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.port: Any = None
+        self.setName(f"metrics {endpoint}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        from tinspect.metrics import MetricsResource
+
+        site = _QuietSite(MetricsResource(self.ctx))
+        try:
+            endpoint = serverFromString(self.ctx.reactor, self.endpoint)
+        except Exception as e:
+            raise ListenError(f"--metrics {self.endpoint}: bad endpoint: {e}") from None
+        self.port = _now(endpoint.listen(site), f"--metrics {self.endpoint}")
+        host = self.port.getHost()
+        self._log.info("metrics on http://{address}/metrics", address=format_addr((host.host, host.port)))
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+
+
+class _QuietSite(Site):
+    """A Site that does not log every scrape."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class _UDPListener(Service):
@@ -153,6 +194,12 @@ class Proxy(MultiService):
             tinspect.listen.SpecError: the spec is malformed.
         """
         _TCPListener(self.ctx, parse_listen(spec)).setServiceParent(self)
+        return self
+
+    def serve_metrics(self, endpoint: str) -> "Proxy":
+        """Serve the counters in the Prometheus text format at ``http://ENDPOINT/metrics``
+        (a Twisted server endpoint string; keep it on loopback or a management network)."""
+        _MetricsListener(self.ctx, endpoint).setServiceParent(self)
         return self
 
     def listen_udp(self, spec: str) -> "Proxy":

@@ -101,6 +101,8 @@ next to it (LOGFILE.workerN).
         ["upstream-ca", None, None, "PEM bundle to verify servers against instead of the system trust store."],
         ["leaf-cache", None, 1024, "Leaf certificates kept in memory.", int],
         ["workers", None, 1, "Proxy processes sharing the listening ports (SO_REUSEPORT).", int],
+        ["metrics", None, None, "Serve counters in the Prometheus text format at http://ENDPOINT/metrics "
+                                "(e.g. tcp:9108:interface=127.0.0.1)."],
     ]
 
     optFlags = [
@@ -220,7 +222,9 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     for spec in options["listen"]:
         proxy.listen(spec.text)
     if options["worker"]:
-        return proxy  # UDP sessions live in worker 0
+        return proxy  # UDP sessions and the metrics endpoint live in worker 0
+    if options["metrics"]:
+        proxy.serve_metrics(options["metrics"])
     for spec in options["udp"]:
         proxy.listen_udp(spec.text)
     if options["workers"] > 1:
