@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cryptography.hazmat.primitives import serialization
-
-from tinspect.ca import CertificateAuthority, LeafCertificates
-from tinspect.netlab import SERVER4, SERVER6, SERVER_NAME, Lab, LabError, Nginx, ProxyProcess, remove_stale_labs
+from tinspect.ca import CertificateAuthority
+from tinspect.netlab import Lab, LabError, Nginx, ProxyProcess, ServerPKI, remove_stale_labs
 
 REPO = Path(__file__).resolve().parent.parent
 DUAL = "tproxy:8080:interface=\\:\\:"
@@ -65,19 +63,12 @@ def client_run(lab: Lab, *argv: str, timeout: float = 20) -> str:
 @pytest.fixture
 def pki(tmp_path):
     """The lab server's own CA and certificate (server.test and its addresses), and our state dir."""
-    server_ca = CertificateAuthority.generate(tmp_path / "server-ca", common_name="Lab server CA")
-    cert, key = LeafCertificates(server_ca).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
-    chain = tmp_path / "server-chain.pem"
-    chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + server_ca.cert_pem)
-    keyfile = tmp_path / "server-key.pem"
-    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    server = ServerPKI(tmp_path)
     state = tmp_path / "state"
     ours = CertificateAuthority.load_or_generate(state)
     (tmp_path / "our-ca.pem").write_bytes(ours.cert_pem)
-    (tmp_path / "server-ca.pem").write_bytes(server_ca.cert_pem)
-    return {"chain": chain, "key": keyfile, "state": state, "ours": tmp_path / "our-ca.pem",
-            "server_ca": tmp_path / "server-ca.pem"}
+    return {"chain": server.chain, "key": server.key, "state": state, "ours": tmp_path / "our-ca.pem",
+            "server_ca": server.ca}
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4"]
+__all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "ServerPKI", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4"]
 
 CLIENT4, GW_CLIENT4, GW_SERVER4, SERVER4 = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 CLIENT6, GW_CLIENT6, GW_SERVER6, SERVER6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2"
@@ -418,3 +418,32 @@ class ProxyProcess:
             _stop(self.proc)
             return self.proc.returncode
         return 0
+
+
+class ServerPKI:
+    """The lab server's own CA and its certificate for ``server.test`` and
+    its addresses, as files for nginx and friends (so a lab's "real" server
+    is verified like any server on the Internet, not by our CA).
+
+    Attributes:
+        chain: leaf then CA certificate, PEM (``ssl_certificate``).
+        key: the leaf's key, PEM, unencrypted, 0600.
+        ca: the CA certificate, PEM: what ``--upstream-ca`` trusts.
+    """
+
+    def __init__(self, workdir: Path, common_name: str = "Lab server CA") -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        from tinspect.ca import CertificateAuthority, LeafCertificates
+
+        workdir = Path(workdir)
+        authority = CertificateAuthority.generate(workdir / "server-ca", common_name=common_name)
+        cert, key = LeafCertificates(authority).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
+        self.chain = workdir / "server-chain.pem"
+        self.chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + authority.cert_pem)
+        self.key = workdir / "server-key.pem"
+        self.key.touch(mode=0o600)
+        self.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        self.ca = workdir / "server-ca.pem"
+        self.ca.write_bytes(authority.cert_pem)
