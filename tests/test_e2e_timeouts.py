@@ -154,3 +154,45 @@ def test_connection_limits_refuse_the_excess_and_count_closed_ones_out(lab, web,
     assert client_run(lab, sys.executable, "-c", script).split() == ["ok", "ok", "closed", "ok", "ok"]
     time.sleep(0.3)
     assert "connections from this client are open (--max-connections-per-client)" in p.log()
+
+
+H2_IDLE_CLIENT = """
+import socket, ssl, sys, time
+import h2.connection, h2.config, h2.events
+ctx = ssl.create_default_context(cafile=sys.argv[1]); ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection(("{host}", 443)), server_hostname="server.test")
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+c.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "server.test"), (":path", "/")],
+               end_stream=True)
+s.sendall(c.data_to_send())
+body, done, goaway = b"", None, None
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.DataReceived):
+            body += e.data
+        elif isinstance(e, h2.events.StreamEnded):
+            done = time.monotonic()
+        elif isinstance(e, h2.events.ConnectionTerminated):
+            goaway = e.error_code
+    s.sendall(c.data_to_send())
+print(body.decode().strip(), int(goaway) if goaway is not None else None, round(time.monotonic() - done, 1))
+"""
+
+
+def test_an_idle_http2_connection_gets_goaway(lab, proxy, tmp_path, pki):
+    """A real h2 client (the h2 library over ssl) that stays connected after its answer gets GOAWAY
+    (NO_ERROR) and the end of the connection after --idle-timeout."""
+    web = Nginx(lab, lab.server, tmp_path / "nginx-tls", tls=(pki["chain"], pki["key"]))
+    (web.root / "index.html").write_text("hello h2\n")
+    web.start()
+    lab.wait_listening(lab.server, 443)
+    start(lab, proxy, "--idle-timeout", "1", "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"]),
+          ports=(443,))
+    out = client_run(lab, sys.executable, "-c", H2_IDLE_CLIENT.format(host=SERVER4), str(pki["ours"]))
+    text, code, after = out.rsplit(maxsplit=2)
+    assert text == "hello h2"
+    assert code == "0" and 0.9 <= float(after) < 4, out

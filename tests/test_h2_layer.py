@@ -16,6 +16,8 @@ import hashlib
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -1185,3 +1187,64 @@ def test_request_over_the_servers_header_list_limit_gets_a_431(make_net):
     assert c.stream(big).headers[b":status"] == b"431"
     assert c.stream(small).headers[b":status"] == b"200"
     assert sorted(s.requests().values()) == [b"/small"]
+
+
+def test_an_idle_connection_gets_goaway_after_idle_timeout_but_not_while_a_stream_is_open(make_net):
+    """--idle-timeout counts only while no stream is open; then GOAWAY (NO_ERROR) and close."""
+    net = make_net(idle_timeout=5)
+    c, s, wire = h2_pair(net)
+    sid = c.request(b"/slow")
+    wire.run()
+    net.reactor.advance(20)  # a stream is open: no idle time counts
+    wire.run()
+    assert c.goaway is None and not c.peer.closed
+    (up,) = s.requests()
+    s.respond(up, 200, b"late")
+    wire.run()
+    assert bytes(c.stream(sid).data) == b"late"
+    net.reactor.advance(4.9)
+    wire.run()
+    assert c.goaway is None
+    net.reactor.advance(0.2)
+    wire.run()
+    assert c.goaway is not None and c.goaway.error_code == ErrorCodes.NO_ERROR
+    assert c.peer.closed
+    assert net.leftovers() == CLEAN
+
+
+# ---------------------------------------------------------------------------
+# Fuzzing: what the peers send is fed to h2 through the layer
+# ---------------------------------------------------------------------------
+
+
+_FRAME_TYPES = st.sampled_from([DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY,
+                                WINDOW_UPDATE, CONTINUATION, 0x42])
+_FRAMES = st.lists(
+    st.builds(frame, _FRAME_TYPES, st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),
+              st.binary(max_size=64)),
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(to_server=_FRAMES, to_client=_FRAMES, junk=st.binary(max_size=40), from_client=st.booleans())
+def test_fuzz_frames_from_either_peer_never_break_the_proxy(to_server, to_client, junk, from_client):
+    """Arbitrary frames (and bytes) after a normal start, from the client or the server: the layer
+    answers or closes as h2 decides, raises nothing, and once both peers hang up leaves nothing behind."""
+    net = Net([])
+    try:
+        c, s, wire = h2_pair(net)
+        c.request(b"/fuzz")
+        wire.run()
+        if from_client:
+            c.peer.send(b"".join(to_server) + junk)
+        else:
+            s.peer.send(b"".join(to_client) + junk)
+        net.settle()
+        for peer in (c.peer, s.peer):
+            if not peer.lost:
+                peer.close()
+        left = net.leftovers()
+        assert left["flows"] == {} and left["open"] == [], left
+    finally:
+        net.shutdown()

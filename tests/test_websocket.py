@@ -1676,3 +1676,33 @@ def test_several_sequential_connections_leave_nothing(make_net):
             s.reset()
         finish_close(net, cl, sv)
         assert net.leftovers() == CLEAN, how
+
+
+# -- fuzzing: what the peers send is fed to autobahn through the layer ------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=200), frames_first=st.lists(st.text(max_size=20), max_size=3),
+       from_client=st.booleans(), hang_up=st.booleans())
+def test_fuzz_bytes_from_either_peer_never_break_the_proxy(data, frames_first, from_client, hang_up):
+    """Good frames then arbitrary bytes from the client or the server of an open WebSocket: the
+    layer relays or closes as autobahn decides, raises nothing, and leaves nothing behind."""
+    old_loop = txaio.config.loop
+    net = Net([])
+    txaio.config.loop = net.reactor
+    try:
+        cl, sv = open_ws(net)
+        if from_client:
+            cl.peer.send(masked_frames(*frames_first) + data)
+        else:
+            sv.peer.send(server_frames(*frames_first) + data)
+        finish_close(net, cl, sv)
+        for side in (cl, sv):
+            if not side.peer.lost:
+                side.peer.close() if hang_up else side.peer.reset()
+        net.settle()
+        net.reactor.advance(60)  # close-handshake timers
+        assert ended(net)
+    finally:
+        net.shutdown()
+        txaio.config.loop = old_loop

@@ -63,6 +63,7 @@ from tinspect.h2_fields import H2FieldError, list_size, request_from_block, resp
 from tinspect.h2_upstream import H1Upstreams, H2Upstream, known_h1_only
 from tinspect.headers import Headers
 from tinspect.relay import TAPS
+from tinspect.timeouts import Deadline
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
 
 __all__ = ["H2Layer"]
@@ -170,6 +171,8 @@ class H2Layer:
         self._goaway_sent = False
         self._finished = False
         self._routes: dict[tuple, H1Upstreams] = {}  # requests taps sent elsewhere
+        self._idle = Deadline(ctx.reactor, self._idle_out)  # runs while no stream is open
+        self._idle.start(settings.idle_timeout, "idle")
         chain = ctx.chain
         self.arms = {
             TO_SERVER: Arm(
@@ -290,6 +293,7 @@ class H2Layer:
         if not req.authority:
             req.authority = format_addr(self.flow.dst)
         st = self.streams[cid] = _Stream(cid)
+        self._idle.stop()
         st.request = req
         if event.stream_ended is not None:
             req.body = b""
@@ -658,6 +662,15 @@ class H2Layer:
         self.streams.pop(st.cid, None)
         self.client.forget(st.cid)
         self._maybe_close()
+        if not self.streams and not self._finished:
+            self._idle.start(self.ctx.settings.idle_timeout, "idle")
+
+    def _idle_out(self, what: str) -> None:
+        if self.streams or self._finished:
+            return
+        self._log.info("flow {flow_id}: closing the connection: idle for {seconds:g} s",
+                       flow_id=self.flow.id, seconds=self.ctx.settings.idle_timeout)
+        self._close()
 
     def _maybe_close(self) -> None:
         if self._goaway_sent and not self.streams and not self._finished:
@@ -697,6 +710,7 @@ class H2Layer:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
+            self._idle.stop()
             for st in self.streams.values():
                 st.closed = True
             self.streams.clear()
