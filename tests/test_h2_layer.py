@@ -17,7 +17,7 @@ import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import strategies as hs
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -1217,17 +1217,17 @@ def test_an_idle_connection_gets_goaway_after_idle_timeout_but_not_while_a_strea
 # ---------------------------------------------------------------------------
 
 
-_FRAME_TYPES = st.sampled_from([DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY,
+_FRAME_TYPES = hs.sampled_from([DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY,
                                 WINDOW_UPDATE, CONTINUATION, 0x42])
-_FRAMES = st.lists(
-    st.builds(frame, _FRAME_TYPES, st.integers(0, 255), st.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),
-              st.binary(max_size=64)),
+_FRAMES = hs.lists(
+    hs.builds(frame, _FRAME_TYPES, hs.integers(0, 255), hs.sampled_from([0, 1, 2, 3, 5, 2**31 - 1]),
+              hs.binary(max_size=64)),
     max_size=6,
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(to_server=_FRAMES, to_client=_FRAMES, junk=st.binary(max_size=40), from_client=st.booleans())
+@given(to_server=_FRAMES, to_client=_FRAMES, junk=hs.binary(max_size=40), from_client=hs.booleans())
 def test_fuzz_frames_from_either_peer_never_break_the_proxy(to_server, to_client, junk, from_client):
     """Arbitrary frames (and bytes) after a normal start, from the client or the server: the layer
     answers or closes as h2 decides, raises nothing, and once both peers hang up leaves nothing behind."""
