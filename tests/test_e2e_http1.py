@@ -328,3 +328,26 @@ def test_credentials_stay_out_of_the_log_unless_asked_for(lab, web, http_proxy, 
         assert "X-Secret: visible" in log
         if not shown:
             assert "Authorization: [redacted 19 bytes]" in log and "Cookie: [redacted 20 bytes]" in log
+
+
+def test_the_proxy_never_connects_to_itself(lab, web, proxy, http_proxy):
+    """A request or CONNECT through the explicit proxy to the proxy's own address gets 508; a client
+    that connects to a transparent port directly is refused, not relayed to itself round and round."""
+    p = proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24", "--taps", "logger"],
+              wait=[(3128, "tcp")])
+    via = "http://192.0.2.1:3128"
+    out = lab.exec(lab.client, "curl", "-sS", "-x", via, "-w", "\n%{http_code}", "http://192.0.2.1:3128/",
+                   check=False).stdout
+    assert out.endswith("\n508") and "192.0.2.1:3128 is this proxy itself" in out, out
+    tunnel = lab.exec(lab.client, "curl", "-sS", "-p", "-x", via, "http://127.0.0.1:3128/", check=False)
+    assert tunnel.returncode != 0 and "508" in tunnel.stderr, tunnel.stderr
+    assert curl(lab, "-x", via, url(SERVER4)) == "hello world\n"  # and it still serves
+    time.sleep(0.2)
+    assert len(re.findall(r"flow \d+ open", p.log())) == 3, p.log()  # no flow begot another
+    p.stop()
+    p = http_proxy("logger")
+    direct = lab.exec(lab.client, "curl", "-sS", "--max-time", "5", "http://192.0.2.1:8080/", check=False)
+    assert direct.returncode != 0 and "hello world" not in direct.stdout
+    time.sleep(0.2)
+    assert re.search(r"refusing 192\.0\.2\.2:\d+ on tproxy:8080.*: it connected to the proxy itself "
+                     r"\(192\.0\.2\.1:8080\), which would loop", p.log()), p.log()

@@ -9,8 +9,6 @@ first) and lets the `Sniffer` choose the layer that carries the connection.
 
 from __future__ import annotations
 
-import errno
-import socket
 from typing import Any, Callable
 
 from twisted.internet.protocol import Factory
@@ -134,7 +132,6 @@ class TCPProxyFactory(_ListenerFactory):
         self.ctx = ctx
         self.listener = listener
         self.destination = destination
-        self.port: int | None = None  # set by the listener once bound (loop detection)
 
     def start(self, client: ClientConnection) -> None:
         """A client connected: find its destination, connect there, sniff."""
@@ -148,7 +145,7 @@ class TCPProxyFactory(_ListenerFactory):
         except SocketError as e:
             self._refuse(client, addr, str(e), "destination")
             return
-        if self.destination.mode != "forward" and _is_self(dst, self.port):
+        if self.destination.mode != "forward" and ctx.loops(dst):
             self._refuse(client, addr, f"it connected to the proxy itself ({format_addr(dst)}), which would loop",
                          "loop")
             return
@@ -178,7 +175,6 @@ class ExplicitProxyFactory(_ListenerFactory):
     def __init__(self, ctx: ProxyContext, listener: str) -> None:
         self.ctx = ctx
         self.listener = listener
-        self.port: int | None = None
 
     def start(self, client: ClientConnection) -> None:
         """A client connected: open its flow and speak HTTP."""
@@ -367,23 +363,3 @@ class Sniffer:
             relay.server_eof()
         if data:
             relay.client_data(data)
-
-
-def _is_self(dst: tuple[str, int], port: int | None) -> bool:
-    """Whether ``dst`` is this listener's own port on a local address.
-
-    A client that connects to a transparent listener directly (not through a
-    TPROXY rule) would make the proxy connect to itself, forever. Binding a
-    plain socket succeeds only for local addresses, which tells them apart
-    without a list of interfaces; it is tried only when the port matches.
-    """
-    if port is None or dst[1] != port:
-        return False
-    family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((dst[0], 0))
-        except OSError as e:
-            return e.errno != errno.EADDRNOTAVAIL
-    return True
-

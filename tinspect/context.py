@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
 from tinspect.metrics import Metrics
+from tinspect.sockets import is_local_address
 
 if TYPE_CHECKING:
     from tinspect.explicit import ProxyAuth
@@ -122,6 +123,7 @@ class ProxyContext:
         self.flows: dict[str, Flow] = {}
         self.clients: Counter[str] = Counter()  # open client connections per client address
         self.connections = 0  # open client connections, all addresses
+        self.ports: set[int] = set()  # this proxy's own TCP listening ports (loop detection)
         self.metrics = Metrics()
         self.tls: Any = None  # tinspect.tls_layer.Interception, set up when the proxy starts
         self.websocket: Any = None  # tinspect.websocket's autobahn factories, made on first use
@@ -148,6 +150,12 @@ class ProxyContext:
             self.clients[host] = left
         else:
             del self.clients[host]
+
+    def loops(self, dst: tuple[str, int]) -> bool:
+        """Whether connecting to ``dst`` would reach this proxy itself: one of its
+        listening ports on a local address (a client that connected to a
+        transparent port directly, a CONNECT to the proxy's own address)."""
+        return dst[1] in self.ports and is_local_address(dst[0])
 
     def open_flow(self, flow: Flow) -> bool:
         """Register a flow and tell the taps.

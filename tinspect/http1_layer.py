@@ -425,6 +425,9 @@ class Http1Layer:
         except ValueError as e:
             self._answer(ex, error_page(400, str(e), req))
             return
+        if self.explicit and self.ctx.loops(dst):
+            self._answer(ex, _loop_page(dst, req))
+            return
         up = self.upstream
         if up is None or not up.usable or up.dst != dst:
             if up is not None:
@@ -789,6 +792,9 @@ class Http1Layer:
         except ValueError as e:
             self._answer(ex, error_page(400, str(e), req))
             return
+        if self.ctx.loops(dst):
+            self._answer(ex, _loop_page(dst, req))
+            return
         if self.upstream is not None:
             self.upstream.close()
             self._forget_upstream()
@@ -977,6 +983,10 @@ class _Tunnel:
 
     def server_lost(self, reason: Failure) -> None:  # pragma: no cover
         pass
+
+
+def _loop_page(dst: tuple[str, int], request: Request) -> Response:
+    return error_page(508, f"{format_addr(dst)} is this proxy itself; the request would go round in a loop", request)
 
 
 def _gateway_error(reason: str, dst: tuple[str, int], request: Request) -> Response:

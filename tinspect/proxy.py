@@ -67,7 +67,7 @@ class _TCPListener(Service):
         except Exception as e:
             raise ListenError(f"--listen {self.spec.text}: bad endpoint: {e}") from None
         self.port = _now(endpoint.listen(self.factory), f"--listen {self.spec.text}")
-        self.factory.port = self.port.getHost().port
+        self.ctx.ports.add(self.port.getHost().port)
         self._log.info(
             "listening on {address} ({mode}) for {spec}",
             address=format_addr((self.port.getHost().host, self.port.getHost().port)),
@@ -104,6 +104,7 @@ class _MetricsListener(Service):
             raise ListenError(f"--metrics {self.endpoint}: bad endpoint: {e}") from None
         self.port = _now(endpoint.listen(site), f"--metrics {self.endpoint}")
         host = self.port.getHost()
+        self.ctx.ports.add(host.port)
         self._log.info("metrics on http://{address}/metrics", address=format_addr((host.host, host.port)))
 
     def stopService(self):

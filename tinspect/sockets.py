@@ -201,3 +201,24 @@ def raise_fd_limit(wanted: int) -> tuple[int, int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft, hard
+
+
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` (an IP literal, or ``localhost``) is an address of this machine.
+
+    Binding a socket succeeds only for local addresses, which tells them
+    apart without a list of interfaces (in whatever network namespace this
+    runs). Other names are not resolved here (that would block): ``False``.
+    """
+    if host == "localhost":
+        return True
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return False
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, 0))
+        except OSError as e:
+            return e.errno != errno.EADDRNOTAVAIL
+    return True
