@@ -11,6 +11,8 @@
     python -m tests.peers hold HOST PORT HEX SECS  send the bytes, keep the connection open, print
                                                    "<seconds until EOF, or 'open'> <reply>"
     python -m tests.peers mute-server PORT         accept and read, never answer
+    python -m tests.peers mute-tls-server PORT CHAIN KEY
+                                                   the same after a TLS handshake (ALPN h2)
     python -m tests.peers cut-server PORT          answer HTTP with a 1 MB Content-Length, send
                                                    100 kB of it, then reset the connection
     python -m tests.peers garbage-server PORT      answer anything with bytes that are not HTTP
@@ -166,11 +168,24 @@ def hold(host: str, port: int, payload: bytes, seconds: float) -> None:
     sys.stdout.write(f"{ended} {out.decode('latin-1')}")
 
 
-def mute_server(port: int) -> None:
+def mute_server(port: int, tls: tuple[str, str] | None = None) -> None:
+    ctx = None
+    if tls is not None:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls)
+        ctx.set_alpn_protocols(["h2"])
+
     def handle(conn):
-        with conn:
-            while conn.recv(65536):
-                pass
+        try:
+            if ctx is not None:
+                conn = ctx.wrap_socket(conn, server_side=True)
+            with conn:
+                while conn.recv(65536):
+                    pass
+        except OSError:
+            pass
 
     _serve_threads(port, handle)
 
@@ -233,6 +248,8 @@ if __name__ == "__main__":
         garbage_server(int(args[0]))
     elif cmd == "mute-server":
         mute_server(int(args[0]))
+    elif cmd == "mute-tls-server":
+        mute_server(int(args[0]), (args[1], args[2]))
     elif cmd == "ws-echo":
         ws_echo(int(args[0]))
     elif cmd == "ws-ask":

@@ -128,3 +128,8 @@ def test_every_fault_gets_a_clean_error_and_leaves_nothing_behind(lab, faulty, p
     assert re.search(r"flow \d+: upstream 198\.51\.100\.2:81 (closed|reset) the connection", log) or \
         "198.51.100.2:81" in log, log
     assert "Traceback" not in log, log
+    # The CA key stays where it is: private to its owner, and never in the log.
+    key = pki["state"] / "ca-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    secret = "".join(key.read_text().splitlines()[1:3])
+    assert "PRIVATE KEY" not in log and secret[:40] not in log.replace("\n", "")

@@ -196,3 +196,42 @@ def test_an_idle_http2_connection_gets_goaway(lab, proxy, tmp_path, pki):
     text, code, after = out.rsplit(maxsplit=2)
     assert text == "hello h2"
     assert code == "0" and 0.9 <= float(after) < 4, out
+
+
+def test_an_http2_server_that_never_answers_gives_504(lab, proxy, pki):
+    """curl --http2 through the MITM to an h2 server that completes TLS and then stays silent:
+    504 after --response-timeout, on the stream, and the connection stays usable."""
+    lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "mute-tls-server", "443", str(pki["chain"]),
+              str(pki["key"]), cwd=REPO)
+    lab.wait_listening(lab.server, 443)
+    p = start(lab, proxy, "--response-timeout", "1", "--state-dir", str(pki["state"]), "--upstream-ca",
+              str(pki["server_ca"]), ports=(443,))
+    started = time.monotonic()
+    out = client_run(lab, "curl", "-sS", "--http2", "--cacert", str(pki["ours"]), "-w", "\\n%{http_code} %{http_version}",
+                     f"https://{SERVER_NAME}/")
+    assert time.monotonic() - started < 5
+    assert out.endswith("\n504 2"), out
+    assert "sent nothing for 1 s" in out
+    time.sleep(0.3)
+    assert "sent nothing for 1 s" in p.log()
+
+
+def test_a_websocket_server_that_never_answers_the_handshake_gives_504(lab, proxy):
+    """The websockets client's upgrade to a server that takes it and says nothing: 504, not a hang."""
+    lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "mute-server", "80", cwd=REPO)
+    lab.wait_listening(lab.server, 80)
+    start(lab, proxy, "--response-timeout", "1")
+    script = (
+        "import asyncio\n"
+        "from websockets.asyncio.client import connect\n"
+        "from websockets.exceptions import InvalidStatus\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        await connect('ws://{SERVER4}/chat', open_timeout=10)\n"
+        "    except InvalidStatus as e:\n"
+        "        print(e.response.status_code)\n"
+        "asyncio.run(main())\n"
+    )
+    started = time.monotonic()
+    assert client_run(lab, sys.executable, "-c", script).strip() == "504"
+    assert time.monotonic() - started < 5

@@ -1212,6 +1212,35 @@ def test_an_idle_connection_gets_goaway_after_idle_timeout_but_not_while_a_strea
     assert net.leftovers() == CLEAN
 
 
+def test_a_silent_server_gets_504_but_a_client_that_does_not_read_is_no_silent_server(make_net):
+    """--response-timeout: a stream the server never answers gets 504 on its own; a response held
+    back because the client does not open its window is not the server's silence."""
+    net = make_net(response_timeout=5)
+    c, s, wire = h2_pair(net, consume=False)
+    big, mute = c.request(b"/big"), c.request(b"/mute")
+    wire.run()
+    up = {path: sid for sid, path in s.requests().items()}
+    body = pattern(1 * MiB)
+    s.respond(up[b"/big"], 200, body)
+    wire.run()
+    assert c.received == 65535  # the client's windows are full; the rest waits in the proxy and the server
+    net.reactor.advance(5.1)  # the response to /big came in this period: progress
+    wire.run()
+    assert c.stream(mute).headers is None
+    net.reactor.advance(5)  # a whole period of silence
+    wire.run()
+    assert c.stream(mute).headers[b":status"] == b"504"  # its body waits for the client's window too
+    for _ in range(6):  # 30 s more without the client reading: the big one is not cut
+        net.reactor.advance(5)
+        wire.run()
+    assert c.stream(big).reset is None and s.stream(up[b"/big"]).reset is None
+    while c.unconsumed or not c.stream(big).ended:
+        c.consume()
+        wire.run()
+    assert bytes(c.stream(big).data) == body
+    assert b"sent nothing for 5 s" in bytes(c.stream(mute).data)
+
+
 # ---------------------------------------------------------------------------
 # Fuzzing: what the peers send is fed to h2 through the layer
 # ---------------------------------------------------------------------------

@@ -173,6 +173,8 @@ class H2Layer:
         self._routes: dict[tuple, H1Upstreams] = {}  # requests taps sent elsewhere
         self._idle = Deadline(ctx.reactor, self._idle_out)  # runs while no stream is open
         self._idle.start(settings.idle_timeout, "idle")
+        # Runs while a whole request waits for its answer; any data from a server is progress.
+        self._answers = Deadline(ctx.reactor, self._response_timed_out)
         chain = ctx.chain
         self.arms = {
             TO_SERVER: Arm(
@@ -309,6 +311,8 @@ class H2Layer:
             st.req_buffer = bytearray()
             return
         self.arms[TO_SERVER].submit(req)
+        if st.request_done:
+            self._await_answers()
 
     def _request_data(self, st: _Stream, data: bytes, credit: int) -> None:
         buffer = st.req_buffer
@@ -336,6 +340,7 @@ class H2Layer:
             self.arms[TO_SERVER].submit(req)
         else:
             self.arms[TO_SERVER].submit(MessageEnd(st.req_trailers, direction=TO_SERVER, message=req))
+        self._await_answers()
 
     def _client_reset(self, cid: int, code: int) -> None:
         self._resets += 1
@@ -378,6 +383,7 @@ class H2Layer:
         st = self.streams.get(cid)
         if st is None:
             return
+        self._answers.kick()  # the client took data: the servers were held back until now
         if self.client.pending(cid) < LOW_WATER:
             self._via(st).credit(st)
             if st.response_ending and not self.client.queued(cid):
@@ -456,6 +462,7 @@ class H2Layer:
     # -- from the server ------------------------------------------------------
 
     def upstream_response(self, st: _Stream, resp: Response) -> None:
+        self._answers.kick()
         if st.closed or st.answered:
             return
         arm = self.arms[TO_CLIENT]
@@ -469,6 +476,7 @@ class H2Layer:
         arm.submit(resp)
 
     def upstream_body(self, st: _Stream, data: bytes, credit: int) -> None:
+        self._answers.kick()
         if st.closed or st.answered or not data:
             st.owed_server += credit
             self._via(st).credit(st)
@@ -485,6 +493,7 @@ class H2Layer:
         self.arms[TO_CLIENT].submit(BodyChunk(data, direction=TO_CLIENT, message=st.response))
 
     def upstream_end(self, st: _Stream, trailers: Headers | None) -> None:
+        self._answers.kick()
         if not st.request_done:
             st.answered = True  # the server is done: the rest of the upload goes nowhere
         if st.closed or st.response is None:
@@ -665,6 +674,36 @@ class H2Layer:
         if not self.streams and not self._finished:
             self._idle.start(self.ctx.settings.idle_timeout, "idle")
 
+    def _awaiting(self) -> list[_Stream]:
+        return [st for st in self.streams.values()
+                if st.request_done and not st.response_done and not st.answered and not st.closed]
+
+    def _await_answers(self) -> None:
+        if not self._answers.running and not self._finished:
+            self._answers.start(self.ctx.settings.response_timeout, "response")
+
+    def _response_timed_out(self, what: str) -> None:
+        """No server sent anything for ``response_timeout`` while requests waited:
+        504 for the streams not answered yet, a reset for those cut mid-response.
+        A stream whose data waits for the client's window is left alone: the
+        server's silence is ours there (we have not credited it)."""
+        if self._finished:
+            return
+        reason = f"sent nothing for {self.ctx.settings.response_timeout:g} s"
+        held = False
+        for st in self._awaiting():
+            if self.client.pending(st.cid):
+                held = True
+                continue
+            self._via(st).cancel(st, ErrorCodes.CANCEL)
+            if st.response is None:
+                self.upstream_failed(st, reason, None, status=504)
+            else:
+                self.upstream_failed(st, f"{reason} in the middle of the response", ErrorCodes.CANCEL)
+        self.client.pump()
+        if held:
+            self._await_answers()
+
     def _idle_out(self, what: str) -> None:
         if self.streams or self._finished:
             return
@@ -711,6 +750,7 @@ class H2Layer:
         if not self._finished:
             self._finished = True
             self._idle.stop()
+            self._answers.stop()
             for st in self.streams.values():
                 st.closed = True
             self.streams.clear()

@@ -444,6 +444,8 @@ class Http1Layer:
                 ex.websocket.send(req, up)
             except ValueError as e:
                 self._answer(ex, error_page(400, str(e), req))
+                return
+            self._await_response(ex)  # the handshake is a whole request
             return
         parts = up.writer.request(req, upgrade=ex.switching)
         up.reader.expect_response(req.method.encode("latin-1"))
