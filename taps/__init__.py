@@ -10,4 +10,7 @@ __all__ = ["BUILTIN"]
 BUILTIN: dict[str, str] = {
     "logger": "taps.logger:LoggerTap",
     "mangler": "taps.mangler:ManglerTap",
+    "headers": "taps.headers:HeadersTap",
+    "faults": "taps.faults:FaultsTap",
+    "filter": "taps.filter:FilterTap",
 }

@@ -23,6 +23,7 @@ from twisted.logger import Logger, LogLevel
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow, format_addr
+from tinspect.taploader import flag
 from tinspect.units import Request, Response, Unit, WebSocketClose, WebSocketMessage
 
 __all__ = ["LoggerTap", "PRIVATE_FIELDS"]
@@ -31,16 +32,6 @@ PRIVATE_FIELDS = frozenset({
     b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key", b"x-auth-token",
     b"x-csrf-token", b"x-amz-security-token",
 })
-_YES = {"yes": True, "true": True, "1": True, "on": True, "no": False, "false": False, "0": False, "off": False}
-
-
-def _flag(name: str, value: str | bool) -> bool:
-    if isinstance(value, bool):
-        return value
-    try:
-        return _YES[value.strip().lower()]
-    except KeyError:
-        raise ValueError(f"{name} must be yes or no, not {value!r}") from None
 
 
 class LoggerTap(Tap):
@@ -59,8 +50,8 @@ class LoggerTap(Tap):
             self._level = LogLevel.levelWithName(level.lower())
         except Exception:
             raise ValueError(f"level must be info or debug, not {level!r}") from None
-        self._headers = _flag("headers", headers)
-        self._private = _flag("private", private)
+        self._headers = flag("headers", headers)
+        self._private = flag("private", private)
 
     def flow_opened(self, flow: Flow) -> None:
         self.log.info(

@@ -94,6 +94,15 @@ class Tap:
         """
         return self.whole_bodies
 
+    def tls_passthrough(self, name: str, flow: Flow) -> bool:
+        """Whether to relay this TLS connection untouched instead of intercepting it.
+
+        Asked once per TLS connection, after the ClientHello, before any
+        certificate is made: ``name`` is the SNI (or the destination IP
+        without one). ``True`` from any tap passes the connection through.
+        """
+        return False
+
     def flow_opened(self, flow: Flow) -> None:
         """Called once when a flow opens, before its first unit."""
 
@@ -130,6 +139,7 @@ class TapChain:
         self._askers: dict[type, tuple[Tap, ...]] = {}
         self._openers = [t for t in self.taps if _overrides(t, "flow_opened")]
         self._closers = [t for t in self.taps if _overrides(t, "flow_closed")]
+        self._passers = [t for t in self.taps if _overrides(t, "tls_passthrough")]
 
     def route(self, kind: type) -> tuple[_Route, ...]:
         """The taps that see units of class ``kind``, in order (cached)."""
@@ -169,6 +179,17 @@ class TapChain:
             if t is tap:
                 return pos
         raise ValueError(f"{tap} is not in this chain")
+
+    def tls_passthrough(self, name: str, flow: Flow) -> bool:
+        """Whether any tap wants this TLS connection passed through; a tap that raises says no (logged)."""
+        for tap in self._passers:
+            try:
+                if tap.tls_passthrough(name, flow):
+                    return True
+            except Exception:
+                self._log.failure("tap {tap} failed deciding TLS passthrough for flow {flow_id}",
+                                  tap=str(tap), flow_id=flow.id)
+        return False
 
     def flow_opened(self, flow: Flow) -> Failure | None:
         """Tell the taps a flow opened.

@@ -158,12 +158,17 @@ next to it (LOGFILE.workerN).
         self["proxy_auth"].append(credentials)
 
     def opt_tap_option(self, text: str) -> None:
-        """TAP.KEY=VALUE: an option for a tap (repeatable)."""
+        """TAP.KEY=VALUE: an option for a tap (repeatable; a repeated key gives a list)."""
         name, sep, value = text.partition("=")
         tap, dot, key = name.partition(".")
         if not sep or not dot or not tap or not key:
             raise usage.UsageError(f"--tap-option {text!r}: expected TAP.KEY=VALUE")
-        self["tap_options"].setdefault(tap, {})[key] = value
+        options = self["tap_options"].setdefault(tap, {})
+        if key in options:  # a repeated key gives a list, for the taps that take one
+            before = options[key]
+            options[key] = [*(before if isinstance(before, list) else [before]), value]
+        else:
+            options[key] = value
 
     def postOptions(self) -> None:
         try:

@@ -138,7 +138,28 @@ def build_taps(refs: list[TapRef], options: dict[str, dict[str, Any]]) -> list[T
     return taps
 
 
+_FLAGS = {"yes": True, "true": True, "1": True, "on": True, "no": False, "false": False, "0": False, "off": False}
+
+
+def flag(name: str, value: str | bool) -> bool:
+    """A tap's yes/no option (``yes``, ``no``, ``true``, ``false``, ``on``, ``off``, ``1``, ``0``).
+
+    Raises:
+        ValueError: anything else, naming the option.
+    """
+    if isinstance(value, bool):
+        return value
+    try:
+        return _FLAGS[str(value).strip().lower()]
+    except KeyError:
+        raise ValueError(f"{name} must be yes or no, not {value!r}") from None
+
+
 def _check_options(key: str, cls: type[Tap], kwargs: dict[str, Any]) -> None:
+    lists = getattr(cls, "list_options", frozenset())
+    repeated = sorted(k for k, v in kwargs.items() if isinstance(v, list) and k not in lists)
+    if repeated:
+        raise TapLoadError(f"tap {key!r}: option {', '.join(repeated)} takes one value, not several")
     params = inspect.signature(cls).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return

@@ -339,7 +339,7 @@ class TlsLayer:
         self._hello = hello
         self.flow.sni = hello.sni
         name = self._name()
-        if self.tls.passthrough.should_pass(name, self.flow.dst[0]):
+        if self.tls.passthrough.should_pass(name, self.flow.dst[0]) or self.ctx.chain.tls_passthrough(name, self.flow):
             self._log.info(
                 "flow {flow_id}: passing TLS for {name} through untouched", flow_id=self.flow.id, name=name
             )

@@ -1,0 +1,211 @@
+"""End to end, the built-in taps for users' jobs: headers and faults (curl and nginx through TPROXY)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DUAL, client_run
+from tinspect.netlab import SERVER4, SERVER_NAME, Nginx
+
+pytestmark = pytest.mark.netns
+
+ECHO = ('location = /headers { add_header X-Upstream here; return 200 '
+        '"a=[$http_x_a] b=[$http_x_b] ua=[$http_user_agent] secret=[$http_x_secret]\\n"; }')
+
+
+@pytest.fixture
+def web(lab, tmp_path):
+    server = Nginx(lab, lab.server, tmp_path / "nginx", extra=ECHO)
+    (server.root / "index.html").write_text("hello\n")
+    return server.start()
+
+
+@pytest.fixture
+def tapped(lab, proxy):
+    def start(*options, taps="logger"):
+        lab.tproxy(8080, dports=[80])
+        return proxy(["--listen", DUAL, "--taps", taps, *options], wait=[(8080, "tcp")])
+
+    return start
+
+
+def curl(lab, *args):
+    return lab.exec(lab.client, "curl", "-sS", *args, check=False, timeout=30)
+
+
+def test_headers_tap_sets_adds_and_removes_both_ways(lab, web, tapped):
+    p = tapped("--tap-option", "headers.set=X-A: from-tap", "--tap-option", "headers.add=X-B: one",
+               "--tap-option", "headers.remove=User-Agent", "--tap-option", "headers.remove=X-Secret",
+               "--tap-option", "resp.direction=to_client", "--tap-option", "resp.remove=X-Upstream",
+               "--tap-option", "resp.set=Server: tinspect-lab", "--tap-option", "resp.add=X-Extra: 1",
+               "--tap-option", "resp.add=X-Extra: 2",
+               taps="logger,headers,resp=taps.headers:HeadersTap")
+    out = curl(lab, "-D", "-", "-H", "X-A: from-client", "-H", "X-Secret: s", f"http://{SERVER4}/headers")
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.partition("\n\n")  # (text mode: CRLF read as LF)
+    assert body == "a=[from-tap] b=[one] ua=[] secret=[]\n", body
+    assert "X-Upstream" not in head and re.search(r"(?im)^server: tinspect-lab$", head), head
+    assert re.findall(r"(?im)^x-extra: (.*)$", head) == ["1", "2"], head
+    assert "flow 1 to_server request GET" in p.log()
+
+
+def test_faults_tap_latency_delays_each_request(lab, web, tapped):
+    p = tapped("--tap-option", "faults.rate=1", "--tap-option", "faults.latency=0.5",
+               "--tap-option", "faults.direction=to_server", "--tap-option", "faults.seed=7", taps="faults")
+    started = time.monotonic()
+    out = curl(lab, f"http://{SERVER4}/", f"http://{SERVER4}/")
+    assert out.stdout == "hello\nhello\n", out.stderr
+    assert time.monotonic() - started >= 1.0
+    assert "faults tap: latency at rate 1, seed 7" in p.log()
+    assert len(re.findall(r"flow \d+: faults tap: latency on a request going to_server", p.log())) == 2
+
+
+def test_faults_tap_is_reproducible_with_a_seed(lab, web, tapped, proxy):
+    """Twenty requests, each on its own connection, rate 0.5 of resets: the same seed cuts the same ones."""
+    outcomes = []
+    for _ in range(2):
+        p = tapped("--tap-option", "faults.rate=0.5", "--tap-option", "faults.reset=yes",
+                   "--tap-option", "faults.seed=42", taps="faults")
+        got = []
+        for i in range(20):
+            got.append(curl(lab, "-o", "/dev/null", "-w", "%{http_code}", f"http://{SERVER4}/").stdout)
+        outcomes.append(got)
+        p.stop()
+        lab.clear_rules()
+    assert outcomes[0] == outcomes[1], outcomes
+    assert "200" in outcomes[0] and "000" in outcomes[0], outcomes  # some passed, some were reset
+
+
+# -- filter ------------------------------------------------------------------------------------------
+
+FILTER_SITE = ('location = /clip { default_type video/mp4; return 200 "not really a video\\n"; } '
+               'location = /secret { return 200 "secret\\n"; }')
+
+
+@pytest.fixture
+def site(lab, tmp_path, pki):
+    """nginx with its own CA: HTTP on 80, HTTPS with h2 on 443; /, /secret, /clip (video/mp4)."""
+    server = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]), extra=FILTER_SITE)
+    (server.root / "index.html").write_text("hello\n")
+    server.start()
+    lab.wait_listening(lab.server, 443)
+    return server
+
+
+@pytest.fixture
+def filtered(lab, proxy, pki, tmp_path):
+    def start(rules: str, *options):
+        path = tmp_path / "rules.txt"
+        path.write_text(rules)
+        lab.tproxy(8080, dports=[80, 443])
+        return proxy(["--listen", DUAL, "--taps", "filter", "--tap-option", f"filter.rules={path}",
+                      "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"]), *options],
+                     wait=[(8080, "tcp")]), path
+
+    return start
+
+
+def test_filter_blocks_by_host_url_and_type_with_a_page_and_logs_every_decision(lab, site, filtered):
+    p, path = filtered("block host=server.test url=/secret\nblock type=video/*\n")
+    ok = curl(lab, f"http://{SERVER_NAME}/")
+    assert ok.stdout == "hello\n", ok.stderr
+    blocked = curl(lab, "-w", "\n%{http_code} %{content_type}", f"http://{SERVER_NAME}/secret")
+    assert blocked.stdout.endswith("\n403 text/html; charset=utf-8"), blocked.stdout
+    assert "http://server.test/secret" in blocked.stdout and f"{path}:1: block host=server.test" in blocked.stdout
+    clip = curl(lab, "-w", "\n%{http_code}", f"http://{SERVER_NAME}/clip")
+    assert clip.stdout.endswith("\n403") and "not really a video" not in clip.stdout, clip.stdout
+    assert [r for _, r, _ in site.access_log()] == ["GET / HTTP/1.1", "GET /clip HTTP/1.1"]  # /secret never left
+    time.sleep(0.3)
+    log = p.log()
+    assert re.search(r"flow \d+: filter: allow GET http://server\.test/ \(no rule matched: the default\)", log), log
+    assert re.search(rf"filter: block GET http://server\.test/secret \(rule {re.escape(str(path))}:1: ", log), log
+    assert re.search(r"filter: block GET http://server\.test/clip \(rule .*:2: block type=video/\* "
+                     r"\(Content-Type video/mp4\)\)", log), log
+
+
+def test_filter_works_the_same_over_https_and_http2(lab, site, filtered, pki):
+    filtered("block url=/secret\n")
+    for version in ("--http1.1", "--http2"):
+        out = curl(lab, version, "--cacert", str(pki["ours"]), "-w", "\n%{http_code} %{http_version}",
+                   f"https://{SERVER_NAME}/secret")
+        assert out.stdout.endswith(f"\n403 {'2' if version == '--http2' else '1.1'}"), out.stdout
+        assert "This page is blocked" in out.stdout
+        ok = curl(lab, version, "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+        assert ok.stdout == "hello\n", ok.stderr
+
+
+def test_filter_blocks_a_websocket_upgrade(lab, site, filtered):
+    filtered("block url=^ws|/chat\n")
+    script = (
+        "import asyncio\n"
+        "from websockets.asyncio.client import connect\n"
+        "from websockets.exceptions import InvalidStatus\n"
+        "async def main():\n"
+        "    try:\n"
+        f"        await connect('ws://{SERVER_NAME}/chat', open_timeout=10)\n"
+        "    except InvalidStatus as e:\n"
+        "        print(e.response.status_code, b'blocked' in e.response.body)\n"
+        "asyncio.run(main())\n"
+    )
+    assert client_run(lab, sys.executable, "-c", script).strip() == "403 True"
+
+
+def test_filter_passthrough_relays_tls_untouched(lab, site, filtered, pki):
+    """passthrough host=...: the client sees the server's own certificate; nothing is decrypted."""
+    p, _ = filtered("passthrough host=server.test\n")
+    own = curl(lab, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    assert own.stdout == "hello\n", own.stderr
+    ours = curl(lab, "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+    assert ours.returncode == 60  # our CA did not sign what it got: the server's certificate
+    time.sleep(0.2)
+    assert "filter: passthrough TLS for server.test" in p.log()
+
+
+def test_filter_reloads_on_sighup_without_dropping_connections(lab, site, filtered):
+    """SIGHUP: new rules for later decisions on an open keep-alive connection; a broken file is refused."""
+    p, path = filtered("allow host=server.test\n")
+    script = (
+        "import socket, sys\n"
+        f"s = socket.create_connection(('{SERVER4}', 80))\n"
+        "def ask(path):\n"
+        "    s.sendall(b'GET ' + path + b' HTTP/1.1\\r\\nHost: server.test\\r\\n\\r\\n')\n"
+        "    got = b''\n"
+        "    while b'\\r\\n\\r\\n' not in got: got += s.recv(65536)\n"
+        "    head, _, body = got.partition(b'\\r\\n\\r\\n')\n"
+        "    length = int([l for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0].split(b':')[1])\n"
+        "    while len(body) < length: body += s.recv(65536)\n"
+        "    return head.split(b' ')[1].decode()\n"
+        "print(ask(b'/secret'), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(ask(b'/secret'), flush=True)\n"
+        "sys.stdin.readline()\n"
+        "print(ask(b'/secret'), flush=True)\n"
+    )
+    client = lab.spawn(lab.client, sys.executable, "-c", script, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       text=True)
+    assert client.stdout.readline().strip() == "200"
+    path.write_text("block url=/secret\n")
+    os.kill(p.proc.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    assert client.stdout.readline().strip() == "403"  # same connection, new rules
+    path.write_text("bogus line\n")
+    os.kill(p.proc.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    assert client.stdout.readline().strip() == "403"  # the old rules stayed
+    client.wait(10)
+    log = p.log()
+    assert "filter: reloaded 1 rules" in log
+    assert re.search(r"filter: not reloaded, the old rules stay: .*rules\.txt:1: unknown action 'bogus'", log), log
+    assert len(re.findall(r"flow \d+ open|flow \d+: filter", log)) >= 3
+    assert len(set(re.findall(r"flow (\d+): filter", log))) == 1, log  # one connection throughout
