@@ -209,3 +209,21 @@ def test_filter_reloads_on_sighup_without_dropping_connections(lab, site, filter
     assert re.search(r"filter: not reloaded, the old rules stay: .*rules\.txt:1: unknown action 'bogus'", log), log
     assert len(re.findall(r"flow \d+ open|flow \d+: filter", log)) >= 3
     assert len(set(re.findall(r"flow (\d+): filter", log))) == 1, log  # one connection throughout
+
+
+def test_a_config_file_runs_the_proxy_and_the_command_line_overrides_it(lab, web, proxy, tmp_path):
+    """twistd tinspect --config tinspect.toml: listeners, taps and tap options from the file."""
+    config = tmp_path / "tinspect.toml"
+    config.write_text(
+        'listen = ["tproxy:8080:interface=\\\\:\\\\:"]\n'
+        'taps = ["logger", "mangler"]\n'
+        'header-timeout = 5\n'
+        '[tap.mangler]\nsearch = "hello"\nreplace = "HOWDY"\n'
+    )
+    lab.tproxy(8080, dports=[80])
+    p = proxy(["--config", str(config)], wait=[(8080, "tcp")])
+    assert curl(lab, f"http://{SERVER4}/").stdout == "HOWDY\n"
+    assert "flow 1 to_client response 200 OK" in p.log()
+    p.stop()
+    p = proxy(["--config", str(config), "--tap-option", "mangler.replace=hi!!!"], wait=[(8080, "tcp")])
+    assert curl(lab, f"http://{SERVER4}/").stdout == "hi!!!\n"

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.python import usage
 
 from tinspect.context import Settings
+from tinspect.config import ConfigError, config_argv, split_config
 from tinspect.explicit import ClientNetworks, ProxyAuth
 from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.proxy import TwistdProxy
@@ -22,6 +23,9 @@ from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
 from tinspect.workers import Workers, shared_endpoint, worker_argv
 
 __all__ = ["Options", "makeService"]
+
+
+_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients"}
 
 
 class Options(usage.Options):
@@ -122,8 +126,20 @@ next to it (LOGFILE.workerN).
         self["passthrough"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
-        self["argv"] = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        argv = list(sys.argv[1:] if options is None else options)
+        self["argv"] = argv
+        try:
+            path, rest = split_config(argv)
+            if path is not None:
+                rest = config_argv(path, self.optParameters, self.optFlags, _REPEATABLE, rest) + rest
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        super().parseOptions(rest)
+
+    def opt_config(self, path: str) -> None:
+        """FILE: options from a TOML file (keys are these options' names; [tap.NAME] tables
+        hold tap options); the command line overrides it."""
+        raise usage.UsageError("--config is read before the other options")  # split off in parseOptions
 
     def opt_listen(self, spec: str) -> None:
         """[MODE@]ENDPOINT to listen on (repeatable); see above."""
