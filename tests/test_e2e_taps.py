@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -227,3 +228,19 @@ def test_a_config_file_runs_the_proxy_and_the_command_line_overrides_it(lab, web
     p.stop()
     p = proxy(["--config", str(config), "--tap-option", "mangler.replace=hi!!!"], wait=[(8080, "tcp")])
     assert curl(lab, f"http://{SERVER4}/").stdout == "hi!!!\n"
+
+
+def test_json_log_has_the_logger_fields_as_data(lab, web, tapped, tmp_path):
+    """--log-json: one JSON object per line, the logger tap's fields as keys, the text and time too."""
+    path = tmp_path / "log.jsonl"
+    p = tapped("--log-json", str(path), taps="logger")
+    assert curl(lab, f"http://{SERVER4}/").stdout == "hello\n"
+    time.sleep(0.3)
+    p.stop()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    request = next(r for r in records if r.get("kind") == "request")
+    assert request["method"] == "GET" and request["url"] == f"http://{SERVER4}/" and request["direction"] == "to_server"
+    assert request["text"].startswith(f"flow {request['flow_id']} to_server request GET")
+    assert request["time"].startswith(time.strftime("%Y-"))
+    response = next(r for r in records if r.get("kind") == "response")
+    assert response["status"] == 200 and response["flow_id"] == request["flow_id"]

@@ -17,6 +17,7 @@ from twisted.python import usage
 from tinspect.context import Settings
 from tinspect.config import ConfigError, config_argv, split_config
 from tinspect.explicit import ClientNetworks, ProxyAuth
+from tinspect.logs import JsonLog
 from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.proxy import TwistdProxy
 from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
@@ -107,6 +108,7 @@ next to it (LOGFILE.workerN).
         ["workers", None, 1, "Proxy processes sharing the listening ports (SO_REUSEPORT).", int],
         ["metrics", None, None, "Serve counters in the Prometheus text format at http://ENDPOINT/metrics "
                                 "(e.g. tcp:9108:interface=127.0.0.1)."],
+        ["log-json", None, None, "Also write the log as JSON Lines to PATH ('-': standard output)."],
     ]
 
     optFlags = [
@@ -240,6 +242,8 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         intercept_tls=not options["no-tls"],
     )
     proxy = TwistdProxy(options["tap_objects"], settings, reactor)
+    if options["log-json"]:
+        JsonLog(options["log-json"]).setServiceParent(proxy)  # workers append to the same file, line by line
     for spec in options["listen"]:
         proxy.listen(spec.text)
     if options["worker"]:
