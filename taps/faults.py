@@ -35,8 +35,8 @@ from twisted.logger import Logger
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.taploader import flag
-from tinspect.units import Data, Datagram, Direction, Request, Response, Unit, WebSocketMessage
+from tinspect.taploader import directions, flag
+from tinspect.units import Data, Datagram, Request, Response, Unit, WebSocketMessage
 
 __all__ = ["FaultsTap"]
 
@@ -65,13 +65,7 @@ class FaultsTap(Tap):
         if units not in ("heads", "all"):
             raise ValueError(f"units must be heads or all, not {units!r}")
         self.kinds = HEADS if units == "heads" else None
-        if direction == "both":
-            self.directions = frozenset(Direction)
-        else:
-            try:
-                self.directions = frozenset([Direction(direction)])
-            except ValueError:
-                raise ValueError(f"direction must be both, to_server or to_client, not {direction!r}") from None
+        self.directions = directions(direction)
         try:
             self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**32)
         except ValueError:

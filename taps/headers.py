@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.units import Direction, Request, Response, Unit
+from tinspect.taploader import directions
+from tinspect.units import Request, Response, Unit
 
 __all__ = ["HeadersTap"]
 
@@ -56,13 +57,7 @@ class HeadersTap(Tap):
         self.remove = _entries(remove, "remove", named_only=True)
         if not (self.set or self.add or self.remove):
             raise ValueError("nothing to do: give set, add or remove")
-        if direction == "both":
-            self.directions = frozenset(Direction)
-        else:
-            try:
-                self.directions = frozenset([Direction(direction)])
-            except ValueError:
-                raise ValueError(f"direction must be both, to_server or to_client, not {direction!r}") from None
+        self.directions = directions(direction)
 
     def handle(self, unit: Unit, flow: Flow) -> Unit:
         if unit.direction not in self.directions or getattr(unit, "interim", False):

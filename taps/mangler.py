@@ -23,7 +23,8 @@ import codecs
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.units import BodyChunk, Data, Datagram, Direction, Request, Response, Unit, WebSocketMessage
+from tinspect.taploader import directions
+from tinspect.units import BodyChunk, Data, Datagram, Request, Response, Unit, WebSocketMessage
 
 __all__ = ["ManglerTap"]
 
@@ -54,13 +55,7 @@ class ManglerTap(Tap):
         if not self.search:
             raise ValueError("search must not be empty")
         self.replace = _as_bytes(replace, "replace")
-        if direction == "both":
-            self.directions = frozenset(Direction)
-        else:
-            try:
-                self.directions = frozenset([Direction(direction)])
-            except ValueError:
-                raise ValueError(f"direction must be both, to_server or to_client, not {direction!r}") from None
+        self.directions = directions(direction)
 
     def handle(self, unit: Unit, flow: Flow) -> Unit:
         if unit.direction not in self.directions:

@@ -18,6 +18,7 @@
     python -m tests.peers garbage-server PORT      answer anything with bytes that are not HTTP
     python -m tests.peers ws-echo PORT             WebSocket echo server (websockets library)
     python -m tests.peers ws-ask URL MSG...        send each MSG over a WebSocket, print each reply
+    python -m tests.peers ws-status URL            "open", or the status and body of a refused handshake
 
 The UDP asker uses a connected socket, so the kernel drops any reply that does
 not come from HOST:PORT: a printed reply proves the source address was right.
@@ -150,6 +151,18 @@ def ws_ask(url: str, messages: list[str]) -> None:
             ws.send(message)
             print(ws.recv(timeout=10), flush=True)
 
+
+def ws_status(url: str) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(url, open_timeout=10):
+            print("open")
+    except InvalidStatus as e:
+        print(e.response.status_code, e.response.body.decode("utf-8", "replace").replace("\n", " "))
+
+
 def hold(host: str, port: int, payload: bytes, seconds: float) -> None:
     sock = socket.create_connection((host, port), timeout=10)
     started = time.monotonic()
@@ -252,6 +265,8 @@ if __name__ == "__main__":
         mute_server(int(args[0]), (args[1], args[2]))
     elif cmd == "ws-echo":
         ws_echo(int(args[0]))
+    elif cmd == "ws-status":
+        ws_status(args[0])
     elif cmd == "ws-ask":
         ws_ask(args[0], args[1:])
     else:

@@ -44,7 +44,19 @@ class ListenError(Exception):
     """A listener could not start; the message says which and why."""
 
 
-class _TCPListener(Service):
+class _PortService(Service):
+    """A service holding one listening port, closed when it stops."""
+
+    port: Any = None
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+
+
+class _TCPListener(_PortService):
     """One ``--listen`` endpoint."""
 
     _log = Logger()
@@ -75,14 +87,8 @@ class _TCPListener(Service):
             spec=self.spec.text,
         )
 
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return defer.maybeDeferred(port.stopListening)
 
-
-class _MetricsListener(Service):
+class _MetricsListener(_PortService):
     """``--metrics ENDPOINT``: the counters over HTTP, at ``/metrics``."""
 
     _log = Logger()
@@ -106,12 +112,6 @@ class _MetricsListener(Service):
         host = self.port.getHost()
         self.ctx.ports.add(host.port)
         self._log.info("metrics on http://{address}/metrics", address=format_addr((host.host, host.port)))
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return defer.maybeDeferred(port.stopListening)
 
 
 class _QuietSite(Site):

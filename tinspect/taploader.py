@@ -25,6 +25,7 @@ from typing import Any
 
 from taps import BUILTIN
 from tinspect.chain import Tap
+from tinspect.units import Direction
 
 __all__ = ["TapLoadError", "TapRef", "parse_tap_names", "resolve", "build_taps"]
 
@@ -153,6 +154,20 @@ def flag(name: str, value: str | bool) -> bool:
         return _FLAGS[str(value).strip().lower()]
     except KeyError:
         raise ValueError(f"{name} must be yes or no, not {value!r}") from None
+
+
+def directions(value: str) -> frozenset[Direction]:
+    """A tap's ``direction`` option: ``both``, ``to_server`` or ``to_client``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value == "both":
+        return frozenset(Direction)
+    try:
+        return frozenset([Direction(value)])
+    except ValueError:
+        raise ValueError(f"direction must be both, to_server or to_client, not {value!r}") from None
 
 
 def _check_options(key: str, cls: type[Tap], kwargs: dict[str, Any]) -> None:
