@@ -13,4 +13,5 @@ BUILTIN: dict[str, str] = {
     "headers": "taps.headers:HeadersTap",
     "faults": "taps.faults:FaultsTap",
     "filter": "taps.filter:FilterTap",
+    "recorder": "taps.recorder:RecorderTap",
 }

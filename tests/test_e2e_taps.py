@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import DUAL, client_run
+from tests.conftest import DUAL, REPO, client_run
 from tinspect.netlab import SERVER4, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
@@ -235,3 +235,53 @@ def test_json_log_has_the_logger_fields_as_data(lab, web, tapped, tmp_path):
     assert request["time"].startswith(time.strftime("%Y-"))
     response = next(r for r in records if r.get("kind") == "response")
     assert response["status"] == 200 and response["flow_id"] == request["flow_id"]
+
+
+# -- recorder ----------------------------------------------------------------------------------------
+
+
+def test_recorder_writes_exchanges_and_websocket_messages_and_a_har_file(lab, proxy, tmp_path, pki):
+    site = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]))
+    (site.root / "index.html").write_text("hello\n")
+    site.start()
+    lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "ws-echo", "8765", cwd=REPO)
+    for port in (443, 8765):
+        lab.wait_listening(lab.server, port)
+    recording, har = tmp_path / "flows.jsonl", tmp_path / "flows.har"
+    lab.tproxy(8080, dports=[80, 443, 8765])
+    p = proxy(["--listen", DUAL, "--taps", "recorder", "--state-dir", str(pki["state"]),
+               "--upstream-ca", str(pki["server_ca"]), "--tap-option", f"recorder.path={recording}",
+               "--tap-option", f"recorder.har={har}", "--tap-option", "recorder.bodies=yes"], wait=[(8080, "tcp")])
+    assert curl(lab, f"http://{SERVER_NAME}/").stdout == "hello\n"
+    assert curl(lab, "--http2", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/").stdout == "hello\n"
+    curl(lab, "-d", "name=value", f"http://{SERVER_NAME}/")
+    assert client_run(lab, sys.executable, "-m", "tests.peers", "ws-ask", f"ws://{SERVER_NAME}:8765/",
+                      "hi", "there").split() == ["hi", "there"]
+    time.sleep(0.3)
+    p.stop()
+    records = [json.loads(line) for line in recording.read_text().splitlines()]
+    exchanges = [r for r in records if r["type"] == "exchange"]
+    assert [(r["request"]["method"], r["request"]["url"], r["response"]["status"], r["protocol"]) for r in exchanges] \
+        == [("GET", f"http://{SERVER_NAME}/", 200, "http/1.1"), ("GET", f"https://{SERVER_NAME}/", 200, "h2"),
+            ("POST", f"http://{SERVER_NAME}/", 405, "http/1.1"),
+            ("GET", f"http://{SERVER_NAME}:8765/", 101, "http/1.1")]  # the upgrade itself is HTTP/1.1
+    assert exchanges[0]["response"]["body"] == {"size": 6, "text": "hello\n"}
+    assert exchanges[2]["request"]["body"] == {"size": 10, "text": "name=value"}
+    for r in exchanges:
+        t = r["timings"]
+        assert t["start"] <= t["request_end"] <= t["response_start"] <= t["end"], t
+    messages = [(r["direction"], r["text"]) for r in records if r["type"] == "websocket"]
+    assert messages == [("to_server", "hi"), ("to_client", "hi"), ("to_server", "there"), ("to_client", "there")]
+    doc = json.loads(har.read_text())
+    assert doc["log"]["version"] == "1.2" and len(doc["log"]["entries"]) == 4
+    for entry in doc["log"]["entries"]:
+        assert {"startedDateTime", "time", "request", "response", "cache", "timings"} <= set(entry)
+        assert {"method", "url", "httpVersion", "headers", "queryString", "cookies", "headersSize", "bodySize"} \
+            <= set(entry["request"])
+        assert {"status", "statusText", "content", "redirectURL", "headersSize", "bodySize"} <= set(entry["response"])
+    ws = doc["log"]["entries"][3]
+    assert [(m["type"], m["data"]) for m in ws["_webSocketMessages"]] == \
+        [("send", "hi"), ("receive", "hi"), ("send", "there"), ("receive", "there")]
+    converted = subprocess.run([sys.executable, "-m", "tinspect", "har", str(recording), "-"], capture_output=True,
+                               text=True, check=True, cwd=REPO)
+    assert json.loads(converted.stdout) == doc

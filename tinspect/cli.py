@@ -140,7 +140,38 @@ def _run_lab(args: argparse.Namespace) -> int:
     return run_lab(args.taps, args.tap_option)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command, _add_lab_command]
+def _add_har_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tinspect har``."""
+    p = subparsers.add_parser(
+        "har",
+        help="convert a recorder tap's JSON Lines into a HAR 1.2 file",
+        description="Convert what the recorder tap wrote (JSON Lines) into HAR 1.2, which browser "
+        "developer tools open ('-' for standard output).",
+    )
+    p.add_argument("recording", help="the recorder's JSON Lines file")
+    p.add_argument("har", help="the HAR file to write, or -")
+    p.set_defaults(handler=_run_har)
+
+
+def _run_har(args: argparse.Namespace) -> int:
+    from tinspect.har import convert
+
+    try:
+        text = convert(Path(args.recording).read_text(encoding="utf-8"))
+    except OSError as e:
+        print(f"tinspect har: {args.recording}: {e.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:
+        print(f"tinspect har: {args.recording}: not a recording: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.har == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.har).write_text(text, encoding="utf-8")
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command, _add_lab_command, _add_har_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
