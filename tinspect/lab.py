@@ -1,15 +1,20 @@
 """``tinspect lab``: watch the whole pipeline work, in one command (root).
 
 Builds the client / gateway / server namespaces of `tinspect.netlab`, starts
-real servers (nginx on port 80, a TCP echo on 7, a UDP echo on 5353), runs
-``twistd tinspect`` in the gateway behind real TPROXY rules with the chosen
-taps, sends sample traffic from the client (curl over IPv4 and IPv6, a TCP
-echo, UDP datagrams), prints what each client got and what the taps logged,
-and removes everything again.
+real servers (nginx on port 80 and, with a certificate from its own CA, TLS
+with h2 on 443; a WebSocket echo on 8765, a TCP echo on 7, a UDP echo on
+5353), runs ``twistd tinspect`` in the gateway behind real TPROXY rules with
+the chosen taps (trusting the server's CA, minting leaves from its own), sends
+sample traffic from the client (curl over IPv4 and IPv6, HTTPS over HTTP/1.1
+and HTTP/2 trusting tinspect's CA, a WebSocket exchange, a TCP echo, UDP
+datagrams), prints what each client got and what the taps logged, and
+removes everything again. The WebSocket sample needs the ``websockets``
+library (installed with the test extras); without it, it is skipped.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -19,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from tinspect.netlab import SERVER4, SERVER6, Lab, LabError, Nginx, ProxyProcess, remove_stale_labs
+from tinspect.netlab import SERVER4, SERVER6, SERVER_NAME, Lab, LabError, Nginx, ProxyProcess, ServerPKI, \
+    remove_stale_labs
 
 __all__ = ["run_lab", "REQUIRED_TOOLS"]
 
@@ -33,6 +39,23 @@ _UDP_ECHO = (
     "while True:\n"
     "    data, addr = s.recvfrom(65535)\n"
     "    s.sendto(b'echo:' + data, addr)\n"
+)
+_WS_ECHO = (
+    "import asyncio\n"
+    "from websockets.asyncio.server import serve\n"
+    "async def echo(ws):\n"
+    "    async for message in ws:\n"
+    "        await ws.send(message)\n"
+    "async def main():\n"
+    "    async with serve(echo, None, 8765):\n"
+    "        await asyncio.Future()\n"
+    "asyncio.run(main())\n"
+)
+_WS_ASK = (
+    "from websockets.sync.client import connect\n"
+    "with connect('ws://{host}:8765/echo', open_timeout=10) as ws:\n"
+    "    ws.send('hello over websocket')\n"
+    "    print(ws.recv(timeout=10))\n"
 )
 _UDP_ASK = (
     "import socket, sys\n"
@@ -64,28 +87,50 @@ def run_lab(taps: str, tap_options: Sequence[str] = (), out: TextIO = sys.stdout
     failures = 0
     try:
         with Lab() as lab:
-            web = Nginx(lab, lab.server, workdir / "nginx")
+            server = ServerPKI(workdir)
+            web = Nginx(lab, lab.server, workdir / "nginx", tls=(server.chain, server.key))
             (web.root / "index.html").write_text("<h1>hello from the lab server</h1>\n")
             web.start()
             echo = lab.spawn(lab.server, "socat", "TCP6-LISTEN:7,fork,reuseaddr,ipv6only=0", "EXEC:cat")
             udp = lab.spawn(lab.server, sys.executable, "-c", _UDP_ECHO)
+            websocket = importlib.util.find_spec("websockets") is not None
+            lab.wait_listening(lab.server, 443, proc=web.proc)
             lab.wait_listening(lab.server, 7, proc=echo)
             lab.wait_listening(lab.server, 5353, "udp", proc=udp)
-            lab.tproxy(8080, dports=[80, 7])
+            if websocket:
+                ws = lab.spawn(lab.server, sys.executable, "-c", _WS_ECHO)
+                lab.wait_listening(lab.server, 8765, proc=ws)
+            lab.tproxy(8080, dports=[80, 443, 7, 8765])
             lab.tproxy(8053, proto="udp", dports=[5353])
-            args = ["--listen", "tproxy:8080:interface=\\:\\:", "--udp", "tproxy:8053:interface=\\:\\:", "--taps", taps]
+            state = workdir / "state"
+            args = ["--listen", "tproxy:8080:interface=\\:\\:", "--udp", "tproxy:8053:interface=\\:\\:", "--taps", taps,
+                    "--state-dir", str(state), "--upstream-ca", str(server.ca)]
             for option in tap_options:
                 args += ["--tap-option", option]
-            proxy = ProxyProcess(lab, lab.gateway, args, workdir / "tinspect.log", [(8080, "tcp"), (8053, "udp")])
+            # twistd finds the tinspect plugin in twisted/plugins next to the package; an editable
+            # install (./scripts/install-deps) only has it there, not in site-packages.
+            here = str(Path(__file__).resolve().parent.parent)
+            proxy = ProxyProcess(lab, lab.gateway, args, workdir / "tinspect.log", [(8080, "tcp"), (8053, "udp")],
+                                 {"PYTHONPATH": here})
             print(f"lab: client {lab.client}, gateway {lab.gateway} (tinspect {' '.join(args)}), "
                   f"server {lab.server}", file=out)
             proxy.start()
             samples = [
                 ("HTTP over IPv4 (curl)", ["curl", "-sS", "--max-time", "10", f"http://{SERVER4}/"]),
                 ("HTTP over IPv6 (curl)", ["curl", "-sS", "--max-time", "10", f"http://[{SERVER6}]/"]),
+                ("HTTPS, HTTP/1.1 (curl trusting tinspect's CA)",
+                 ["curl", "-sS", "--max-time", "10", "--http1.1", "--cacert", str(state / "ca.pem"),
+                  f"https://{SERVER_NAME}/"]),
+                ("HTTPS, HTTP/2 (curl trusting tinspect's CA)",
+                 ["curl", "-sS", "--max-time", "10", "--http2", "--cacert", str(state / "ca.pem"),
+                  f"https://{SERVER_NAME}/"]),
                 ("TCP echo (socat)", ["sh", "-c", f"printf 'ping over tcp' | socat -t 5 - TCP:{SERVER4}:7,shut-down"]),
                 ("UDP echo", [sys.executable, "-c", _UDP_ASK, SERVER4]),
             ]
+            if websocket:
+                samples.append(("WebSocket (websockets library)", [sys.executable, "-c", _WS_ASK.format(host=SERVER4)]))
+            else:
+                print("\n== WebSocket: skipped (pip install websockets to see it)", file=out)
             for title, argv in samples:
                 proc = lab.exec(lab.client, *argv, check=False, timeout=20)
                 ok = proc.returncode == 0 and proc.stdout.strip()
