@@ -100,7 +100,7 @@ class FilterTap(Tap):
 
     def handle(self, unit: Unit, flow: Flow) -> Unit | None:
         if type(unit) is Request:
-            decision = self.rules.request(unit.method, _host(unit), unit.url)
+            decision = self.rules.request(unit.method, unit.host, unit.url)
             self._log_decision(flow, decision.action, unit, decision.why)
             if decision.action == BLOCK:
                 return self._page(unit, str(decision.rule or "the default"))
@@ -121,7 +121,7 @@ class FilterTap(Tap):
         req = resp.request
         if not self.rules.wants_types or req is None or resp.status < 200 or resp.status in (204, 304):
             return None
-        return self.rules.response(req.method, _host(req), req.url, resp.headers.get("content-type"))
+        return self.rules.response(req.method, req.host, req.url, resp.headers.get("content-type"))
 
     def _log_decision(self, flow: Flow, action: str, req: Request | None, why: str) -> None:
         what = f"{req.method} {req.url}" if req is not None else "a response"
@@ -130,7 +130,7 @@ class FilterTap(Tap):
 
     def _page(self, req: Request, rule: str, original: Response | None = None) -> Response:
         """The block page: the answer to ``req``, or what replaces ``original``."""
-        body = self.page.safe_substitute(url=html.escape(req.url), host=html.escape(_host(req)),
+        body = self.page.safe_substitute(url=html.escape(req.url), host=html.escape(req.host),
                                          rule=html.escape(rule), status=self.status).encode("utf-8")
         headers = Headers([(b"Content-Type", b"text/html; charset=utf-8"), (b"Cache-Control", b"no-store")])
         if original is None:
@@ -138,9 +138,3 @@ class FilterTap(Tap):
         return Response(self.status, reason_phrase(self.status), headers, version=original.version, body=body,
                         request=req)
 
-
-def _host(req: Request) -> str:
-    authority = req.authority or req.headers.get("host") or ""
-    if authority.startswith("["):
-        return authority[1:].split("]", 1)[0]
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority

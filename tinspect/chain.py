@@ -34,6 +34,7 @@ across only after the data that preceded it).
 from __future__ import annotations
 
 import inspect
+import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
@@ -140,6 +141,18 @@ class TapChain:
         self._openers = [t for t in self.taps if _overrides(t, "flow_opened")]
         self._closers = [t for t in self.taps if _overrides(t, "flow_closed")]
         self._passers = [t for t in self.taps if _overrides(t, "tls_passthrough")]
+        self.measuring = False  # see `measure`
+        self.tap_seconds: dict[str, float] = {}
+        self.payload_bytes = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
+
+    def measure(self) -> None:
+        """Count from now on, for the metrics: payload bytes per direction
+        (`payload_bytes`) and seconds spent in each tap's ``handle`` (its
+        synchronous part; `tap_seconds`). Off by default: it costs two clock
+        reads per tap per unit."""
+        self.measuring = True
+        self.tap_seconds = {str(tap): 0.0 for tap in self.taps}
+        self._routes.clear()
 
     def route(self, kind: type) -> tuple[_Route, ...]:
         """The taps that see units of class ``kind``, in order (cached)."""
@@ -147,13 +160,25 @@ class TapChain:
             return self._routes[kind]
         except KeyError:
             routes = tuple(
-                _Route(pos, tap, tap.handle)
+                _Route(pos, tap, self._timed(tap) if self.measuring else tap.handle)
                 for pos, tap in enumerate(self.taps)
                 if _overrides(tap, "handle")
                 and (tap.kinds is None or issubclass(kind, tap.kinds))
             )
             self._routes[kind] = routes
             return routes
+
+    def _timed(self, tap: Tap) -> Callable[[Unit, Flow], Any]:
+        handle, seconds, name, clock = tap.handle, self.tap_seconds, str(tap), time.perf_counter
+
+        def timed(unit: Unit, flow: Flow) -> Any:
+            started = clock()
+            try:
+                return handle(unit, flow)
+            finally:
+                seconds[name] += clock() - started
+
+        return timed
 
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
         """Whether any tap that sees ``message`` wants its body whole."""
@@ -374,6 +399,9 @@ class Arm:
                 n = len(routes)
                 i = 0
                 after = route.pos
+        chain = self.chain
+        if chain.measuring:
+            chain.payload_bytes[unit.direction] += unit.size
         try:
             self._deliver(unit)
         except Exception:

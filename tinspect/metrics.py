@@ -82,6 +82,13 @@ class Metrics:
                _labelled("protocol", self.flows))
         family("tinspect_flow_errors_total", "counter", "Flows that ended with an error, by kind.",
                _labelled("kind", self.errors))
+        chain = ctx.chain
+        if chain.measuring:
+            family("tinspect_payload_bytes_total", "counter",
+                   "Payload bytes (bodies, messages, raw data) delivered, by direction.",
+                   [(f'{{direction="{d.value}"}}', n) for d, n in chain.payload_bytes.items()])
+            family("tinspect_tap_seconds_total", "counter", "Seconds spent in each tap's handle (synchronous part).",
+                   [(f'{{tap="{_escape(name)}"}}', float(round(t, 6))) for name, t in chain.tap_seconds.items()])
         leaves = getattr(ctx.tls, "leaves", None)
         if leaves is not None:
             family("tinspect_leaf_cache_hits_total", "counter", "Leaf certificates served from the cache.",

@@ -200,6 +200,7 @@ class Proxy(MultiService):
     def serve_metrics(self, endpoint: str) -> "Proxy":
         """Serve the counters in the Prometheus text format at ``http://ENDPOINT/metrics``
         (a Twisted server endpoint string; keep it on loopback or a management network)."""
+        self.ctx.chain.measure()
         _MetricsListener(self.ctx, endpoint).setServiceParent(self)
         return self
 
