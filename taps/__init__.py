@@ -14,4 +14,5 @@ BUILTIN: dict[str, str] = {
     "faults": "taps.faults:FaultsTap",
     "filter": "taps.filter:FilterTap",
     "recorder": "taps.recorder:RecorderTap",
+    "cache": "taps.cache:CacheTap",
 }

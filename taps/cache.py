@@ -1,0 +1,324 @@
+"""The ``cache`` tap: large downloads kept on disk and served from there (build farms).
+
+The idea of the dduct project, as a tap. GET requests whose URL matches one
+of ``patterns`` (by default OCI/Docker blobs ``/v2/<name>/blobs/sha256:<digest>``,
+``.deb``, ``.rpm``, ``.apk`` and ``.tar.*``/``.zip``/``.zst`` archives) are
+answered from the cache directory when the file is there, without
+contacting the server; otherwise the response streams to the client as it
+comes while the tap writes it to a temporary file, and only a complete
+transfer (its ``Content-Length`` reached, its sha256 equal to the digest a
+content-addressed URL names) is renamed into place. A cut transfer leaves
+nothing behind.
+
+* Hits are served by a small HTTP server of the tap's own on loopback
+  (`twisted.web.static.File`: streamed from disk with back-pressure, and
+  ``Range`` requests answered with 206 as a server would); the request is
+  routed there (`Request.destination`), so it passes every other tap as
+  usual and the response streams back through the proxy.
+* Requests for a URL that is being fetched wait for that fetch and are then
+  served from disk: the server sees one request (coalescing). If the fetch
+  fails they go to the server themselves.
+* A ``Range`` request for a URL not cached yet passes through, uncached.
+* Responses other than a plain 200, or marked ``no-store``/``private``, are
+  not kept.
+* The directory is capped at ``max_size`` bytes: the least recently used
+  entries go first.
+
+Options:
+    dir: the cache directory (required; created if missing).
+    patterns: regular expressions searched in the URL (repeat the option or
+        give a list for several); replaces the default set.
+    max_size: bytes the cache may hold (default 10 GiB; ``K``, ``M``, ``G``
+        suffixes allowed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import File
+
+from tinspect.chain import Tap
+from tinspect.flow import Flow
+from tinspect.units import BodyChunk, MessageEnd, Request, Response, Unit
+
+__all__ = ["CacheTap", "DEFAULT_PATTERNS", "KEY_HEADER"]
+
+DEFAULT_PATTERNS = (
+    r"/v2/.+/blobs/sha256:[0-9a-f]{64}$",
+    r"\.deb$", r"\.rpm$", r"\.apk$",
+    r"\.tar(\.[A-Za-z0-9]+)?$", r"\.tgz$", r"\.zip$", r"\.zst$",
+)
+KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
+_DIGEST = re.compile(r"/blobs/sha256:([0-9a-f]{64})$")
+_SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str | int) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", str(text), re.I)
+    if not m:
+        raise ValueError(f"max_size: not a size: {text!r} (say 10G, 512M)")
+    return int(m.group(1)) * _SIZES[m.group(2).upper()]
+
+
+class _Fill:
+    """One response being written to the cache while it streams to its client."""
+
+    __slots__ = ("key", "url", "tmp", "file", "hash", "written", "expected", "digest", "meta", "waiters")
+
+    def __init__(self, key: str, url: str, digest: str | None) -> None:
+        self.key, self.url, self.digest = key, url, digest
+        self.tmp: Path | None = None
+        self.file: Any = None
+        self.hash = hashlib.sha256()
+        self.written = 0
+        self.expected: int | None = None
+        self.meta: dict = {}
+        self.waiters: list[Deferred] = []
+
+
+class CacheTap(Tap):
+    """Caches matching GET downloads on disk; see the module docstring."""
+
+    kinds = (Request, Response, BodyChunk, MessageEnd)
+    list_options = frozenset({"patterns"})
+    log = Logger(namespace="tinspect.tap.cache")
+
+    def __init__(self, dir: str, patterns: str | list[str] = DEFAULT_PATTERNS, max_size: str | int = "10G") -> None:
+        items = [patterns] if isinstance(patterns, str) else list(patterns)
+        try:
+            self.patterns = [re.compile(p) for p in items]
+        except re.error as e:
+            raise ValueError(f"patterns: not a regular expression: {e}") from None
+        self.max_size = _size(max_size)
+        self.root = Path(dir)
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"dir: cannot use {dir}: {e.strerror}") from None
+        for leftover in self.tmp.iterdir():  # a transfer cut by a crash
+            leftover.unlink(missing_ok=True)
+        self.index: dict[str, list] = {}  # key -> [size, last used]
+        for meta in self.objects.glob("*.json"):
+            body = meta.with_suffix("")
+            if body.exists():
+                self.index[meta.stem] = [body.stat().st_size, meta.stat().st_mtime]
+            else:
+                meta.unlink(missing_ok=True)
+        self.total = sum(size for size, _ in self.index.values())
+        self._fills: dict[str, _Fill] = {}  # key -> the fetch writing it
+        self._by_response: dict[int, _Fill] = {}  # id(request) -> fill, once its response is being written
+        self._port: Any = None
+
+    # -- requests ----------------------------------------------------------------------
+
+    def handle(self, unit: Unit, flow: Flow) -> Any:
+        kind = type(unit)
+        if kind is Request:
+            return self._request(unit, flow)
+        if kind is Response:
+            return self._response(unit, flow)
+        message = unit.message
+        fill = self._by_response.get(id(message.request)) if type(message) is Response and message.request else None
+        if fill is not None:
+            if kind is BodyChunk:
+                self._write(fill, unit.data)
+            else:
+                self._finish(fill, message.request)
+        return unit
+
+    def _request(self, req: Request, flow: Flow) -> Any:
+        if req.method not in ("GET", "HEAD") or not any(p.search(req.url) for p in self.patterns):
+            return req
+        key = hashlib.sha256(req.url.encode("utf-8", "surrogateescape")).hexdigest()
+        if key in self.index:
+            return self._hit(req, key, flow)
+        ranged = "range" in req.headers
+        fill = self._fills.get(key)
+        if fill is not None and not ranged:
+            waiting: Deferred = Deferred()
+            fill.waiters.append(waiting)
+            self.log.info("flow {flow_id}: cache: waiting for the fetch of {url} in progress", flow_id=flow.id,
+                          url=req.url)
+            waiting.addCallback(lambda stored: self._hit(req, key, flow) if stored else req)
+            return waiting
+        if req.method == "GET" and not ranged and fill is None:
+            digest = _DIGEST.search(req.path)
+            self._fills[key] = fill = _Fill(key, req.url, digest.group(1) if digest else None)
+            flow.state.setdefault("cache", {})[id(req)] = fill
+            self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+        return req
+
+    def _hit(self, req: Request, key: str, flow: Flow) -> Request:
+        if key not in self.index:  # evicted while waiting
+            return req
+        self.index[key][1] = time.time()
+        try:
+            os.utime(self.objects / f"{key}.json")
+        except OSError:
+            pass
+        req.destination = self._server()
+        req.scheme = "http"
+        req.headers[KEY_HEADER] = key
+        self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
+        return req
+
+    def _server(self) -> tuple[str, int]:
+        if self._port is None:
+            from twisted.internet import reactor
+
+            site = Site(_Objects(self))
+            site.noisy = False
+            site.log = lambda request: None  # the proxy's own log says hit
+            self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        return ("127.0.0.1", self._port.getHost().port)
+
+    # -- responses being written ---------------------------------------------------------
+
+    def _response(self, resp: Response, flow: Flow) -> Response:
+        req = resp.request
+        fill = flow.state.get("cache", {}).get(id(req)) if req is not None else None
+        if fill is None or resp.interim:
+            return resp
+        cache_control = (resp.headers.get("cache-control") or "").lower()
+        if resp.status != 200 or "no-store" in cache_control or "private" in cache_control \
+                or "content-range" in resp.headers:
+            self._abandon(fill, req, flow, f"not kept: status {resp.status}" if resp.status != 200 else "not kept")
+            return resp
+        length = resp.headers.get("content-length")
+        fill.expected = int(length) if length and length.isdigit() else None
+        fill.meta = {"url": fill.url, "stored": time.time(),
+                     **{name: resp.headers.get(name) for name in ("content-type", "content-encoding", "etag",
+                                                                     "last-modified") if name in resp.headers}}
+        fill.tmp = self.tmp / f"{fill.key}.{os.getpid()}.{id(fill)}"
+        try:
+            fill.file = open(fill.tmp, "wb")
+        except OSError as e:
+            self._abandon(fill, req, flow, f"cannot write the cache: {e.strerror}")
+            return resp
+        self._by_response[id(req)] = fill
+        if resp.body is not None:  # a whole body (a tap before this one asked for it)
+            self._write(fill, resp.body)
+            self._finish(fill, req)
+        return resp
+
+    def _write(self, fill: _Fill, data: bytes) -> None:
+        if fill.file is None:
+            return
+        try:
+            fill.file.write(data)
+        except OSError as e:
+            self.log.warn("cache: cannot write {url}: {error}; not kept", url=fill.url, error=e.strerror)
+            self._drop(fill)
+            return
+        fill.hash.update(data)
+        fill.written += len(data)
+
+    def _finish(self, fill: _Fill, req: Request) -> None:
+        self._by_response.pop(id(req), None)
+        if fill.file is None:
+            self._release(fill, False)
+            return
+        fill.file.close()
+        fill.file = None
+        problem = None
+        if fill.expected is not None and fill.written != fill.expected:
+            problem = f"{fill.written} bytes, the server said {fill.expected}"
+        elif fill.digest is not None and fill.hash.hexdigest() != fill.digest:
+            problem = f"sha256 {fill.hash.hexdigest()} is not the digest the URL names"
+        if problem:
+            self.log.warn("cache: {url} not kept: {problem}", url=fill.url, problem=problem)
+            fill.tmp.unlink(missing_ok=True)
+            self._release(fill, False)
+            return
+        body = self.objects / fill.key
+        meta_tmp = fill.tmp.with_suffix(".json")
+        meta_tmp.write_text(json.dumps(fill.meta))
+        os.replace(fill.tmp, body)
+        os.replace(meta_tmp, self.objects / f"{fill.key}.json")
+        self.index[fill.key] = [fill.written, time.time()]
+        self.total += fill.written
+        self.log.info("cache: stored {url} ({size} bytes)", url=fill.url, size=fill.written)
+        self._evict()
+        self._release(fill, True)
+
+    def _abandon(self, fill: _Fill, req: Request, flow: Flow, why: str) -> None:
+        flow.state.get("cache", {}).pop(id(req), None)
+        self.log.info("flow {flow_id}: cache: {url} {why}", flow_id=flow.id, url=fill.url, why=why)
+        self._drop(fill)
+        self._release(fill, False)
+
+    def _drop(self, fill: _Fill) -> None:
+        if fill.file is not None:
+            fill.file.close()
+            fill.file = None
+        if fill.tmp is not None:
+            fill.tmp.unlink(missing_ok=True)
+
+    def _release(self, fill: _Fill, stored: bool) -> None:
+        if self._fills.get(fill.key) is fill:
+            del self._fills[fill.key]
+        waiters, fill.waiters = fill.waiters, []
+        for waiting in waiters:
+            waiting.callback(stored)
+
+    def _evict(self) -> None:
+        while self.total > self.max_size and self.index:
+            key = min(self.index, key=lambda k: self.index[k][1])
+            size, _ = self.index.pop(key)
+            self.total -= size
+            for path in (self.objects / key, self.objects / f"{key}.json"):
+                path.unlink(missing_ok=True)
+            self.log.info("cache: evicted {key} ({size} bytes), least recently used", key=key, size=size)
+
+    def flow_closed(self, flow: Flow) -> None:
+        """Fetches of this flow that did not finish leave nothing behind."""
+        for req_id, fill in flow.state.pop("cache", {}).items():
+            if self._fills.get(fill.key) is fill:
+                self._by_response.pop(req_id, None)
+                self._drop(fill)
+                self._release(fill, False)
+                self.log.info("flow {flow_id}: cache: {url} not kept: the transfer was cut", flow_id=flow.id,
+                              url=fill.url)
+
+
+class _Objects(Resource):
+    """The tap's own server: the entry the routed request names, streamed from disk."""
+
+    isLeaf = True
+
+    def __init__(self, tap: CacheTap) -> None:
+        super().__init__()
+        self.tap = tap
+
+    def render(self, request: Any) -> Any:
+        key = (request.getHeader(KEY_HEADER) or b"").decode("ascii", "replace").strip()
+        path = self.tap.objects / key
+        if not re.fullmatch(r"[0-9a-f]{64}", key) or not path.exists():
+            request.setResponseCode(404)
+            return b"not in the cache\n"
+        try:
+            meta = json.loads((self.tap.objects / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        for name in ("content-encoding", "etag", "last-modified"):
+            if meta.get(name):
+                request.setHeader(name, meta[name])
+        request.setHeader(b"x-tinspect-cache", b"hit")
+        resource = File(str(path), defaultType=meta.get("content-type") or "application/octet-stream")
+        resource.type = meta.get("content-type") or "application/octet-stream"
+        resource.encoding = None
+        return resource.render(request)
