@@ -60,6 +60,7 @@ DEFAULT_PATTERNS = (
     r"\.tar(\.[A-Za-z0-9]+)?$", r"\.tgz$", r"\.zip$", r"\.zst$",
 )
 KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
+WAIT_LIMIT = 120  # seconds a request waits for another's fetch before going to the server itself
 _DIGEST = re.compile(r"/blobs/sha256:([0-9a-f]{64})$")
 _SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -74,10 +75,13 @@ def _size(text: str | int) -> int:
 class _Fill:
     """One response being written to the cache while it streams to its client."""
 
-    __slots__ = ("key", "url", "tmp", "file", "hash", "written", "expected", "digest", "meta", "waiters")
+    __slots__ = ("key", "url", "request", "tracked", "tmp", "file", "hash", "written", "expected", "digest", "meta",
+                 "waiters")
 
-    def __init__(self, key: str, url: str, digest: str | None) -> None:
+    def __init__(self, key: str, url: str, digest: str | None, request: Request) -> None:
         self.key, self.url, self.digest = key, url, digest
+        self.request = request  # held, so its id() stays its own while the fill is tracked
+        self.tracked: dict = {}  # its flow's state["cache"], where it is tracked by id(request)
         self.tmp: Path | None = None
         self.file: Any = None
         self.hash = hashlib.sha256()
@@ -109,8 +113,10 @@ class CacheTap(Tap):
             self.tmp.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"dir: cannot use {dir}: {e.strerror}") from None
-        for leftover in self.tmp.iterdir():  # a transfer cut by a crash
-            leftover.unlink(missing_ok=True)
+        for leftover in self.tmp.iterdir():  # a transfer cut by a crash (not another worker's, in progress)
+            parts = leftover.name.split(".")
+            if len(parts) < 2 or not parts[1].isdigit() or not Path(f"/proc/{parts[1]}").exists():
+                leftover.unlink(missing_ok=True)
         self.index: dict[str, list] = {}  # key -> [size, last used]
         for meta in self.objects.glob("*.json"):
             body = meta.with_suffix("")
@@ -133,7 +139,7 @@ class CacheTap(Tap):
             return self._response(unit, flow)
         message = unit.message
         fill = self._by_response.get(id(message.request)) if type(message) is Response and message.request else None
-        if fill is not None:
+        if fill is not None and fill.request is message.request:
             if kind is BodyChunk:
                 self._write(fill, unit.data)
             else:
@@ -148,22 +154,31 @@ class CacheTap(Tap):
             return self._hit(req, key, flow)
         ranged = "range" in req.headers
         fill = self._fills.get(key)
-        if fill is not None and not ranged:
+        if fill is not None and not ranged and req.stream_id is None:
+            # HTTP/1.1 only: on HTTP/2 a waiting tap would hold every stream of the connection.
+            from twisted.internet import reactor
+
             waiting: Deferred = Deferred()
             fill.waiters.append(waiting)
             self.log.info("flow {flow_id}: cache: waiting for the fetch of {url} in progress", flow_id=flow.id,
                           url=req.url)
             waiting.addCallback(lambda stored: self._hit(req, key, flow) if stored else req)
+            waiting.addTimeout(WAIT_LIMIT, reactor, onTimeoutCancel=lambda result, timeout: req)
             return waiting
         if req.method == "GET" and not ranged and fill is None:
             digest = _DIGEST.search(req.path)
-            self._fills[key] = fill = _Fill(key, req.url, digest.group(1) if digest else None)
-            flow.state.setdefault("cache", {})[id(req)] = fill
+            self._fills[key] = fill = _Fill(key, req.url, digest.group(1) if digest else None, req)
+            fill.tracked = flow.state.setdefault("cache", {})
+            fill.tracked[id(req)] = fill
             self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
         return req
 
     def _hit(self, req: Request, key: str, flow: Flow) -> Request:
         if key not in self.index:  # evicted while waiting
+            return req
+        if not (self.objects / key).exists():  # evicted by another worker sharing the directory
+            size, _ = self.index.pop(key)
+            self.total -= size
             return req
         self.index[key][1] = time.time()
         try:
@@ -191,15 +206,25 @@ class CacheTap(Tap):
     def _response(self, resp: Response, flow: Flow) -> Response:
         req = resp.request
         fill = flow.state.get("cache", {}).get(id(req)) if req is not None else None
-        if fill is None or resp.interim:
+        if fill is None or fill.request is not req or resp.interim:
             return resp
         cache_control = (resp.headers.get("cache-control") or "").lower()
-        if resp.status != 200 or "no-store" in cache_control or "private" in cache_control \
-                or "content-range" in resp.headers:
-            self._abandon(fill, req, flow, f"not kept: status {resp.status}" if resp.status != 200 else "not kept")
-            return resp
         length = resp.headers.get("content-length")
         fill.expected = int(length) if length and length.isdigit() else None
+        delimited = fill.expected is not None or resp.version == "HTTP/2" or \
+            "chunked" in (resp.headers.get("transfer-encoding") or "").lower()
+        why = None
+        if resp.status != 200:
+            why = f"not kept: status {resp.status}"
+        elif "no-store" in cache_control or "private" in cache_control or "content-range" in resp.headers:
+            why = "not kept: the server says so"
+        elif not delimited:
+            why = "not kept: only the end of the connection would tell a cut transfer from a whole one"
+        elif fill.expected is not None and fill.expected > self.max_size:
+            why = f"not kept: {fill.expected} bytes is more than the cache's max_size"
+        if why:
+            self._abandon(fill, req, flow, why)
+            return resp
         fill.meta = {"url": fill.url, "stored": time.time(),
                      **{name: resp.headers.get(name) for name in ("content-type", "content-encoding", "etag",
                                                                      "last-modified") if name in resp.headers}}
@@ -226,12 +251,27 @@ class CacheTap(Tap):
             return
         fill.hash.update(data)
         fill.written += len(data)
+        if fill.written > self.max_size:
+            self.log.info("cache: {url} not kept: larger than the cache's max_size", url=fill.url)
+            self._drop(fill)
 
     def _finish(self, fill: _Fill, req: Request) -> None:
         self._by_response.pop(id(req), None)
+        self._untrack(fill)
         if fill.file is None:
             self._release(fill, False)
             return
+        try:
+            self._store(fill)
+        except OSError as e:
+            self.log.warn("cache: {url} not kept: {error}", url=fill.url, error=e.strerror)
+            self._drop(fill)
+            self._release(fill, False)
+
+    def _untrack(self, fill: _Fill) -> None:
+        fill.tracked.pop(id(fill.request), None)
+
+    def _store(self, fill: _Fill) -> None:
         fill.file.close()
         fill.file = None
         problem = None
@@ -257,6 +297,7 @@ class CacheTap(Tap):
 
     def _abandon(self, fill: _Fill, req: Request, flow: Flow, why: str) -> None:
         flow.state.get("cache", {}).pop(id(req), None)
+        self._by_response.pop(id(req), None)
         self.log.info("flow {flow_id}: cache: {url} {why}", flow_id=flow.id, url=fill.url, why=why)
         self._drop(fill)
         self._release(fill, False)
@@ -287,8 +328,9 @@ class CacheTap(Tap):
     def flow_closed(self, flow: Flow) -> None:
         """Fetches of this flow that did not finish leave nothing behind."""
         for req_id, fill in flow.state.pop("cache", {}).items():
+            if self._by_response.get(req_id) is fill:
+                del self._by_response[req_id]
             if self._fills.get(fill.key) is fill:
-                self._by_response.pop(req_id, None)
                 self._drop(fill)
                 self._release(fill, False)
                 self.log.info("flow {flow_id}: cache: {url} not kept: the transfer was cut", flow_id=flow.id,

@@ -173,8 +173,11 @@ class RecorderTap(Tap):
         return encode_body(bytes(data), self.cap, size) if self.bodies else {"size": size}
 
     def _write(self, record: dict) -> None:
-        self._out.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._out.flush()
+        try:
+            self._out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            self._out.flush()
+        except OSError as e:  # a full disk must not end the flows it records
+            self.log.error("recorder: cannot write to {path}: {error}", path=self.path, error=e.strerror)
 
     def write_har(self) -> None:
         """Write the HAR file from the recording so far (atomically: a temporary file, then rename)."""

@@ -115,7 +115,7 @@ def test_the_first_client_streams_while_it_is_written_and_concurrent_ones_coales
     times = sorted(tuple(map(float, line.split())) for line in proc.stdout.split("\n") if line.strip())
     assert len(times) == 3
     first_byte, total = times[0]
-    assert total >= 2.0 and first_byte < total / 2, times  # the first client got bytes long before the end
+    assert total >= 1.0 and first_byte < total / 2, times  # the first client got bytes long before the end
     assert server_hits(registry, path) == 1  # three clients, one fetch
     assert fetch(lab, path)["sha256"] == digest
 

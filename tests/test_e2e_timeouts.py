@@ -37,7 +37,8 @@ def web(lab, tmp_path):
 
 def start(lab, proxy, *extra, ports=(80,)):
     lab.tproxy(8080, dports=list(ports))
-    return proxy(["--listen", DUAL, "--taps", "logger", *extra], wait=[(8080, "tcp")])
+    taps = "logger,filter" if any(str(e).startswith("filter.") for e in extra) else "logger"
+    return proxy(["--listen", DUAL, "--taps", taps, *extra], wait=[(8080, "tcp")])
 
 
 def test_a_request_head_that_never_ends_gets_408(lab, web, proxy):
@@ -225,3 +226,14 @@ def test_a_websocket_server_that_never_answers_the_handshake_gives_504(lab, prox
     out = client_run(lab, sys.executable, "-m", "tests.peers", "ws-status", f"ws://{SERVER4}/chat")
     assert out.startswith("504 "), out
     assert time.monotonic() - started < 5
+
+
+def test_a_locally_answered_request_leaves_the_connection_idle_not_waiting_for_a_head(lab, web, proxy, tmp_path):
+    """After an answer the proxy gave itself (a filter's block page), the connection is idle: closed after
+    --idle-timeout, never a 408 after the (shorter) --header-timeout."""
+    rules = tmp_path / "rules.txt"
+    rules.write_text("block url=/\n")
+    start(lab, proxy, "--header-timeout", "1", "--idle-timeout", "3", "--tap-option", f"filter.rules={rules}")
+    ended, reply = hold(lab, b"GET / HTTP/1.1\r\nHost: server.test\r\n\r\n")
+    assert reply.startswith("HTTP/1.1 403 ") and "408" not in reply, reply
+    assert ended != "open" and 2.9 <= float(ended) < 6, ended

@@ -86,3 +86,8 @@ def test_any_text_parses_or_raises_rules_error(text):
         Rules.parse(text)
     except RulesError:
         pass
+
+
+def test_a_trailing_dot_does_not_escape_a_rule(rules):
+    assert rules.request("GET", "www.casino.example.", "https://www.casino.example./").action == BLOCK
+    assert rules.tls_passthrough("online.bank.example.") is not None

@@ -59,7 +59,7 @@ class Rule:
         return f"{self.where}: {self.text}"
 
     def _matches(self, host: str, url: str, method: str) -> bool:
-        if self.host is not None and not fnmatch.fnmatchcase(host.lower(), self.host):
+        if self.host is not None and not fnmatch.fnmatchcase(host.rstrip(".").lower(), self.host):
             return False
         if self.methods is not None and method.upper() not in self.methods:
             return False
@@ -137,7 +137,7 @@ class Rules:
         host-only rule that matches it is one."""
         for rule in self._requests:
             if rule.url is None and rule.methods is None and rule.host is not None:
-                if fnmatch.fnmatchcase(name.lower(), rule.host):
+                if fnmatch.fnmatchcase(name.rstrip(".").lower(), rule.host):
                     return rule if rule.action == PASSTHROUGH else None
         return None
 

@@ -107,7 +107,12 @@ def to_har(records: Iterable[dict], creator_version: str = "") -> dict:
 
 def convert(jsonl_text: str, creator_version: str = "") -> str:
     """The HAR JSON for a recording's text."""
-    records = [json.loads(line) for line in jsonl_text.splitlines() if line.strip()]
+    records = []
+    for line in jsonl_text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash or a full disk: the others still count
     return json.dumps(to_har(records, creator_version), indent=1)
 
 

@@ -427,6 +427,11 @@ class Http1Reader:
         """
         return self._state == _PAUSED
 
+    @property
+    def mid_head(self) -> bool:
+        """True while part of a message head has arrived and the rest has not."""
+        return self._state == _HEAD and bool(self._buf)
+
     def expect_response(self, method: bytes) -> None:
         """Record that a request with ``method`` was sent to the server.
 

@@ -231,12 +231,12 @@ class Http1Layer:
             self._queue.append(e)
         else:
             if not events:
-                if self._deadline.what is IDLE:
+                if self._deadline.what is IDLE and self.reader.mid_head:
                     self._deadline.start(self.ctx.settings.header_timeout, HEAD)
                 return
             self._queue.extend(events)
         self._pump()
-        if self._exchange is None and self._deadline.what is IDLE and not self._finished:
+        if self._exchange is None and self._deadline.what is IDLE and not self._finished and self.reader.mid_head:
             self._deadline.start(self.ctx.settings.header_timeout, HEAD)
 
     def client_eof(self) -> None:

@@ -25,6 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from tinspect.listen import SpecError
+from tinspect.signals import on_sighup
 
 __all__ = ["shared_endpoint", "worker_argv", "Workers"]
 
@@ -112,12 +113,21 @@ class Workers(Service):
 
     def startService(self) -> None:
         super().startService()
+        on_sighup(self._reload_workers)
         for n, argv in enumerate(self.argvs, start=1):
             proto = _Worker(self, n)
             process = self.reactor.spawnProcess(proto, argv[0], argv, env=os.environ.copy(),
                                                 childFDs={0: "w", 1: 1, 2: 2})
             self.running_workers[n] = (proto, process)
             self._log.info("worker {n} started (pid {pid})", n=n, pid=process.pid)
+
+    def _reload_workers(self) -> None:
+        """SIGHUP reloads the workers' taps too: pass it on."""
+        for _, process in list(self.running_workers.values()):
+            try:
+                process.signalProcess(signal.SIGHUP)
+            except Exception:  # ended meanwhile
+                pass
 
     def _ended(self, proto: _Worker, reason: Any) -> None:
         self.running_workers.pop(proto.n, None)
