@@ -245,9 +245,9 @@ class H2Endpoint:
             data = conn.data_to_send()
             if data and self.writable:
                 self.leg.transport.write(data)  # may set `full`
-        self.flush()
         for stream_id in dict.fromkeys(sent):
             self._on_sent(stream_id)
+        self.flush()  # what the callbacks queued (a RST_STREAM after an early answer) goes out too
 
     def close(self) -> None:
         if self.leg is not None:

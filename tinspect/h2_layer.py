@@ -170,6 +170,9 @@ class H2Layer:
         self._finished_streams = 0
         self._goaway_sent = False
         self._finished = False
+        # Set while the server leg hands over a batch of events: what they send to the
+        # client goes out in one pump at the end, in frames as large as the client allows.
+        self.batching = False
         self._routes: dict[tuple, H1Upstreams] = {}  # requests taps sent elsewhere
         self._idle = Deadline(ctx.reactor, self._idle_out)  # runs while no stream is open
         self._idle.start(settings.idle_timeout, "idle")
@@ -567,7 +570,8 @@ class H2Layer:
                 return
         else:
             raise TypeError(f"an HTTP/2 connection cannot send a {unit.kind} to the client")
-        client.pump()
+        if not self.batching:  # else the batch's end pumps once for all its units (`flush`)
+            client.pump()
 
     def _send_head(self, st: _Stream, resp: Response) -> bool:
         conn = self.client.conn

@@ -288,7 +288,12 @@ class H2Upstream:
             self.ep.flush()
             self._lost(f"broke HTTP/2: {e}")
             return
-        self._events(events)
+        layer = self.layer
+        layer.batching = True
+        try:
+            self._events(events)
+        finally:
+            layer.batching = False
         self.ep.pump()
         if self.state == _READY:
             self._start_waiting()
