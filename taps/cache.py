@@ -16,8 +16,13 @@ nothing behind.
   routed there (`Request.destination`), so it passes every other tap as
   usual and the response streams back through the proxy.
 * Requests for a URL that is being fetched wait for that fetch and are then
-  served from disk: the server sees one request (coalescing). If the fetch
-  fails they go to the server themselves.
+  served from disk: the server sees one request (coalescing). On HTTP/1.1
+  the request waits in the tap, and goes to the server itself if the fetch
+  fails. On HTTP/2 (where a waiting tap would hold every stream of the
+  connection) it is routed to the cache's own server at once, which answers
+  when the fetch is stored (502 if that fetch is then cut off); a request
+  that comes before the fetch's response head has shown it is one the
+  cache keeps goes to the server in parallel.
 * A ``Range`` request for a URL not cached yet passes through, uncached.
 * Responses other than a plain 200, or marked ``no-store``/``private``, are
   not kept.
@@ -45,7 +50,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
 from tinspect.chain import Tap
@@ -165,6 +170,12 @@ class CacheTap(Tap):
             waiting.addCallback(lambda stored: self._hit(req, key, flow) if stored else req)
             waiting.addTimeout(WAIT_LIMIT, reactor, onTimeoutCancel=lambda result, timeout: req)
             return waiting
+        if fill is not None and not ranged and fill.file is not None:
+            # HTTP/2: the request goes on at once, to the cache's own server, which answers it
+            # when the fetch is stored; the fetch's response is known to be one it keeps.
+            self.log.info("flow {flow_id}: cache: {url} is being fetched; the cache answers when it is stored",
+                          flow_id=flow.id, url=req.url)
+            return self._route(req, key)
         if req.method == "GET" and not ranged and fill is None:
             digest = _DIGEST.search(req.path)
             self._fills[key] = fill = _Fill(key, req.url, digest.group(1) if digest else None, req)
@@ -185,10 +196,13 @@ class CacheTap(Tap):
             os.utime(self.objects / f"{key}.json")
         except OSError:
             pass
+        self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
+        return self._route(req, key)
+
+    def _route(self, req: Request, key: str) -> Request:
         req.destination = self._server()
         req.scheme = "http"
         req.headers[KEY_HEADER] = key
-        self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
         return req
 
     def _server(self) -> tuple[str, int]:
@@ -348,6 +362,29 @@ class _Objects(Resource):
 
     def render(self, request: Any) -> Any:
         key = (request.getHeader(KEY_HEADER) or b"").decode("ascii", "replace").strip()
+        path = self.tap.objects / key
+        fill = self.tap._fills.get(key)
+        if re.fullmatch(r"[0-9a-f]{64}", key) and not path.exists() and fill is not None:
+            waiting: Deferred = Deferred()
+            fill.waiters.append(waiting)
+            waiting.addCallback(self._stored, request, key)
+            return NOT_DONE_YET
+        return self._serve(request, key)
+
+    def _stored(self, stored: bool, request: Any, key: str) -> None:
+        """The fetch a request waited for has ended."""
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if stored:
+            result = self._serve(request, key)
+        else:
+            request.setResponseCode(502)
+            result = b"the fetch this request waited for was not kept; ask again\n"
+        if result is not NOT_DONE_YET:
+            request.write(result)
+            request.finish()
+
+    def _serve(self, request: Any, key: str) -> Any:
         path = self.tap.objects / key
         if not re.fullmatch(r"[0-9a-f]{64}", key) or not path.exists():
             request.setResponseCode(404)

@@ -143,3 +143,18 @@ def test_the_size_cap_evicts_the_least_recently_used(lab, registry, cached):
     fetch(lab, paths["a"])  # still there
     fetch(lab, paths["b"])  # evicted: fetched again
     assert [server_hits(registry, paths[n]) for n in "abc"] == [1, 2, 1]
+
+
+def test_http2_requests_for_a_fetch_in_progress_are_answered_from_it(lab, registry, cached):
+    """Over HTTP/2 (h2c prior knowledge) a request for a URL being fetched is answered by the cache once the
+    fetch is stored, without the connection waiting: the server sees one request for three clients."""
+    p = cached()
+    path, data = registry.blobs["slow"]
+    digest = hashlib.sha256(data).hexdigest()
+    one = f"curl -sS --http2-prior-knowledge http://{SERVER_NAME}{path} | sha256sum"
+    script = f"({one}) & sleep 0.7; ({one}) & ({one}) & wait"
+    proc = lab.exec(lab.client, "sh", "-c", script, timeout=60)
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == [digest] * 3, proc.stdout + proc.stderr
+    assert server_hits(registry, path) == 1
+    time.sleep(0.2)
+    assert "the cache answers when it is stored" in p.log()
