@@ -1241,6 +1241,28 @@ def test_a_silent_server_gets_504_but_a_client_that_does_not_read_is_no_silent_s
     assert b"sent nothing for 5 s" in bytes(c.stream(mute).data)
 
 
+def test_a_later_request_gets_a_whole_response_timeout_of_its_own(make_net):
+    """The connection-wide response deadline: a request made late in a period is not cut at its end."""
+    net = make_net(response_timeout=5)
+    c, s, wire = h2_pair(net)
+    first = c.request(b"/first")
+    wire.run()
+    (up,) = s.requests()
+    s.respond(up, 200, b"ok")
+    wire.run()
+    assert c.stream(first).ended
+    net.reactor.advance(5)  # the answer was progress: one more period
+    net.reactor.advance(4)
+    late = c.request(b"/late")
+    wire.run()
+    net.reactor.advance(1.1)  # the end of the period the first request began
+    wire.run()
+    assert c.stream(late).headers is None
+    net.reactor.advance(5)
+    wire.run()
+    assert c.stream(late).headers[b":status"] == b"504"
+
+
 # ---------------------------------------------------------------------------
 # Fuzzing: what the peers send is fed to h2 through the layer
 # ---------------------------------------------------------------------------

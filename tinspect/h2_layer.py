@@ -177,7 +177,7 @@ class H2Layer:
         self._idle = Deadline(ctx.reactor, self._idle_out)  # runs while no stream is open
         self._idle.start(settings.idle_timeout, "idle")
         # Runs while a whole request waits for its answer; any data from a server is progress.
-        self._answers = Deadline(ctx.reactor, self._response_timed_out)
+        self._answers = Deadline(ctx.reactor, self._response_timed_out, self._taps_busy)
         chain = ctx.chain
         self.arms = {
             TO_SERVER: Arm(
@@ -683,8 +683,16 @@ class H2Layer:
                 if st.request_done and not st.response_done and not st.answered and not st.closed]
 
     def _await_answers(self) -> None:
-        if not self._answers.running and not self._finished:
+        if self._finished:
+            return
+        if self._answers.running:
+            self._answers.kick()  # a new request gets a whole period, not what is left of one
+        else:
             self._answers.start(self.ctx.settings.response_timeout, "response")
+
+    def _taps_busy(self) -> bool:
+        """A tap still holds a unit (async): the servers' silence is not theirs yet."""
+        return not all(arm.idle for arm in self.arms.values())
 
     def _response_timed_out(self, what: str) -> None:
         """No server sent anything for ``response_timeout`` while requests waited:
@@ -696,6 +704,8 @@ class H2Layer:
         reason = f"sent nothing for {self.ctx.settings.response_timeout:g} s"
         held = False
         for st in self._awaiting():
+            if st.closed or self._finished:
+                continue  # ended by what an earlier one in this loop set off
             if self.client.pending(st.cid):
                 held = True
                 continue

@@ -432,6 +432,7 @@ class Http1Layer:
         if up is None or not up.usable or up.dst != dst:
             if up is not None:
                 up.close()
+                self._forget_upstream()  # a closed transport never says its buffer drained
             up = self.upstream = Http1Upstream.open(self, self.ctx, self.flow, dst, req.scheme)
         if self.explicit:
             self.flow.dst = dst
