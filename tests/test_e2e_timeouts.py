@@ -8,6 +8,7 @@ the proxy must not count the time it holds a server back itself.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -237,3 +238,24 @@ def test_a_locally_answered_request_leaves_the_connection_idle_not_waiting_for_a
     ended, reply = hold(lab, b"GET / HTTP/1.1\r\nHost: server.test\r\n\r\n")
     assert reply.startswith("HTTP/1.1 403 ") and "408" not in reply, reply
     assert ended != "open" and 2.9 <= float(ended) < 6, ended
+
+
+def test_a_client_that_never_reads_is_cut_after_the_idle_timeout(lab, web, proxy):
+    """A client that asks for 3 MiB and reads nothing holds the response and the upstream only for
+    --idle-timeout once the proxy's buffer for it is full; then both are cut (logged)."""
+    p = start(lab, proxy, "--idle-timeout", "2", "--response-timeout", "1")
+    script = (
+        "import socket,time\n"
+        f"s=socket.create_connection(('{SERVER4}',80))\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)\n"
+        "s.sendall(b'GET /big.bin HTTP/1.1\\r\\nHost: server.test\\r\\n\\r\\n')\n"
+        "time.sleep(8)\n"
+        "got=0\n"
+        "try:\n"
+        "    while d:=s.recv(65536): got+=len(d)\n"
+        "except ConnectionResetError: pass\n"
+        "print(got)\n"
+    )
+    out = client_run(lab, sys.executable, "-c", script, timeout=30)
+    assert int(out) < 3 * 1024 * 1024, out  # cut, not delivered whole
+    assert re.search(r"flow \d+: aborted: the client read nothing for 2 s", p.log()), p.log()

@@ -29,7 +29,9 @@ class Settings:
     Attributes:
         connect_timeout: seconds to wait for an upstream TCP connection.
         idle_timeout: seconds an HTTP/1.1 connection may wait between
-            requests, or an HTTP/2 one with no stream open, before it is closed.
+            requests, or an HTTP/2 one with no stream open, before it is closed;
+            also how long an HTTP/1.1 client may read nothing while the proxy's
+            buffer for it is full before the exchange is cut.
         header_timeout: seconds from the first byte of an HTTP/1 request
             head to its end (``408`` beyond: slowloris).
         response_timeout: seconds a server may send nothing while a response

@@ -206,9 +206,12 @@ class Http1Layer:
         }
         flow.attach(self.arms, self.abort)
         flow.protocol = "http/1.1"
-        client.transport.registerProducer(UpstreamPauser(self), True)
         self._deadline = Deadline(ctx.reactor, self._timed_out, self._upstream_paused)
         self._deadline.start(settings.idle_timeout, IDLE)
+        # Runs while the client's write buffer is full: a client that reads nothing for
+        # idle_timeout holds a response (and an upstream) no longer.
+        self._stalled = Deadline(ctx.reactor, self._client_stalled)
+        client.transport.registerProducer(UpstreamPauser(self), True)
         if upstream is not None:
             shell, connecting, transport, failure = upstream
             up = self.upstream = Http1Upstream(self, flow.dst, shell)
@@ -951,11 +954,16 @@ class Http1Layer:
         """Another layer carries the connection from now on."""
         self._finished = True
         self._deadline.stop()
+        self._stalled.stop()
+
+    def _client_stalled(self, what: str) -> None:
+        self.abort(f"the client read nothing for {self.ctx.settings.idle_timeout:g} s")
 
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
             self._deadline.stop()
+            self._stalled.stop()
             self._queue.clear()
             self._on_closed()
 

@@ -146,6 +146,7 @@ class UpstreamPauser:
 
     def pauseProducing(self) -> None:
         self._layer._client_full = True
+        self._layer._stalled.start(self._layer.ctx.settings.idle_timeout, "client")
         up = self._layer.upstream
         if up is not None and up.leg is not None:
             up.leg.pause(SINK)
@@ -153,6 +154,7 @@ class UpstreamPauser:
     def resumeProducing(self) -> None:
         layer = self._layer
         layer._client_full = False
+        layer._stalled.stop()
         layer._deadline.kick()  # the server was held back until now: its silence was ours
         up = layer.upstream
         if up is not None and up.leg is not None:
