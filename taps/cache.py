@@ -131,7 +131,6 @@ class CacheTap(Tap):
                 meta.unlink(missing_ok=True)
         self.total = sum(size for size, _ in self.index.values())
         self._fills: dict[str, _Fill] = {}  # key -> the fetch writing it
-        self._by_response: dict[int, _Fill] = {}  # id(request) -> fill, once its response is being written
         self._port: Any = None
 
     # -- requests ----------------------------------------------------------------------
@@ -143,12 +142,14 @@ class CacheTap(Tap):
         if kind is Response:
             return self._response(unit, flow)
         message = unit.message
-        fill = self._by_response.get(id(message.request)) if type(message) is Response and message.request else None
-        if fill is not None and fill.request is message.request:
-            if kind is BodyChunk:
-                self._write(fill, unit.data)
-            else:
-                self._finish(fill, message.request)
+        if type(message) is Response and message.request is not None:
+            # Its head passed `_response`: a fill still tracked for its request is being written.
+            fill = flow.state.get("cache", {}).get(id(message.request))
+            if fill is not None and fill.request is message.request:
+                if kind is BodyChunk:
+                    self._write(fill, unit.data)
+                else:
+                    self._finish(fill)
         return unit
 
     def _request(self, req: Request, flow: Flow) -> Any:
@@ -248,10 +249,9 @@ class CacheTap(Tap):
         except OSError as e:
             self._abandon(fill, req, flow, f"cannot write the cache: {e.strerror}")
             return resp
-        self._by_response[id(req)] = fill
         if resp.body is not None:  # a whole body (a tap before this one asked for it)
             self._write(fill, resp.body)
-            self._finish(fill, req)
+            self._finish(fill)
         return resp
 
     def _write(self, fill: _Fill, data: bytes) -> None:
@@ -269,8 +269,7 @@ class CacheTap(Tap):
             self.log.info("cache: {url} not kept: larger than the cache's max_size", url=fill.url)
             self._drop(fill)
 
-    def _finish(self, fill: _Fill, req: Request) -> None:
-        self._by_response.pop(id(req), None)
+    def _finish(self, fill: _Fill) -> None:
         self._untrack(fill)
         if fill.file is None:
             self._release(fill, False)
@@ -311,7 +310,6 @@ class CacheTap(Tap):
 
     def _abandon(self, fill: _Fill, req: Request, flow: Flow, why: str) -> None:
         flow.state.get("cache", {}).pop(id(req), None)
-        self._by_response.pop(id(req), None)
         self.log.info("flow {flow_id}: cache: {url} {why}", flow_id=flow.id, url=fill.url, why=why)
         self._drop(fill)
         self._release(fill, False)
@@ -341,9 +339,7 @@ class CacheTap(Tap):
 
     def flow_closed(self, flow: Flow) -> None:
         """Fetches of this flow that did not finish leave nothing behind."""
-        for req_id, fill in flow.state.pop("cache", {}).items():
-            if self._by_response.get(req_id) is fill:
-                del self._by_response[req_id]
+        for fill in flow.state.pop("cache", {}).values():
             if self._fills.get(fill.key) is fill:
                 self._drop(fill)
                 self._release(fill, False)

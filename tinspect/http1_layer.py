@@ -36,7 +36,9 @@ request head has begun it must be complete within ``header_timeout`` (else
 ``408``: slowloris); once the whole request went upstream, the server may
 be silent for at most ``response_timeout`` while we read from it (else a
 ``504`` page, or an abort when the response had begun). Time the proxy
-itself holds the server back (a full client, a slow tap) does not count.
+itself holds the server back (a full client, a slow tap) does not count;
+but a client that reads nothing for ``idle_timeout`` while its write buffer
+is full is cut (a second deadline, ``_stalled``).
 
 Switching protocols hands both connections on. A WebSocket handshake
 (`tinspect.websocket.is_upgrade`) is sent upstream by autobahn, and after the
@@ -234,13 +236,11 @@ class Http1Layer:
             self._queue.append(e)
         else:
             if not events:
-                if self._deadline.what is IDLE and self.reader.mid_head:
-                    self._deadline.start(self.ctx.settings.header_timeout, HEAD)
+                self._await_head()
                 return
             self._queue.extend(events)
         self._pump()
-        if self._exchange is None and self._deadline.what is IDLE and not self._finished and self.reader.mid_head:
-            self._deadline.start(self.ctx.settings.header_timeout, HEAD)
+        self._await_head()
 
     def client_eof(self) -> None:
         """The client half-closed."""
@@ -893,6 +893,11 @@ class Http1Layer:
         self._close()
 
     # -- timeouts -------------------------------------------------------------
+
+    def _await_head(self) -> None:
+        """Part of a request head came while idle: the rest must follow within header_timeout."""
+        if self._exchange is None and self._deadline.what is IDLE and not self._finished and self.reader.mid_head:
+            self._deadline.start(self.ctx.settings.header_timeout, HEAD)
 
     def _await_response(self, ex: _Exchange) -> None:
         """The whole request went upstream: its answer must come in time."""

@@ -45,9 +45,22 @@ class ListenError(Exception):
 
 
 class _PortService(Service):
-    """A service holding one listening port, closed when it stops."""
+    """A service holding one of the proxy's listening ports: bound (and known to
+    loop detection) when it starts, closed when it stops."""
 
     port: Any = None
+    ctx: ProxyContext
+
+    def _bind(self, where: str, endpoint_text: str, factory: Any) -> tuple[str, int]:
+        """Listen on ``endpoint_text``; the bound address. ``where`` names the option in errors."""
+        try:
+            endpoint = serverFromString(self.ctx.reactor, endpoint_text)
+        except Exception as e:
+            raise ListenError(f"{where}: bad endpoint: {e}") from None
+        self.port = _now(endpoint.listen(factory), where)
+        host = self.port.getHost()
+        self.ctx.ports.add(host.port)
+        return host.host, host.port
 
     def stopService(self):
         super().stopService()
@@ -64,7 +77,6 @@ class _TCPListener(_PortService):
     def __init__(self, ctx: ProxyContext, spec: ListenSpec) -> None:
         self.ctx = ctx
         self.spec = spec
-        self.port: Any = None
         if spec.mode == "explicit":
             self.factory = ExplicitProxyFactory(ctx, spec.text)
         else:
@@ -74,18 +86,9 @@ class _TCPListener(_PortService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        try:
-            endpoint = serverFromString(self.ctx.reactor, self.spec.endpoint)
-        except Exception as e:
-            raise ListenError(f"--listen {self.spec.text}: bad endpoint: {e}") from None
-        self.port = _now(endpoint.listen(self.factory), f"--listen {self.spec.text}")
-        self.ctx.ports.add(self.port.getHost().port)
-        self._log.info(
-            "listening on {address} ({mode}) for {spec}",
-            address=format_addr((self.port.getHost().host, self.port.getHost().port)),
-            mode=self.spec.mode,
-            spec=self.spec.text,
-        )
+        address = self._bind(f"--listen {self.spec.text}", self.spec.endpoint, self.factory)
+        self._log.info("listening on {address} ({mode}) for {spec}", address=format_addr(address),
+                       mode=self.spec.mode, spec=self.spec.text)
 
 
 class _MetricsListener(_PortService):
@@ -96,22 +99,14 @@ class _MetricsListener(_PortService):
     def __init__(self, ctx: ProxyContext, endpoint: str) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
-        self.port: Any = None
         self.setName(f"metrics {endpoint}")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         from tinspect.metrics import MetricsResource
 
-        site = _QuietSite(MetricsResource(self.ctx))
-        try:
-            endpoint = serverFromString(self.ctx.reactor, self.endpoint)
-        except Exception as e:
-            raise ListenError(f"--metrics {self.endpoint}: bad endpoint: {e}") from None
-        self.port = _now(endpoint.listen(site), f"--metrics {self.endpoint}")
-        host = self.port.getHost()
-        self.ctx.ports.add(host.port)
-        self._log.info("metrics on http://{address}/metrics", address=format_addr((host.host, host.port)))
+        address = self._bind(f"--metrics {self.endpoint}", self.endpoint, _QuietSite(MetricsResource(self.ctx)))
+        self._log.info("metrics on http://{address}/metrics", address=format_addr(address))
 
 
 class _QuietSite(Site):

@@ -36,7 +36,8 @@ class Options(usage.Options):
         "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
         "       [--max-body BYTES] [--max-message BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
         "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]\n"
-        "       [--workers N]"
+        "       [--workers N] [--allow-clients CIDR,...]... [--metrics ENDPOINT] [--log-json PATH]\n"
+        "       [--config tinspect.toml]  (timeouts and limits: see below)"
     )
 
     longdesc = f"""\
