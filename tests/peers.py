@@ -10,6 +10,8 @@
     python -m tests.peers send HOST PORT HEX       send the bytes, half-close, print all replies
     python -m tests.peers hold HOST PORT HEX SECS  send the bytes, keep the connection open, print
                                                    "<seconds until EOF, or 'open'> <reply>"
+    python -m tests.peers leave URL COUNT [CAFILE] GET URL over HTTP/1.1 (https with CAFILE), read COUNT
+                                                   bytes of the answer, then leave; print the count
     python -m tests.peers mute-server PORT         accept and read, never answer
     python -m tests.peers mute-tls-server PORT CHAIN KEY
                                                    the same after a TLS handshake (ALPN h2)
@@ -181,6 +183,23 @@ def hold(host: str, port: int, payload: bytes, seconds: float) -> None:
     sys.stdout.write(f"{ended} {out.decode('latin-1')}")
 
 
+def leave(url: str, count: int, cafile: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname, parts.port or (443 if cafile else 80)), timeout=10)
+    if cafile is not None:
+        import ssl
+
+        sock = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname=parts.hostname)
+    sock.sendall(f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}\r\n\r\n".encode())
+    got = 0
+    while got < count and (data := sock.recv(65536)):
+        got += len(data)
+    sock.close()
+    print(got)
+
+
 def mute_server(port: int, tls: tuple[str, str] | None = None) -> None:
     ctx = None
     if tls is not None:
@@ -259,6 +278,8 @@ if __name__ == "__main__":
         cut_server(int(args[0]))
     elif cmd == "garbage-server":
         garbage_server(int(args[0]))
+    elif cmd == "leave":
+        leave(args[0], int(args[1]), args[2] if len(args) > 2 else None)
     elif cmd == "mute-server":
         mute_server(int(args[0]))
     elif cmd == "mute-tls-server":
