@@ -48,12 +48,16 @@ another upgrade, a 2xx to a CONNECT sent to a transparent destination) goes
 to a `RawRelay`. The explicit proxy's own CONNECT opens a tunnel and hands
 it to the `Sniffer`, so a tunnelled connection is inspected like a
 transparent one.
+
+`tinspect.websocket` is imported on the first upgrade request (`_websocket`):
+autobahn and what it brings (cbor2, click, cffi, xml) hold about 8 MiB a
+proxy that never sees a WebSocket does not need.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
@@ -81,7 +85,9 @@ from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request,
 from tinspect.explicit import host_port, proxy_request
 from tinspect.shells import open_upstream
 from tinspect.timeouts import Deadline
-from tinspect.websocket import Upgrade, WebSocketLayer, client_handshake, is_upgrade
+
+if TYPE_CHECKING:
+    from tinspect.websocket import Upgrade
 
 __all__ = ["Http1Layer"]
 
@@ -314,8 +320,10 @@ class Http1Layer:
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
         self._deadline.stop()
         ex.switching = head.switching
-        if head.switching and is_upgrade(head.method, head.version, head.headers):
-            ex.websocket = Upgrade(self.ctx, client_handshake(head.target, head.headers))
+        if head.switching and head.method == b"GET":
+            websocket = _websocket()
+            if websocket.is_upgrade(head.method, head.version, head.headers):
+                ex.websocket = websocket.Upgrade(self.ctx, websocket.client_handshake(head.target, head.headers))
         if self.explicit:
             refusal = proxy_request(req, self.ctx.settings.proxy_auth)
             if refusal is not None:
@@ -774,7 +782,7 @@ class Http1Layer:
         up.leg.transport.unregisterProducer()
         self.client.resume(~0)
         up.leg.resume(~0)
-        layer = WebSocketLayer(self.ctx, self.flow, self._shell, up, ex.websocket, self._on_closed)
+        layer = _websocket().WebSocketLayer(self.ctx, self.flow, self._shell, up, ex.websocket, self._on_closed)
         failure = layer.open(record, client_rest, resp)
         if failure is None:
             self._hand_over()
@@ -999,6 +1007,13 @@ class _Tunnel:
 
     def server_lost(self, reason: Failure) -> None:  # pragma: no cover
         pass
+
+
+def _websocket() -> Any:
+    """`tinspect.websocket`, loaded when first needed (see the module's docstring)."""
+    import tinspect.websocket
+
+    return tinspect.websocket
 
 
 def _loop_page(dst: tuple[str, int], request: Request) -> Response:

@@ -3,8 +3,8 @@
 `Metrics` lives in the `tinspect.context.ProxyContext`; the layers count
 into it where things happen once per connection or flow (never per chunk),
 and `render` reads the rest (open connections and flows, the leaf
-certificate cache) from the context when scraped. `MetricsResource` serves
-it over HTTP: ``--metrics tcp:9108:interface=127.0.0.1``.
+certificate cache) from the context when scraped.
+`tinspect.metrics_http` serves it: ``--metrics tcp:9108:interface=127.0.0.1``.
 
 Flow errors are grouped by kind (`error_kind`): the first words of the
 reason a layer gave, mapped to a short label, so that the label set stays
@@ -16,9 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from twisted.web.resource import Resource
-
-__all__ = ["Metrics", "MetricsResource", "error_kind"]
+__all__ = ["Metrics", "error_kind"]
 
 # Reason prefix -> kind label; the first match wins, so longer prefixes first.
 _KINDS = (
@@ -104,20 +102,3 @@ def _labelled(label: str, counts: Counter) -> list[tuple[str, int]]:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-class MetricsResource(Resource):
-    """``GET /metrics``: the text of `Metrics.render`."""
-
-    isLeaf = True
-
-    def __init__(self, ctx: Any) -> None:
-        super().__init__()
-        self.ctx = ctx
-
-    def render_GET(self, request: Any) -> bytes:
-        if request.path != b"/metrics":
-            request.setResponseCode(404)
-            return b"see /metrics\n"
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return self.ctx.metrics.render(self.ctx).encode()

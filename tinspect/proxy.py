@@ -26,7 +26,6 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from tinspect.ca import CAError
 from tinspect.chain import Tap, TapChain
@@ -103,19 +102,10 @@ class _MetricsListener(_PortService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        from tinspect.metrics import MetricsResource
+        from tinspect.metrics_http import metrics_site  # twisted.web only when asked for
 
-        address = self._bind(f"--metrics {self.endpoint}", self.endpoint, _QuietSite(MetricsResource(self.ctx)))
+        address = self._bind(f"--metrics {self.endpoint}", self.endpoint, metrics_site(self.ctx))
         self._log.info("metrics on http://{address}/metrics", address=format_addr(address))
-
-
-class _QuietSite(Site):
-    """A Site that does not log every scrape."""
-
-    noisy = False
-
-    def log(self, request: Any) -> None:
-        pass
 
 
 class _UDPListener(Service):
