@@ -212,6 +212,7 @@ class UpstreamTLS:
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(_OPTIONS)
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # an idle connection holds no 16-34 KiB record buffers
         ctx.set_verify(SSL.VERIFY_PEER, self._on_verify)
         # We keep sessions per upstream ourselves; OpenSSL's store would only grow.
         ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT | SSL.SESS_CACHE_NO_INTERNAL_STORE)
@@ -458,6 +459,7 @@ class ClientFacingTLS:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(_OPTIONS | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         ctx.set_cipher_list(_CLIENT_FACING_CIPHERS)
         ctx.set_session_id(_SESSION_ID_CONTEXT)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
