@@ -1299,3 +1299,15 @@ def test_fuzz_frames_from_either_peer_never_break_the_proxy(to_server, to_client
         assert left["flows"] == {} and left["open"] == [], left
     finally:
         net.shutdown()
+
+
+@given(data=hs.binary(max_size=64), pad=hs.one_of(hs.none(), hs.integers(0, 255)))
+def test_data_frame_repr_is_hyperframes_own_text(data, pad):
+    """tinspect.h2_conn makes DataFrame's repr cheap (h2 builds it for every frame); the text stays the same."""
+    from hyperframe.frame import DataFrame, _raw_data_repr
+
+    frame = DataFrame(1, data=data)
+    if pad is not None:
+        frame.flags.add("PADDED")
+        frame.pad_length = pad
+    assert repr(frame).endswith(_raw_data_repr(frame.serialize_body()))
