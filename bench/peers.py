@@ -36,6 +36,12 @@ Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
   ``head -c N /dev/zero`` tops out near 170 MB/s here).
 * ``tcpread``: connect, read to EOF, check the byte count and that every
   byte is zero.
+* ``bare-relay PORT``: the reference ``bench/run --proxy bare`` measures
+  tinspect's costs against: a TPROXY listener that connects to each
+  connection's original destination and copies bytes both ways with
+  Twisted (TCP_NODELAY, a push producer each way for back-pressure), and
+  nothing else: no parsing, no TLS, no taps, no limits. What Python and
+  Twisted cost on this machine before tinspect does any work.
 """
 
 from __future__ import annotations
@@ -322,6 +328,64 @@ def cmd_bulkserver(args: argparse.Namespace) -> int:
 
 
 
+def cmd_bare_relay(args: argparse.Namespace) -> int:
+    from twisted.internet import protocol, reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+
+    class Server(protocol.Protocol):
+        def __init__(self, client: "Client") -> None:
+            self.client = client
+
+        def connectionMade(self) -> None:
+            client = self.client
+            client.server = self
+            self.transport.setTcpNoDelay(True)
+            self.transport.registerProducer(client.transport, True)
+            client.transport.registerProducer(self.transport, True)
+            self.transport.write(b"".join(client.early))
+            client.transport.resumeProducing()
+
+        def dataReceived(self, data: bytes) -> None:
+            self.client.transport.write(data)
+
+        def connectionLost(self, reason) -> None:
+            self.client.transport.loseConnection()
+
+    class Client(protocol.Protocol):
+        server = None
+
+        def connectionMade(self) -> None:
+            self.early: list[bytes] = []
+            self.transport.setTcpNoDelay(True)
+            self.transport.pauseProducing()
+            dst = self.transport.getHost()  # TPROXY: the original destination
+            host = dst.host.removeprefix("::ffff:")
+            endpoint = (TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint)(reactor, host, dst.port)
+            connectProtocol(endpoint, Server(self)).addErrback(lambda _: self.transport.abortConnection())
+
+        def dataReceived(self, data: bytes) -> None:
+            if self.server is None:
+                self.early.append(data)
+            else:
+                self.server.transport.write(data)
+
+        def connectionLost(self, reason) -> None:
+            if self.server is not None:
+                self.server.transport.loseConnection()
+
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", args.port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, protocol.Factory.forProtocol(Client))
+    sock.close()
+    reactor.run()
+    return 0
+
+
 def cmd_tcpread(args: argparse.Namespace) -> int:
     buf = bytearray(1 << 20)
     view = memoryview(buf)
@@ -395,11 +459,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expect", type=int, required=True)
     p.add_argument("--timeout", type=float, default=30)
 
+    p = sub.add_parser("bare-relay", help="a bare Twisted TPROXY byte relay (the reference for bench/run --proxy bare)")
+    p.add_argument("port", type=int)
+
     args = parser.parse_args(argv)
     if args.cmd == "wsserver":
         asyncio.run(_ws_server(args.port, args.tls))
         return 0
-    return {"tlsnew": cmd_tlsnew, "ws": cmd_ws, "tcpread": cmd_tcpread, "bulkserver": cmd_bulkserver}[args.cmd](args)
+    return {"tlsnew": cmd_tlsnew, "ws": cmd_ws, "tcpread": cmd_tcpread, "bulkserver": cmd_bulkserver,
+            "bare-relay": cmd_bare_relay}[args.cmd](args)
 
 
 if __name__ == "__main__":
