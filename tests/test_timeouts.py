@@ -60,3 +60,43 @@ def test_never_fires_while_kicked_more_often_than_its_period(gaps):
     assert fired == []
     clock.pump([1] * 20)  # in steps: Clock runs a call late by the whole advance
     assert fired == ["idle"]
+
+
+def test_a_keep_alive_connection_reuses_one_timer_and_stop_cancels_it():
+    """start/suspend cycles (one per request) keep a single scheduled call; the deadlines still hold."""
+    clock, fired, d = make()
+    d.start(60, "idle")
+    first = clock.getDelayedCalls()
+    for _ in range(100):
+        clock.advance(0.01)
+        d.suspend()
+        d.start(60, "response")
+        d.start(60, "idle")
+    assert clock.getDelayedCalls() == first
+    clock.advance(59)  # t=60: the timer fires 60 s after the first start, finds the due time (61) later, waits on
+    clock.advance(0.9)
+    assert fired == [] and d.running
+    clock.advance(0.2)
+    assert fired == ["idle"] and not d.running
+    d.start(30, "head")
+    d.stop()
+    assert clock.getDelayedCalls() == [] and not d.running
+
+
+def test_a_shorter_deadline_moves_the_timer_earlier():
+    clock, fired, d = make()
+    d.start(60, "idle")
+    clock.advance(5)
+    d.start(30, "head")
+    clock.advance(29.9)
+    assert fired == []
+    clock.advance(0.1)
+    assert fired == ["head"]
+
+
+def test_a_suspended_deadline_does_not_fire():
+    clock, fired, d = make()
+    d.start(10, "idle")
+    d.suspend()
+    clock.advance(100)
+    assert fired == [] and clock.getDelayedCalls() == []

@@ -298,7 +298,7 @@ class H2Layer:
         if not req.authority:
             req.authority = format_addr(self.flow.dst)
         st = self.streams[cid] = _Stream(cid)
-        self._idle.stop()
+        self._idle.suspend()
         st.request = req
         if event.stream_ended is not None:
             req.body = b""

@@ -318,7 +318,7 @@ class Http1Layer:
         fields = Headers(head.headers)
         req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
-        self._deadline.stop()
+        self._deadline.suspend()
         ex.switching = head.switching
         if head.switching and head.method == b"GET":
             websocket = _websocket()
