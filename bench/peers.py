@@ -40,8 +40,9 @@ Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
   tinspect's costs against: a TPROXY listener that connects to each
   connection's original destination and copies bytes both ways with
   Twisted (TCP_NODELAY, a push producer each way for back-pressure), and
-  nothing else: no parsing, no TLS, no taps, no limits. What Python and
-  Twisted cost on this machine before tinspect does any work.
+  nothing else: no parsing, no TLS, no taps, no limits, no half-close (a
+  close of either side closes both; enough for the plain lanes). What Python
+  and Twisted cost on this machine before tinspect does any work.
 """
 
 from __future__ import annotations
@@ -342,36 +343,35 @@ def cmd_bare_relay(args: argparse.Namespace) -> int:
             self.transport.setTcpNoDelay(True)
             self.transport.registerProducer(client.transport, True)
             client.transport.registerProducer(self.transport, True)
-            self.transport.write(b"".join(client.early))
             client.transport.resumeProducing()
 
         def dataReceived(self, data: bytes) -> None:
             self.client.transport.write(data)
 
         def connectionLost(self, reason) -> None:
-            self.client.transport.loseConnection()
+            _close(self.client.transport)
 
     class Client(protocol.Protocol):
         server = None
 
         def connectionMade(self) -> None:
-            self.early: list[bytes] = []
             self.transport.setTcpNoDelay(True)
-            self.transport.pauseProducing()
+            self.transport.pauseProducing()  # until the server is connected
             dst = self.transport.getHost()  # TPROXY: the original destination
             host = dst.host.removeprefix("::ffff:")
             endpoint = (TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint)(reactor, host, dst.port)
             connectProtocol(endpoint, Server(self)).addErrback(lambda _: self.transport.abortConnection())
 
         def dataReceived(self, data: bytes) -> None:
-            if self.server is None:
-                self.early.append(data)
-            else:
-                self.server.transport.write(data)
+            self.server.transport.write(data)
 
         def connectionLost(self, reason) -> None:
             if self.server is not None:
-                self.server.transport.loseConnection()
+                _close(self.server.transport)
+
+    def _close(transport) -> None:
+        transport.unregisterProducer()  # a paused producer would hold the close back for ever
+        transport.loseConnection()
 
     sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,7 +1,7 @@
 """Timers for connections that stall: one deadline at a time, cheap to keep alive.
 
 A `Deadline` calls its handler once, ``seconds`` after `start`, unless it is
-stopped or started again first. While it runs, `kick` says "there was
+stopped, suspended or started again first. While it runs, `kick` says "there was
 progress": a kick costs one integer increment (no timer is touched per
 chunk of a body), and the check that finds kicks waits another ``seconds``.
 So an idle deadline fires between ``seconds`` and twice ``seconds`` after
@@ -30,7 +30,7 @@ class Deadline:
     """One restartable deadline.
 
     Args:
-        reactor: provides ``callLater``.
+        reactor: provides ``callLater`` and ``seconds``.
         on_expire: called with the ``what`` given to `start`.
         busy: asked at expiry; ``True`` postpones it by another period.
     """
