@@ -1706,3 +1706,13 @@ def test_fuzz_bytes_from_either_peer_never_break_the_proxy(data, frames_first, f
     finally:
         net.shutdown()
         txaio.config.loop = old_loop
+
+
+def test_autobahn_log_lines_carry_no_terminal_colour_codes():
+    """tinspect.websocket turns off autobahn's click colouring (costly per frame, and escapes in log files)."""
+    import autobahn.util
+
+    import tinspect.websocket  # noqa: F401
+
+    assert "\x1b" not in autobahn.util.hltype(test_autobahn_log_lines_carry_no_terminal_colour_codes)
+    assert "\x1b" not in autobahn.util.hlval(42)
