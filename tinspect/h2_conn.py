@@ -34,7 +34,7 @@ from hyperframe.frame import DataFrame, GoAwayFrame
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from tinspect.relay import Leg
+from tinspect.relay import Leg, batch_records
 
 __all__ = ["H2Endpoint", "FullPauser", "new_connection", "take_whole", "error_name", "QUANTUM", "FULL", "STREAM_WINDOW", "CONNECTION_WINDOW"]
 
@@ -147,6 +147,7 @@ class H2Endpoint:
     def attach(self, transport: Any, name: str) -> None:
         """Start using ``transport`` (writes what the state machine has queued)."""
         self.leg = Leg(transport, name)
+        batch_records(transport)  # `flush` writes a batch at once already
         transport.registerProducer(FullPauser(self), True)
         self.flush()
 

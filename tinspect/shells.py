@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tinspect.context import ProxyContext
+from tinspect.relay import start_tls
 from tinspect.upstream import connect, describe_failure
 
 __all__ = ["ClientConnection", "ServerConnection", "UpstreamFactory", "no_delay", "open_upstream"]
@@ -157,7 +158,7 @@ class _Handshaking:
 
     def server_connected(self, transport: Any) -> None:
         self.transport = transport
-        transport.startTLS(self.handshake)
+        start_tls(transport, self.handshake)
 
     def server_handshake_done(self) -> None:
         self.shell.handler = self.handler

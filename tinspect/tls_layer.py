@@ -40,7 +40,7 @@ from tinspect.ca import CAError, CertificateAuthority, LeafCertificates
 from tinspect.clienthello import ClientHello, ClientHelloError, ClientHelloReader, NotTLS
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow, format_addr
-from tinspect.relay import RawRelay
+from tinspect.relay import RawRelay, start_tls
 from tinspect.timeouts import Deadline
 from tinspect.tls import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.tls_policy import PassthroughPolicy, classify_client_failure
@@ -356,7 +356,7 @@ class TlsLayer:
         offers = [p for p in hello.alpn if p not in _UNCARRIED]
         host, port = self.flow.dst[0], self.flow.dst[1]
         self._upstream_hs = hs = self.tls.upstream.creator(hello.sni, offers, ip=host, port=port)
-        self._server_transport.startTLS(hs)
+        start_tls(self._server_transport, hs)
 
     def _start_client_tls(self, names) -> None:
         if self._client_hs is not None or self._done:
@@ -372,7 +372,7 @@ class TlsLayer:
             self._give_up(f"cannot make a certificate for {self._name()}: {e}")
             return
         transport = self._client.transport
-        transport.startTLS(chs)
+        start_tls(transport, chs)
         replay = self._hello.raw + self._reader.leftover
         transport.protocol.dataReceived(replay)
         transport.resumeProducing()
