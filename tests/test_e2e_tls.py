@@ -163,3 +163,25 @@ def test_upstream_that_closes_between_requests_is_reconnected_over_tls(lab, tmp_
     assert [r for _, r, _ in served] == ["GET / HTTP/1.1"] * 3, served
     assert len({conn for conn, _, _ in served}) == 3, served
     assert "tls facts" in p.log()
+
+
+def test_upstream_tls_sessions_are_kept_and_resumed(lab, tmp_path, tls_proxy, pki):
+    """When an upstream connection ends, its TLS session is kept and offered on the next one to the same
+    server: nginx closes after every request, so three requests make three upstream connections, and nginx
+    says (``$ssl_session_reused``) that a later one resumed. Verification still holds for it (the name is
+    checked again on a resumed handshake; tests/test_tls.py)."""
+    web = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]),
+                extra='keepalive_requests 1; add_header X-Session-Reused "$ssl_session_reused" always;')
+    (web.root / "index.html").write_text("hello tls\n")
+    web.start()
+    lab.wait_listening(lab.server, 443)
+    tls_proxy()
+    url = f"https://{SERVER_NAME}/"
+    reused = []
+    for _ in range(3):
+        out = curl(lab, "--http1.1", "--cacert", str(pki["ours"]), "-D", "-", "-o", "/dev/null", url, url)
+        assert out.returncode == 0, out.stderr
+        reused += re.findall(r"(?im)^x-session-reused: (\S*)", out.stdout)
+    assert len(reused) == 6 and reused[0] == ".", reused  # the first: a full handshake
+    assert "r" in reused[1:], reused
+    assert len({conn for conn, _, _ in web.access_log()}) == 6

@@ -85,9 +85,17 @@ class ServerConnection(Protocol):
     its `handler`; whoever started the connect
     reports a failure to connect as ``handler.server_failed(reason)``.
 
+    Whoever starts TLS on it sets ``tls`` (the `UpstreamHandshake`): once
+    that handshake has completed, the session is kept for the next
+    connection to the same upstream when this one ends (TLS 1.3 tickets
+    arrive after the handshake, so not before).
+
     Args:
         handler: the layer that gets the events (may be set later).
     """
+
+    tls: Any = None
+    _secure = False
 
     def __init__(self, handler: Any) -> None:
         self.handler = handler
@@ -97,6 +105,7 @@ class ServerConnection(Protocol):
         self.handler.server_connected(self.transport)
 
     def handshakeCompleted(self) -> None:
+        self._secure = True
         self.handler.server_handshake_done()
 
     def dataReceived(self, data: bytes) -> None:
@@ -109,6 +118,8 @@ class ServerConnection(Protocol):
         pass
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._secure:
+            self.tls.remember_session()
         self.handler.server_lost(reason)
 
 
@@ -158,6 +169,7 @@ class _Handshaking:
 
     def server_connected(self, transport: Any) -> None:
         self.transport = transport
+        self.shell.tls = self.handshake
         start_tls(transport, self.handshake)
 
     def server_handshake_done(self) -> None:

@@ -356,6 +356,7 @@ class TlsLayer:
         offers = [p for p in hello.alpn if p not in _UNCARRIED]
         host, port = self.flow.dst[0], self.flow.dst[1]
         self._upstream_hs = hs = self.tls.upstream.creator(hello.sni, offers, ip=host, port=port)
+        self._server.tls = hs
         start_tls(self._server_transport, hs)
 
     def _start_client_tls(self, names) -> None:
