@@ -66,6 +66,26 @@ async def test_a_plain_write_goes_out_at_once():
         await port.stopListening()
 
 
+@pytest_twisted.ensureDeferred
+async def test_nothing_goes_out_after_an_abort():
+    """abortConnection drops what is pending; a write right after it must not reach the socket either."""
+    port, writer, sink, _ = await _pair(1)
+    try:
+        send(writer.transport, b"before")
+        while sink.data != b"before":
+            d = Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            await d
+        writer.transport.abortConnection()
+        send(writer.transport, b"after the abort")
+        d = Deferred()
+        reactor.callLater(0.2, d.callback, None)
+        await d
+        assert sink.data == b"before"
+    finally:
+        await port.stopListening()
+
+
 async def _drained(transport) -> None:
     while _buffered(transport):
         d = Deferred()

@@ -821,3 +821,22 @@ async def test_start_tls_both_legs_with_replayed_client_hello(tmp_path):
     finally:
         await server_port.stopListening()
         await proxy_port.stopListening()
+
+
+def test_a_resumed_session_is_refused_for_a_name_its_certificate_lacks(upstream_ca, tmp_path):
+    """Sessions are kept per (name, IP, port), so this takes a planted one: a handshake resumed with a
+    session for a.example while asking for b.example completes (no verify callback runs), and
+    `refusal` names the mismatch; in insecure mode it is only reported."""
+    root, pem = upstream_ca
+    connect, servers = stdlib_upstream(tmp_path, *root.issue(["a.example"]), TLS12)
+    for insecure in (False, True):
+        tls = UpstreamTLS(pem, insecure=insecure)
+        first, errors = upstream_handshake(tls, connect)
+        assert errors == {} and first.refusal() is None
+        first.remember_session()
+        tls._sessions[("b.example", None, 443)] = tls._sessions[("a.example", None, 443)]
+        planted, errors = upstream_handshake(tls, connect, sni="b.example")
+        assert errors == {} and planted.resumed and servers[-1].obj.session_reused
+        problem = planted.verification_error()
+        assert problem is not None and "b.example" in problem
+        assert planted.refusal() == (None if insecure else problem)

@@ -71,6 +71,7 @@ def _send_now(connection, data: bytes) -> bytes:
     queued before it; what is left for Twisted's buffer."""
     if (
         connection.connected
+        and not connection._aborting  # an aborted connection sends nothing more
         and not connection.disconnecting
         and not connection._writeDisconnected
         and not connection.dataBuffer

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -96,6 +97,7 @@ class ServerConnection(Protocol):
 
     tls: Any = None
     _secure = False
+    _log = Logger()
 
     def __init__(self, handler: Any) -> None:
         self.handler = handler
@@ -118,8 +120,11 @@ class ServerConnection(Protocol):
         pass
 
     def connectionLost(self, reason: Failure) -> None:
-        if self._secure:
-            self.tls.remember_session()
+        if self._secure and self.tls is not None:
+            try:
+                self.tls.remember_session()
+            except Exception:  # a session not kept costs one full handshake; a lost event would leak the flow
+                self._log.failure("keeping the upstream TLS session failed")
         self.handler.server_lost(reason)
 
 
@@ -173,6 +178,9 @@ class _Handshaking:
         start_tls(transport, self.handshake)
 
     def server_handshake_done(self) -> None:
+        if self.handshake.refusal() is not None:
+            self.transport.abortConnection()  # `server_lost` reports why
+            return
         self.shell.handler = self.handler
         self.handler.server_connected(self.transport)
 

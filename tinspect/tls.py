@@ -398,6 +398,17 @@ class UpstreamHandshake(_Creator):
             self._error = verify_peer(self.connection, self.sni, self.name)
         return self._error
 
+    def refusal(self) -> str | None:
+        """Why the connection of this completed handshake must not be used:
+        its verification error, unless verification is not enforced.
+
+        A full handshake that fails verification in secure mode never
+        completes; a resumed one skips the verify callback, and its name is
+        checked (`verification_error`) and refused here.
+        """
+        problem = self.verification_error()
+        return None if problem is None or self._owner.insecure else problem
+
     def explain(self, error: BaseException | object) -> str:
         """Turn a failed handshake's exception (or ``connectionLost``'s ``Failure``) into a reason.
 
