@@ -144,7 +144,8 @@ class CacheTap(Tap):
         message = unit.message
         if type(message) is Response and message.request is not None:
             # Its head passed `_response`: a fill still tracked for its request is being written.
-            fill = flow.state.get("cache", {}).get(id(message.request))
+            tracked = flow.state.get("cache")
+            fill = tracked.get(id(message.request)) if tracked else None
             if fill is not None and fill.request is message.request:
                 if kind is BodyChunk:
                     self._write(fill, unit.data)
@@ -220,7 +221,8 @@ class CacheTap(Tap):
 
     def _response(self, resp: Response, flow: Flow) -> Response:
         req = resp.request
-        fill = flow.state.get("cache", {}).get(id(req)) if req is not None else None
+        tracked = flow.state.get("cache")
+        fill = tracked.get(id(req)) if tracked and req is not None else None
         if fill is None or fill.request is not req or resp.interim:
             return resp
         cache_control = (resp.headers.get("cache-control") or "").lower()
@@ -238,7 +240,7 @@ class CacheTap(Tap):
         elif fill.expected is not None and fill.expected > self.max_size:
             why = f"not kept: {fill.expected} bytes is more than the cache's max_size"
         if why:
-            self._abandon(fill, req, flow, why)
+            self._abandon(fill, flow, why)
             return resp
         fill.meta = {"url": fill.url, "stored": time.time(),
                      **{name: resp.headers.get(name) for name in ("content-type", "content-encoding", "etag",
@@ -247,7 +249,7 @@ class CacheTap(Tap):
         try:
             fill.file = open(fill.tmp, "wb")
         except OSError as e:
-            self._abandon(fill, req, flow, f"cannot write the cache: {e.strerror}")
+            self._abandon(fill, flow, f"cannot write the cache: {e.strerror}")
             return resp
         if resp.body is not None:  # a whole body (a tap before this one asked for it)
             self._write(fill, resp.body)
@@ -308,8 +310,8 @@ class CacheTap(Tap):
         self._evict()
         self._release(fill, True)
 
-    def _abandon(self, fill: _Fill, req: Request, flow: Flow, why: str) -> None:
-        flow.state.get("cache", {}).pop(id(req), None)
+    def _abandon(self, fill: _Fill, flow: Flow, why: str) -> None:
+        self._untrack(fill)
         self.log.info("flow {flow_id}: cache: {url} {why}", flow_id=flow.id, url=fill.url, why=why)
         self._drop(fill)
         self._release(fill, False)

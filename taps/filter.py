@@ -95,8 +95,11 @@ class FilterTap(Tap):
         return rule is not None
 
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
-        # A response that will be replaced must not start streaming first.
-        return type(message) is Response and self._response_decision(message) is not None
+        # A response that will be replaced must not start streaming first; an allowed one streams.
+        if type(message) is not Response:
+            return False
+        decision = self._response_decision(message)
+        return decision is not None and decision.action == BLOCK
 
     def handle(self, unit: Unit, flow: Flow) -> Unit | None:
         if type(unit) is Request:

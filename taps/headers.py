@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
+from tinspect.headers import to_bytes
 from tinspect.taploader import directions
 from tinspect.units import Request, Response, Unit
 
@@ -38,9 +39,10 @@ def _entries(value: str | list[str] | tuple[str, ...], option: str, *, named_onl
         name = name.strip()
         if not sep or not name or any(c in name for c in " \t\r\n"):
             raise ValueError(f"{option}: expected 'Name: value', not {item!r}")
-        if "\r" in field_value or "\n" in field_value:
-            raise ValueError(f"{option}: a field value cannot hold a line break: {item!r}")
-        out.append((name.encode("latin-1"), field_value.strip().encode("latin-1")))
+        try:
+            out.append((to_bytes(name), to_bytes(field_value.strip())))
+        except ValueError as e:
+            raise ValueError(f"{option}: {e}") from None
     return out
 
 

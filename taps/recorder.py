@@ -159,10 +159,10 @@ class RecorderTap(Tap):
             "type": "exchange", "flow": flow.id, "client": list(flow.client) if flow.client else None,
             "server": list(flow.dst) if flow.dst else None, "protocol": flow.protocol,
             "request": {"method": req.method, "url": req.url, "version": req.version,
-                        "headers": _fields(req.headers), "body": self._stored(ex.req_body, ex.req_size)},
+                        "headers": req.headers.items(), "body": self._stored(ex.req_body, ex.req_size)},
             "response": None if resp is None else {
                 "status": resp.status, "reason": resp.reason, "version": resp.version,
-                "headers": _fields(resp.headers), "body": self._stored(ex.resp_body, ex.resp_size)},
+                "headers": resp.headers.items(), "body": self._stored(ex.resp_body, ex.resp_size)},
             "timings": ex.times,
         }
         if error:
@@ -193,7 +193,3 @@ class RecorderTap(Tap):
             self.log.error("recorder: cannot write the HAR file {path}: {error}", path=self.har, error=str(e))
             return
         self.log.info("recorder: HAR written to {path}", path=self.har)
-
-
-def _fields(headers: Any) -> list[list[str]]:
-    return [[name.decode("latin-1"), value.decode("latin-1")] for name, value in headers.fields]

@@ -69,11 +69,15 @@ class Tap:
             followed by `BodyChunk` units, buffered up to ``--max-body``
             (beyond it the body streams and ``body_too_large`` is set).
             Override `wants_whole_body` to decide per message.
+        list_options: option names that may be given more than once
+            (``--tap-option NAME.KEY=VALUE`` repeated, or a TOML list): the
+            tap then gets a list; any other option given twice is an error.
     """
 
     kinds: tuple[type[Unit], ...] | None = None
     name: str | None = None
     whole_bodies: bool = False
+    list_options: frozenset[str] = frozenset()
 
     def handle(self, unit: Unit, flow: Flow) -> Any:
         """Inspect or change one unit.

@@ -964,7 +964,7 @@ class Http1Layer:
         self._finish()
 
     def _hand_over(self) -> None:
-        """Another layer carries the connection from now on."""
+        """Stop acting on the connection: another layer carries it from now on (or it ended: `_finish`)."""
         self._finished = True
         self._deadline.stop()
         self._stalled.stop()
@@ -974,9 +974,7 @@ class Http1Layer:
 
     def _finish(self) -> None:
         if not self._finished:
-            self._finished = True
-            self._deadline.stop()
-            self._stalled.stop()
+            self._hand_over()
             self._queue.clear()
             self._on_closed()
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from taps import BUILTIN
 from tinspect.context import Settings
 from tinspect.config import ConfigError, config_argv, split_config
 from tinspect.explicit import ClientNetworks, ProxyAuth
@@ -75,8 +76,8 @@ name it asked for, signed by the CA (--ca-cert/--ca-key, or one generated
 into --state-dir; print it with `tinspect ca`). --passthrough PATTERN relays
 matching hosts untouched; --no-tls relays all TLS untouched.
 
---taps NAMES: comma-separated, in chain order: built-in names (logger,
-mangler), entry-point names (group tinspect.taps), module:Class, or
+--taps NAMES: comma-separated, in chain order: built-in names
+({", ".join(BUILTIN)}), entry-point names (group tinspect.taps), module:Class, or
 ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
 
 --workers N runs N processes sharing the TCP listening ports (SO_REUSEPORT;

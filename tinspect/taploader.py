@@ -171,7 +171,7 @@ def directions(value: str) -> frozenset[Direction]:
 
 
 def _check_options(key: str, cls: type[Tap], kwargs: dict[str, Any]) -> None:
-    lists = getattr(cls, "list_options", frozenset())
+    lists = getattr(cls, "list_options", frozenset())  # taps need not subclass Tap
     repeated = sorted(k for k, v in kwargs.items() if isinstance(v, list) and k not in lists)
     if repeated:
         raise TapLoadError(f"tap {key!r}: option {', '.join(repeated)} takes one value, not several")
