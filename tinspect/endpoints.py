@@ -9,6 +9,14 @@ which also takes IPv4 connections). Under TPROXY the accepted connection's
 Like `twisted.internet.endpoints.AdoptedStreamServerEndpoint`, the endpoint
 builds the socket itself (the option must be set before ``bind``) and hands it
 to the reactor with ``adoptStreamPort``.
+
+The parsers are Twisted plugins (``twisted/plugins/tinspect_plugin.py``), so
+``serverFromString(reactor, "tproxy:8080")`` works in any program. The proxy
+itself builds its listeners with `server_endpoint`, which parses its own
+types directly: ``serverFromString`` finds a non-built-in type by importing
+every endpoint plugin installed, and autobahn's imports all of autobahn
+(6 MiB of the proxy's memory, which `tinspect.websocket` otherwise loads on
+the first WebSocket upgrade only).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
@@ -23,7 +32,7 @@ from zope.interface import implementer
 
 from tinspect.sockets import SocketError, transparent_socket
 
-__all__ = ["TProxyServerEndpoint", "TProxyServerParser", "SharedTCPServerParser"]
+__all__ = ["TProxyServerEndpoint", "TProxyServerParser", "SharedTCPServerParser", "server_endpoint"]
 
 
 @implementer(IStreamServerEndpoint)
@@ -106,3 +115,51 @@ class SharedTCPServerParser:
     def parseStreamServer(self, reactor, port, interface="", backlog="50"):
         """Build a non-transparent, port-sharing `TProxyServerEndpoint`."""
         return TProxyServerEndpoint(reactor, int(port), interface, int(backlog), reuse_port=True, transparent=False)
+
+
+_OWN = {parser.prefix: parser for parser in (TProxyServerParser(), SharedTCPServerParser())}
+
+
+def server_endpoint(reactor, text: str):
+    """The server endpoint an endpoint string describes: tinspect's own
+    types (``tproxy:``, ``tcpshared:``) parsed here, any other through
+    ``serverFromString``.
+
+    Raises:
+        ValueError, TypeError: a malformed string (the message says why).
+    """
+    kind, _, rest = text.partition(":")
+    parser = _OWN.get(kind)
+    if parser is None:
+        return serverFromString(reactor, text)
+    args, kwargs = _fields(rest)
+    return parser.parseStreamServer(reactor, *args, **kwargs)
+
+
+def _fields(text: str) -> tuple[list[str], dict[str, str]]:
+    """Positional and ``key=value`` fields of an endpoint string's arguments,
+    with Twisted's escapes: a backslash takes the next character literally
+    (``interface=\\:\\:``)."""
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    fields: list[tuple[str, int]] = []  # (text, index of the first unescaped "=" or -1)
+    field: list[str] = []
+    equals = -1
+    chars = iter(text)
+    for c in chars:
+        if c == "\\":
+            field.append(next(chars, ""))
+        elif c == ":":
+            fields.append(("".join(field), equals))
+            field, equals = [], -1
+        else:
+            if c == "=" and equals < 0:
+                equals = len(field)
+            field.append(c)
+    fields.append(("".join(field), equals))
+    for value, equals in fields:
+        if equals < 0:
+            args.append(value)
+        else:
+            kwargs[value[:equals]] = value[equals + 1:]
+    return args, kwargs

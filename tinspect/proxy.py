@@ -24,13 +24,13 @@ from typing import Any, Iterable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from tinspect.ca import CAError
 from tinspect.chain import Tap, TapChain
 from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
+from tinspect.endpoints import server_endpoint
 from tinspect.flow import format_addr
 from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
 from tinspect.sockets import SocketError, raise_fd_limit
@@ -53,7 +53,7 @@ class _PortService(Service):
     def _bind(self, where: str, endpoint_text: str, factory: Any) -> tuple[str, int]:
         """Listen on ``endpoint_text``; the bound address. ``where`` names the option in errors."""
         try:
-            endpoint = serverFromString(self.ctx.reactor, endpoint_text)
+            endpoint = server_endpoint(self.ctx.reactor, endpoint_text)
         except Exception as e:
             raise ListenError(f"{where}: bad endpoint: {e}") from None
         self.port = _now(endpoint.listen(factory), where)
