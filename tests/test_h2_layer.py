@@ -915,6 +915,34 @@ def test_resets_after_finished_streams_are_not_a_flood(make_net):
     assert sum(1 for st in s.streams.values() if st.reset == ErrorCodes.CANCEL) > MAX_RESETS
 
 
+def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams(make_net):
+    """Thousands of streams over one client connection (and one server connection): the proxy's
+    h2 state machines keep how the last streams closed, not every one (h2 keeps 65,536, ~10 MiB)."""
+    net = make_net()
+    c, s, wire = h2_pair(net)
+    answered = set()
+
+    def serve():
+        fresh = [sid for sid, st in s.streams.items() if st.ended and sid not in answered]
+        for sid in fresh:
+            answered.add(sid)
+            s.respond(sid, 204)
+        return bool(fresh)
+
+    limit = 2048
+    batch = 100
+    for _ in range(limit // batch + 4):
+        for _ in range(batch):
+            c.request(b"/n")
+        wire.run(each=serve)
+    assert len(answered) > limit + 2 * batch
+    assert sum(1 for st in c.streams.values() if st.headers and st.headers[b":status"] == b"204") == len(answered)
+    layer = c.peer.proto.handler
+    for conn in (layer.client.conn, layer.upstream.ep.conn):
+        assert 0 < len(conn._closed_streams) <= limit
+    assert c.goaway is None and s.goaway is None
+
+
 @pytest.mark.parametrize(
     "bad, code, words",
     [
