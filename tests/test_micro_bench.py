@@ -12,9 +12,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", ["micro_http1.py", "micro_clienthello.py", "micro_chain.py"])
+@pytest.mark.parametrize("script", ["micro_http1.py", "micro_clienthello.py", "micro_chain.py", "micro_h2.py"])
 def test_micro_benchmark_runs_and_prints_figures(script):
     out = subprocess.run([sys.executable, str(BENCH / script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    figures = re.findall(r"(\d+\.\d+) us(?:/parse)?$", out.stdout, re.M)
+    figures = re.findall(r"(\d+\.\d+) (?:us(?:/parse)?|s/GiB)$", out.stdout, re.M)
     assert len(figures) >= 3 and all(float(f) > 0 for f in figures), out.stdout
