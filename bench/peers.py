@@ -36,13 +36,20 @@ Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
   ``head -c N /dev/zero`` tops out near 170 MB/s here).
 * ``tcpread``: connect, read to EOF, check the byte count and that every
   byte is zero.
-* ``bare-relay PORT``: the reference ``bench/run --proxy bare`` measures
-  tinspect's costs against: a TPROXY listener that connects to each
-  connection's original destination and copies bytes both ways with
-  Twisted (TCP_NODELAY, a push producer each way for back-pressure), and
-  nothing else: no parsing, no TLS, no taps, no limits, no half-close (a
-  close of either side closes both; enough for the plain lanes). What Python
-  and Twisted cost on this machine before tinspect does any work.
+* ``bare-relay PORT [--tls CHAIN KEY --upstream-ca CA --name NAME]``: the
+  reference ``bench/run --proxy bare`` measures tinspect's costs against: a
+  TPROXY listener that connects to each connection's original destination
+  and copies bytes both ways with Twisted (TCP_NODELAY, a push producer each
+  way for back-pressure), and nothing else: no parsing, no taps, no limits,
+  no half-close (a close of either side closes both). With ``--tls``,
+  connections to ``--tls-ports`` (443 and 8766) are TLS on both legs, the
+  way a MITM proxy terminates them and nothing more: the client gets CHAIN
+  (a certificate for NAME), ALPN h2 or http/1.1 as the client prefers; once
+  the client's first bytes arrive the relay connects with TLS to the
+  original destination, verifying NAME against CA and offering the
+  protocol the client chose, and copies the decrypted bytes (no session
+  resumption, so it is no reference for new-connection lanes). What Python,
+  Twisted and pyOpenSSL cost on this machine before tinspect does any work.
 """
 
 from __future__ import annotations
@@ -330,8 +337,21 @@ def cmd_bulkserver(args: argparse.Namespace) -> int:
 
 
 def cmd_bare_relay(args: argparse.Namespace) -> int:
-    from twisted.internet import protocol, reactor
-    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+    from twisted.internet import protocol, reactor, ssl as tssl
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
+
+    server_tls = upstream_ca = None
+    if args.tls:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        from OpenSSL import crypto
+
+        chain_pem, key_pem = (open(path, "rb").read() for path in args.tls)
+        certs = [crypto.X509.from_cryptography(c) for c in x509.load_pem_x509_certificates(chain_pem)]
+        key = crypto.PKey.from_cryptography_key(load_pem_private_key(key_pem, None))
+        server_tls = tssl.CertificateOptions(privateKey=key, certificate=certs[0], extraCertChain=certs[1:],
+                                             acceptableProtocols=[b"h2", b"http/1.1"])
+        upstream_ca = tssl.Certificate.loadPEM(open(args.upstream_ca, "rb").read())
 
     class Server(protocol.Protocol):
         def __init__(self, client: "Client") -> None:
@@ -343,6 +363,9 @@ def cmd_bare_relay(args: argparse.Namespace) -> int:
             self.transport.setTcpNoDelay(True)
             self.transport.registerProducer(client.transport, True)
             client.transport.registerProducer(self.transport, True)
+            if client.first:
+                self.transport.write(client.first)
+                client.first = None
             client.transport.resumeProducing()
 
         def dataReceived(self, data: bytes) -> None:
@@ -353,16 +376,34 @@ def cmd_bare_relay(args: argparse.Namespace) -> int:
 
     class Client(protocol.Protocol):
         server = None
+        first = None  # with TLS: the client's first bytes, until the server is connected
 
         def connectionMade(self) -> None:
             self.transport.setTcpNoDelay(True)
-            self.transport.pauseProducing()  # until the server is connected
             dst = self.transport.getHost()  # TPROXY: the original destination
+            if server_tls is not None and dst.port in args.tls_ports:
+                self.first = b""
+                self.transport.startTLS(server_tls)  # connect once the client's ALPN choice is known
+            else:
+                self.connect(None)
+
+        def connect(self, alpn: bytes | None) -> None:
+            self.transport.pauseProducing()  # until the server is connected
+            dst = self.transport.getHost()
             host = dst.host.removeprefix("::ffff:")
             endpoint = (TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint)(reactor, host, dst.port)
+            if self.first is not None:
+                options = tssl.optionsForClientTLS(args.name, trustRoot=upstream_ca,
+                                                   acceptableProtocols=[alpn] if alpn else None)
+                endpoint = wrapClientTLS(options, endpoint)
             connectProtocol(endpoint, Server(self)).addErrback(lambda _: self.transport.abortConnection())
 
         def dataReceived(self, data: bytes) -> None:
+            if self.server is None:  # TLS: the handshake is done, the first bytes are here
+                if not self.first:
+                    self.connect(self.transport.getHandle().get_alpn_proto_negotiated() or None)
+                self.first += data
+                return
             self.server.transport.write(data)
 
         def connectionLost(self, reason) -> None:
@@ -461,6 +502,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("bare-relay", help="a bare Twisted TPROXY byte relay (the reference for bench/run --proxy bare)")
     p.add_argument("port", type=int)
+    p.add_argument("--tls", nargs=2, metavar=("CHAIN", "KEY"), help="terminate TLS on --tls-ports with this certificate")
+    p.add_argument("--tls-ports", type=lambda text: {int(x) for x in text.split(",")}, default={443, 8766})
+    p.add_argument("--upstream-ca", help="with --tls: the CA the servers' certificates are verified against")
+    p.add_argument("--name", default="server.test", help="with --tls: the servers' name (SNI, verification)")
 
     args = parser.parse_args(argv)
     if args.cmd == "wsserver":

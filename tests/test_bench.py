@@ -58,8 +58,10 @@ def test_a_wrong_answer_is_reported_as_failed_not_as_a_number(tmp_path):
     assert cells[5] == "–" and cells[8] == "FAILED", cells
 
 
-def test_bare_relay_reference_measures_the_plain_lanes(tmp_path):
-    """--proxy bare puts the bare Twisted relay where tinspect was, for the plain lanes only, and says so."""
+def test_bare_relay_reference_measures_every_lane_but_new_connections(tmp_path):
+    """--proxy bare puts the bare Twisted relay where tinspect was, TLS lanes included (the relay
+    terminates TLS with a certificate from the proxy's CA: the lanes' certificate and ALPN checks pass),
+    every lane but d, and says so."""
     out = tmp_path / "results.md"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--short", "--proxy", "bare", "--out", str(out)],
                           capture_output=True, text=True, timeout=110, cwd=REPO, stdin=subprocess.DEVNULL)
@@ -68,8 +70,9 @@ def test_bare_relay_reference_measures_the_plain_lanes(tmp_path):
     assert "NOT tinspect but the bare Twisted byte relay" in text
     assert "| lane | what | unit | direct | bare relay | bare relay/direct |" in text
     rows = [line for line in text.split("## Runs")[0].splitlines() if line.startswith("| ") and "---" not in line]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == ["a", "f-ws-64", "f-ws-64k", "g"], text
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [
+        "a", "b", "c", "e", "f-ws-64", "f-ws-64k", "f-wss-64", "f-wss-64k", "g"], text
     assert all("FAILED" not in row for row in rows), text
-    refused = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--proxy", "bare", "--lanes", "b"],
+    refused = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--proxy", "bare", "--lanes", "d"],
                              capture_output=True, text=True, timeout=30, cwd=REPO, stdin=subprocess.DEVNULL)
-    assert refused.returncode == 2 and "terminates no TLS" in refused.stderr, refused.stderr
+    assert refused.returncode == 2 and "no reference for d" in refused.stderr, refused.stderr

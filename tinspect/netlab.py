@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "ServerPKI", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4"]
 
@@ -425,19 +425,27 @@ class ServerPKI:
     its addresses, as files for nginx and friends (so a lab's "real" server
     is verified like any server on the Internet, not by our CA).
 
+    Args:
+        workdir: where the files go.
+        common_name: the new CA's name.
+        authority: issue the certificate from this CA instead of a new one
+            (a `tinspect.ca.CertificateAuthority`; the benchmark's bare relay
+            poses as the server with one from the proxy's CA).
+
     Attributes:
         chain: leaf then CA certificate, PEM (``ssl_certificate``).
         key: the leaf's key, PEM, unencrypted, 0600.
         ca: the CA certificate, PEM: what ``--upstream-ca`` trusts.
     """
 
-    def __init__(self, workdir: Path, common_name: str = "Lab server CA") -> None:
+    def __init__(self, workdir: Path, common_name: str = "Lab server CA", authority: Any = None) -> None:
         from cryptography.hazmat.primitives import serialization
 
         from tinspect.ca import CertificateAuthority, LeafCertificates
 
         workdir = Path(workdir)
-        authority = CertificateAuthority.generate(workdir / "server-ca", common_name=common_name)
+        if authority is None:
+            authority = CertificateAuthority.generate(workdir / "server-ca", common_name=common_name)
         cert, key = LeafCertificates(authority).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
         self.chain = workdir / "server-chain.pem"
         self.chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + authority.cert_pem)
