@@ -13,10 +13,11 @@ to the reactor with ``adoptStreamPort``.
 The parsers are Twisted plugins (``twisted/plugins/tinspect_plugin.py``), so
 ``serverFromString(reactor, "tproxy:8080")`` works in any program. The proxy
 itself builds its listeners with `server_endpoint`, which parses its own
-types directly: ``serverFromString`` finds a non-built-in type by importing
-every endpoint plugin installed, and autobahn's imports all of autobahn
-(6 MiB of the proxy's memory, which `tinspect.websocket` otherwise loads on
-the first WebSocket upgrade only).
+types and ``tcp6:`` directly: ``serverFromString`` finds a type that is not
+built into Twisted (``tcp:``, ``unix:``, ``ssl:`` are) by importing every
+endpoint plugin installed, and autobahn's imports all of autobahn (6 MiB
+more RSS at start, measured; `tinspect.websocket` otherwise loads it on the
+first WebSocket upgrade only).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from tinspect.listen import split_endpoint
 from tinspect.sockets import SocketError, transparent_socket
 
 __all__ = ["TProxyServerEndpoint", "TProxyServerParser", "SharedTCPServerParser", "server_endpoint"]
@@ -117,49 +119,35 @@ class SharedTCPServerParser:
         return TProxyServerEndpoint(reactor, int(port), interface, int(backlog), reuse_port=True, transparent=False)
 
 
-_OWN = {parser.prefix: parser for parser in (TProxyServerParser(), SharedTCPServerParser())}
+class _TCP6ServerParser:
+    """``tcp6:PORT[:backlog=N][:interface=ADDR]``, as Twisted's own plugin
+    for it parses it (here so that it loads no other plugin either)."""
+
+    prefix = "tcp6"
+
+    def parseStreamServer(self, reactor, port, backlog="50", interface="::"):
+        return TCP6ServerEndpoint(reactor, int(port), int(backlog), interface)
+
+
+_OWN = {parser.prefix: parser for parser in (TProxyServerParser(), SharedTCPServerParser(), _TCP6ServerParser())}
 
 
 def server_endpoint(reactor, text: str):
-    """The server endpoint an endpoint string describes: tinspect's own
-    types (``tproxy:``, ``tcpshared:``) parsed here, any other through
-    ``serverFromString``.
+    """The server endpoint an endpoint string describes: the types tinspect
+    parses itself (``tproxy:``, ``tcpshared:``, ``tcp6:``) here, any other
+    through ``serverFromString``.
 
     Raises:
-        ValueError, TypeError: a malformed string (the message says why).
+        ValueError: a malformed string (the message says why and, for
+            tinspect's own types, what the string should look like).
     """
     kind, _, rest = text.partition(":")
     parser = _OWN.get(kind)
     if parser is None:
         return serverFromString(reactor, text)
-    args, kwargs = _fields(rest)
-    return parser.parseStreamServer(reactor, *args, **kwargs)
-
-
-def _fields(text: str) -> tuple[list[str], dict[str, str]]:
-    """Positional and ``key=value`` fields of an endpoint string's arguments,
-    with Twisted's escapes: a backslash takes the next character literally
-    (``interface=\\:\\:``)."""
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    fields: list[tuple[str, int]] = []  # (text, index of the first unescaped "=" or -1)
-    field: list[str] = []
-    equals = -1
-    chars = iter(text)
-    for c in chars:
-        if c == "\\":
-            field.append(next(chars, ""))
-        elif c == ":":
-            fields.append(("".join(field), equals))
-            field, equals = [], -1
-        else:
-            if c == "=" and equals < 0:
-                equals = len(field)
-            field.append(c)
-    fields.append(("".join(field), equals))
-    for value, equals in fields:
-        if equals < 0:
-            args.append(value)
-        else:
-            kwargs[value[:equals]] = value[equals + 1:]
-    return args, kwargs
+    try:
+        args, kwargs = split_endpoint(rest)
+        return parser.parseStreamServer(reactor, *args, **kwargs)
+    except (TypeError, ValueError) as e:
+        usage = parser.__doc__.split("``")[1]
+        raise ValueError(f"{e} (the form is {usage})") from None

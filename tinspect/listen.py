@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SpecError", "ListenSpec", "UDPSpec", "parse_listen", "parse_udp", "parse_hostport", "DEFAULT_LISTEN"]
+__all__ = ["SpecError", "ListenSpec", "UDPSpec", "parse_listen", "parse_udp", "parse_hostport", "split_endpoint", "DEFAULT_LISTEN"]
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
@@ -118,23 +118,24 @@ def parse_udp(text: str) -> UDPSpec:
         SpecError: with the reason.
     """
     mode, rest = _split_mode(text.strip())
-    fields = rest.split(":")
-    kind = fields[0]
+    kind, _, tail = rest.partition(":")
     if kind in ("tproxy", "udp"):
-        fields = fields[1:]
+        rest = tail
     elif mode is None:
         raise SpecError(f"{text!r}: use tproxy:PORT or forward=HOST:PORT@PORT")
     if kind == "tproxy" and mode is not None:
         raise SpecError(f"{text!r}: tproxy: takes no mode")
-    if not fields or not fields[0].isdigit() or not 0 < int(fields[0]) < 65536:
+    try:
+        args, options = split_endpoint(rest)
+    except ValueError as e:
+        raise SpecError(f"{text!r}: {e}") from None
+    if not args[0].isdigit() or not 0 < int(args[0]) < 65536:
         raise SpecError(f"{text!r}: bad or missing port")
-    port = int(fields[0])
-    interface = ""
-    for option in _rejoin_escaped(fields[1:]):
-        key, sep, value = option.partition("=")
-        if key != "interface" or not sep:
-            raise SpecError(f"{text!r}: unknown option {option!r} (only interface=ADDR)")
-        interface = value
+    port = int(args[0])
+    unknown = args[1:] + [key for key in options if key != "interface"]
+    if unknown:
+        raise SpecError(f"{text!r}: unknown option {unknown[0]!r} (only interface=ADDR)")
+    interface = options.get("interface", "")
     if kind == "tproxy":
         return UDPSpec(text, "tproxy", port, interface)
     if mode is None or not mode.startswith("forward="):
@@ -142,12 +143,40 @@ def parse_udp(text: str) -> UDPSpec:
     return UDPSpec(text, "forward", port, interface, parse_hostport(mode[len("forward="):]))
 
 
-def _rejoin_escaped(fields: list[str]) -> list[str]:
-    """Undo splitting on escaped colons (``interface=\\:\\:1``), as endpoint strings do."""
-    out: list[str] = []
-    for field in fields:
-        if out and out[-1].endswith("\\"):
-            out[-1] = out[-1][:-1] + ":" + field
+def split_endpoint(text: str) -> tuple[list[str], dict[str, str]]:
+    """The positional and ``key=value`` fields of an endpoint string's
+    arguments (what follows its type), split as Twisted's
+    ``serverFromString`` splits them: on ``:``, the first unescaped ``=``
+    of a field separating key from value, a backslash taking the next
+    character literally (``interface=\\:\\:``).
+
+    Raises:
+        ValueError: the text ends with a lone backslash.
+    """
+    args: list[str] = []
+    kwargs: dict[str, str] = {}
+    field: list[str] = []
+    equals = -1  # where the first unescaped "=" of the field is
+    chars = iter(text)
+    for c in chars:
+        if c == "\\":
+            escaped = next(chars, None)
+            if escaped is None:
+                raise ValueError(f"{text!r} ends with a lone backslash")
+            field.append(escaped)
+        elif c == ":":
+            _add_field("".join(field), equals, args, kwargs)
+            field, equals = [], -1
         else:
-            out.append(field)
-    return out
+            if c == "=" and equals < 0:
+                equals = len(field)
+            field.append(c)
+    _add_field("".join(field), equals, args, kwargs)
+    return args, kwargs
+
+
+def _add_field(value: str, equals: int, args: list[str], kwargs: dict[str, str]) -> None:
+    if equals < 0:
+        args.append(value)
+    else:
+        kwargs[value[:equals]] = value[equals + 1:]
