@@ -915,32 +915,63 @@ def test_resets_after_finished_streams_are_not_a_flood(make_net):
     assert sum(1 for st in s.streams.values() if st.reset == ErrorCodes.CANCEL) > MAX_RESETS
 
 
+def serve_all(s, answered):
+    """A ``Wire.run`` step for the server: answer 204 to every request it has whole."""
+    def serve():
+        fresh = [sid for sid, st in s.streams.items() if st.ended and st.reset is None and sid not in answered]
+        for sid in fresh:
+            answered.add(sid)
+            s.respond(sid, 204)
+        return bool(fresh)
+    return serve
+
+
 def test_a_long_lived_connection_remembers_a_bounded_number_of_closed_streams(make_net):
     """Thousands of streams over one client connection (and one server connection): the proxy's
     h2 state machines keep how the last streams closed, not every one (h2 keeps 65,536, ~10 MiB)."""
     net = make_net()
     c, s, wire = h2_pair(net)
     answered = set()
-
-    def serve():
-        fresh = [sid for sid, st in s.streams.items() if st.ended and sid not in answered]
-        for sid in fresh:
-            answered.add(sid)
-            s.respond(sid, 204)
-        return bool(fresh)
-
-    limit = 2048
-    batch = 100
-    for _ in range(limit // batch + 4):
-        for _ in range(batch):
+    for _ in range(25):
+        for _ in range(100):
             c.request(b"/n")
-        wire.run(each=serve)
-    assert len(answered) > limit + 2 * batch
-    assert sum(1 for st in c.streams.values() if st.headers and st.headers[b":status"] == b"204") == len(answered)
+        wire.run(each=serve_all(s, answered))
+    assert len(answered) == 2500
+    assert sum(1 for st in c.streams.values() if st.headers and st.headers[b":status"] == b"204") == 2500
     layer = c.peer.proto.handler
     for conn in (layer.client.conn, layer.upstream.ep.conn):
-        assert 0 < len(conn._closed_streams) <= limit
+        assert conn.MAX_CLOSED_STREAMS <= 2048
+        assert len(conn._closed_streams) == conn.MAX_CLOSED_STREAMS
     assert c.goaway is None and s.goaway is None
+
+
+def test_trailers_late_for_a_stream_the_proxy_reset_are_a_stream_error(make_net):
+    """The proxy answers an upload early and resets it (NO_ERROR); hundreds of streams come and go;
+    then the client's trailers for the reset stream arrive (sent before it saw the reset): a
+    RST_STREAM for that stream, not a GOAWAY. (Were the closed-stream record too short, h2 would
+    have forgotten the reset and ended the whole connection.)"""
+    from hpack import Encoder, NeverIndexedHeaderTuple
+
+    net = make_net([Block()])
+    c, s, wire = h2_pair(net)
+    up = c.request(b"/upload", b"POST", end=False)
+    c.conn.send_data(up, b"evil")
+    answered = set()
+    wire.run(each=serve_all(s, answered))
+    assert c.stream(up).headers[b":status"] == b"403" and c.stream(up).reset == ErrorCodes.NO_ERROR
+    for _ in range(3):
+        for _ in range(100):
+            c.request(b"/n")
+        wire.run(each=serve_all(s, answered))
+    assert len(answered) == 300
+    block = Encoder().encode([NeverIndexedHeaderTuple(b"x-checksum", b"1")])  # leaves the HPACK table alone
+    c.peer.send(frame(HEADERS, END_STREAM | END_HEADERS, up, block))
+    raw = c.peer.take()
+    assert not goaways(raw)
+    assert [sid for kind, _, sid, _ in frames(raw) if kind == RST_STREAM] == [up]
+    after = c.request(b"/after")
+    wire.run(each=serve_all(s, answered))
+    assert c.stream(after).headers[b":status"] == b"204" and c.goaway is None
 
 
 @pytest.mark.parametrize(

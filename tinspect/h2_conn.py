@@ -63,7 +63,7 @@ def new_connection(*, client_side: bool, max_header_list_size: int, max_concurre
         validate_outbound_headers=True,
         normalize_outbound_headers=False,
     )
-    conn = _Connection(config)
+    conn = _Connection(config, max_concurrent_streams)
     values = {
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
@@ -87,14 +87,20 @@ class _Connection(H2Connection):
     it had queued; a NO_ERROR GOAWAY is here only reported (as
     `ConnectionTerminated`) and the layer stops opening streams.
 
-    h2 remembers how each of the last 65,536 streams closed (so that a frame
-    still in flight on a stream it reset is a stream error, not a connection
-    error): about 10 MiB for every long-lived connection, client or server
-    side. A frame in flight arrives within a round trip, not 2,048 streams
-    later; that bounds the record to about 300 KiB per connection.
+    h2 remembers how each of the last 65,536 closed streams closed, so that
+    a HEADERS frame still in flight on a stream it reset gets RST_STREAM (a
+    stream error) rather than GOAWAY (a connection error: every stream
+    lost): about 10 MiB for every long-lived connection, on either leg.
+    What must be remembered is bounded by count, not by time: the peer sent
+    its late frame before it saw our RST_STREAM, so the streams closed in
+    between are ones it could have open then, about twice the concurrency
+    limit at most (the upstream leg carries the client leg's streams). Ten
+    times the limit (1,000 streams, ~150 KiB) leaves a wide margin.
     """
 
-    MAX_CLOSED_STREAMS = 2048
+    def __init__(self, config: H2Configuration, max_concurrent_streams: int) -> None:
+        self.MAX_CLOSED_STREAMS = 10 * max_concurrent_streams  # read by H2Connection.__init__
+        super().__init__(config)
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list, list]:
         if frame.error_code:
