@@ -42,14 +42,16 @@ Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
   and copies bytes both ways with Twisted (TCP_NODELAY, a push producer each
   way for back-pressure), and nothing else: no parsing, no taps, no limits,
   no half-close (a close of either side closes both). With ``--tls``,
-  connections to ``--tls-ports`` (443 and 8766) are TLS on both legs, the
+  connections to ``--tls-ports`` (default 443) are TLS on both legs, the
   way a MITM proxy terminates them and nothing more: the client gets CHAIN
-  (a certificate for NAME), ALPN h2 or http/1.1 as the client prefers; once
-  the client's first bytes arrive the relay connects with TLS to the
-  original destination, verifying NAME against CA and offering the
-  protocol the client chose, and copies the decrypted bytes (no session
-  resumption, so it is no reference for new-connection lanes). What Python,
-  Twisted and pyOpenSSL cost on this machine before tinspect does any work.
+  (a certificate for NAME), ALPN h2 if the client offers it, else
+  http/1.1; once the client's first bytes arrive (so only for protocols
+  where the client speaks first, as in every lane) the relay connects with
+  TLS to the original destination, verifying NAME against CA and offering
+  the protocol agreed with the client, and copies the decrypted bytes (no
+  session resumption, so it is no reference for new-connection lanes).
+  What Python, Twisted and pyOpenSSL cost on this machine for moving the
+  bytes alone, before tinspect does any work.
 """
 
 from __future__ import annotations
@@ -503,11 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bare-relay", help="a bare Twisted TPROXY byte relay (the reference for bench/run --proxy bare)")
     p.add_argument("port", type=int)
     p.add_argument("--tls", nargs=2, metavar=("CHAIN", "KEY"), help="terminate TLS on --tls-ports with this certificate")
-    p.add_argument("--tls-ports", type=lambda text: {int(x) for x in text.split(",")}, default={443, 8766})
+    p.add_argument("--tls-ports", type=lambda text: {int(x) for x in text.split(",")}, default={443},
+                   help="with --tls: the original destination ports whose connections are TLS (default 443)")
     p.add_argument("--upstream-ca", help="with --tls: the CA the servers' certificates are verified against")
     p.add_argument("--name", default="server.test", help="with --tls: the servers' name (SNI, verification)")
 
     args = parser.parse_args(argv)
+    if args.cmd == "bare-relay" and args.tls and not args.upstream_ca:
+        parser.error("bare-relay --tls needs --upstream-ca (the servers are verified)")
     if args.cmd == "wsserver":
         asyncio.run(_ws_server(args.port, args.tls))
         return 0

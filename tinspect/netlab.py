@@ -423,7 +423,8 @@ class ProxyProcess:
 class ServerPKI:
     """The lab server's own CA and its certificate for ``server.test`` and
     its addresses, as files for nginx and friends (so a lab's "real" server
-    is verified like any server on the Internet, not by our CA).
+    is verified like any server on the Internet, not by our CA), or, given
+    an ``authority``, a certificate for the same names from that CA.
 
     Args:
         workdir: where the files go.
