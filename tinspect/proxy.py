@@ -19,11 +19,13 @@ anything else starts.
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any, Iterable
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from tinspect.ca import CAError
@@ -149,6 +151,46 @@ class _UDPListener(Service):
             return defer.maybeDeferred(port.stopListening)
 
 
+class Collector(Service):
+    """Frees closed connections' memory within seconds: a full collection of
+    CPython's cyclic garbage collector every ``interval`` seconds, over what
+    was created after start only.
+
+    A closed HTTP/2 connection (h2's connection holds bound methods of
+    itself), a TLS leg and others are reference cycles, which only the cyclic
+    collector frees, and its full collections come rarely while the proxy is
+    busy: connections closed minutes ago held their tables and buffers in
+    the meantime, and the heap they left full of holes did not shrink
+    (lane c of bench/run: 3 MiB more resident after every run, kept). When
+    it starts, everything the proxy has created so far (modules, classes,
+    the CA: ~50,000 objects that live as long as the process) is collected
+    once and frozen out of all later collections (`gc.freeze`), so each
+    tick walks only objects made since: well under a millisecond idle.
+
+    Only ``twistd tinspect`` (`TwistdProxy`) runs it; a program that embeds
+    a `Proxy` owns its process's collector.
+    """
+
+    def __init__(self, reactor: Any, interval: float = 2.0) -> None:
+        self._reactor = reactor
+        self.interval = interval
+        self._loop: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        gc.collect()
+        gc.freeze()
+        self._loop = LoopingCall(gc.collect)
+        self._loop.clock = self._reactor
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+
 class Proxy(MultiService):
     """The taps and listeners of one proxy process, and its TLS interception
     state (the CA is loaded or generated when the proxy starts).
@@ -246,9 +288,14 @@ class Proxy(MultiService):
 
 class TwistdProxy(Proxy):
     """The proxy as ``twistd tinspect`` runs it: a listener that cannot
-    start ends the process with one log line instead of a traceback."""
+    start ends the process with one log line instead of a traceback, and a
+    `Collector` keeps closed connections from lingering in memory."""
 
     _log = Logger()
+
+    def __init__(self, taps: Iterable[Tap] = (), settings: Settings | None = None, reactor: Any = None) -> None:
+        super().__init__(taps, settings, reactor)
+        Collector(self.ctx.reactor).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         wanted = 2 * self.ctx.settings.max_connections + 256
