@@ -78,3 +78,44 @@ async def test_a_plain_twisted_socket_has_nagle_on():
         client.transport.abortConnection()
     finally:
         await port.stopListening()
+
+
+class _Handshake:
+    """The part of an `UpstreamHandshake` the shell uses."""
+
+    def __init__(self, refusal) -> None:
+        self._refusal = refusal
+        self.remembered = 0
+
+    def refusal(self):
+        return self._refusal
+
+    def remember_session(self) -> None:
+        self.remembered += 1
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.events = []
+
+    def server_handshake_done(self) -> None:
+        self.events.append("done")
+
+    def server_lost(self, reason) -> None:
+        self.events.append("lost")
+
+
+def test_a_refused_upstream_handshake_is_aborted_before_the_handler_hears_of_it():
+    """A completed handshake the policy refuses (a resumed session for another name) is cut: the
+    handler sees only the loss, and the session is not kept; an accepted one goes on and is kept."""
+    from twisted.internet.testing import StringTransport
+
+    for refusal, events, remembered in (("name mismatch", ["lost"], 0), (None, ["done", "lost"], 1)):
+        handler = _Events()
+        shell = ServerConnection(handler)
+        shell.transport = transport = StringTransport()
+        shell.tls = hs = _Handshake(refusal)
+        shell.handshakeCompleted()
+        assert (transport.disconnecting or transport.disconnected) == (refusal is not None)
+        shell.connectionLost(None)
+        assert handler.events == events and hs.remembered == remembered

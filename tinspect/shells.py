@@ -86,8 +86,9 @@ class ServerConnection(Protocol):
     its `handler`; whoever started the connect
     reports a failure to connect as ``handler.server_failed(reason)``.
 
-    Whoever starts TLS on it sets ``tls`` (the `UpstreamHandshake`): once
-    that handshake has completed, the session is kept for the next
+    Whoever starts TLS on it sets ``tls`` (the `UpstreamHandshake`): a
+    completed handshake the upstream policy refuses is aborted here, before
+    the handler hears of it; an accepted one's session is kept for the next
     connection to the same upstream when this one ends (TLS 1.3 tickets
     arrive after the handshake, so not before).
 
@@ -107,6 +108,11 @@ class ServerConnection(Protocol):
         self.handler.server_connected(self.transport)
 
     def handshakeCompleted(self) -> None:
+        if self.tls is not None and self.tls.refusal() is not None:
+            # A resumed session for another name (see `UpstreamHandshake.refusal`): the handler's
+            # ``server_lost`` says why, as for a failed handshake.
+            self.transport.abortConnection()
+            return
         self._secure = True
         self.handler.server_handshake_done()
 
@@ -178,9 +184,6 @@ class _Handshaking:
         start_tls(transport, self.handshake)
 
     def server_handshake_done(self) -> None:
-        if self.handshake.refusal() is not None:
-            self.transport.abortConnection()  # `server_lost` reports why
-            return
         self.shell.handler = self.handler
         self.handler.server_connected(self.transport)
 

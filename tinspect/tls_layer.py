@@ -294,9 +294,6 @@ class TlsLayer:
 
     def server_handshake_done(self) -> None:
         hs = self._upstream_hs
-        if hs.refusal() is not None:
-            self._server_transport.abortConnection()  # `server_lost` says why, as for a failed handshake
-            return
         problem = hs.verification_error()
         if problem is not None:  # only in insecure mode: the handshake went on
             self._log.warn(
