@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tinspect.clienthello import ClientHelloReader  # noqa: E402
+from tinspect.layers.tls.clienthello import ClientHelloReader  # noqa: E402
 
 
 def make_hello(maximum_version: ssl.TLSVersion | None = None) -> bytes:

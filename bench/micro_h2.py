@@ -34,7 +34,7 @@ from h2.connection import H2Connection  # noqa: E402
 from h2.events import DataReceived, RequestReceived, ResponseReceived  # noqa: E402
 from h2.settings import SettingCodes, Settings  # noqa: E402
 
-from tinspect.h2_conn import new_connection  # noqa: E402
+from tinspect.layers.http.h2.conn import new_connection  # noqa: E402
 
 IN_FLIGHT = 16
 REQUEST = [(b":method", b"GET"), (b":path", b"/1k"), (b":scheme", b"https"), (b":authority", b"server.test"),

@@ -1,4 +1,4 @@
-"""Micro-benchmark for tinspect.http1: microseconds per parse/serialize.
+"""Micro-benchmark for tinspect.layers.http.http1.parse: microseconds per parse/serialize.
 
 Run with ``python bench/micro_http1.py`` from the repository root.  Stdlib
 only (``timeit``); each figure is the best of several repeats.
@@ -12,8 +12,8 @@ import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from tinspect.http1 import Http1Reader  # noqa: E402
-from tinspect.http1_write import serialize_request_head, serialize_response_head  # noqa: E402
+from tinspect.layers.http.http1.parse import Http1Reader  # noqa: E402
+from tinspect.layers.http.http1.write import serialize_request_head, serialize_response_head  # noqa: E402
 
 CURL_GET = (
     b"GET /index.html HTTP/1.1\r\n"

@@ -339,7 +339,8 @@ def cmd_bulkserver(args: argparse.Namespace) -> int:
 
 
 def cmd_bare_relay(args: argparse.Namespace) -> int:
-    from twisted.internet import protocol, reactor, ssl as tssl
+    from twisted.internet import protocol, reactor
+    from twisted.internet import ssl as tssl
     from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
 
     server_tls = upstream_ca = None

@@ -1,6 +1,6 @@
 """Built-in taps, found by name (``--taps logger,mangler``).
 
-`BUILTIN` maps each name to its ``module:Class``; `tinspect.taploader` looks
+`BUILTIN` maps each name to its ``module:Class``; `tinspect.taplib.loader` looks
 names up here first, then in the ``tinspect.taps`` entry-point group that
 installed packages may add to.
 """

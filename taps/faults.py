@@ -35,7 +35,7 @@ from twisted.logger import Logger
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.taploader import directions, flag
+from tinspect.taplib.loader import directions, flag
 from tinspect.units import Data, Datagram, Request, Response, Unit, WebSocketMessage
 
 __all__ = ["FaultsTap"]

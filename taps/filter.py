@@ -1,6 +1,6 @@
 """The ``filter`` tap: allow, block or pass through by host, URL, method and content type.
 
-For schools and companies: rules (`tinspect.filtering`) from a file decide
+For schools and companies: rules (`tinspect.taplib.filtering`) from a file decide
 each request (HTTP/1.1, HTTP/2 and WebSocket upgrades alike), each response
 by its content type, and each TLS connection (``passthrough``: relayed
 untouched, never decrypted). A blocked request never reaches the server; it
@@ -28,10 +28,10 @@ from pathlib import Path
 from twisted.logger import Logger
 
 from tinspect.chain import Tap
-from tinspect.filtering import ALLOW, BLOCK, Rules, RulesError
 from tinspect.flow import Flow
 from tinspect.headers import Headers
-from tinspect.signals import on_sighup
+from tinspect.ops.signals import on_sighup
+from tinspect.taplib.filtering import ALLOW, BLOCK, Rules, RulesError
 from tinspect.units import Request, Response, Unit, reason_phrase
 
 __all__ = ["FilterTap", "DEFAULT_PAGE"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from tinspect.chain import Tap
 from tinspect.flow import Flow
 from tinspect.headers import to_bytes
-from tinspect.taploader import directions
+from tinspect.taplib.loader import directions
 from tinspect.units import Request, Response, Unit
 
 __all__ = ["HeadersTap"]

@@ -23,7 +23,7 @@ from twisted.logger import Logger, LogLevel
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow, format_addr
-from tinspect.taploader import flag
+from tinspect.taplib.loader import flag
 from tinspect.units import Request, Response, Unit, WebSocketClose, WebSocketMessage
 
 __all__ = ["LoggerTap", "PRIVATE_FIELDS"]

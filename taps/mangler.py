@@ -23,7 +23,7 @@ import codecs
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.taploader import directions
+from tinspect.taplib.loader import directions
 from tinspect.units import BodyChunk, Data, Datagram, Request, Response, Unit, WebSocketMessage
 
 __all__ = ["ManglerTap"]

@@ -39,9 +39,9 @@ from twisted.logger import Logger
 
 from tinspect.chain import Tap
 from tinspect.flow import Flow
-from tinspect.har import convert, encode_body
-from tinspect.signals import on_sighup
-from tinspect.taploader import flag
+from tinspect.ops.signals import on_sighup
+from tinspect.taplib.har import convert, encode_body
+from tinspect.taplib.loader import flag
 from tinspect.units import BodyChunk, MessageEnd, Request, Response, Unit, WebSocketMessage
 
 __all__ = ["RecorderTap"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tinspect.ca import CertificateAuthority
-from tinspect.netlab import Lab, LabError, Nginx, ProxyProcess, ServerPKI, remove_stale_labs
+from tinspect.lab.netlab import Lab, LabError, Nginx, ProxyProcess, ServerPKI, remove_stale_labs
+from tinspect.layers.tls.ca import CertificateAuthority
 
 REPO = Path(__file__).resolve().parent.parent
 DUAL = "tproxy:8080:interface=\\:\\:"

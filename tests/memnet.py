@@ -24,10 +24,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport, _FakeC
 from twisted.python.failure import Failure
 
 from tinspect.chain import TapChain
-from tinspect.connection import Destination, ExplicitProxyFactory, Sniffer, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
-from tinspect.shells import open_upstream
+from tinspect.layers.dispatch import Sniffer
+from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFactory
+from tinspect.net.shells import open_upstream
 
 __all__ = ["Net", "Peer", "Dial", "Transport", "InterceptedFactory", "CLIENT_ADDR", "PROXY_ADDR", "SERVER_ADDR"]
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from twisted.internet.defer import Deferred, succeed, fail
+import pytest
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import globalLogPublisher
 
 from tinspect.chain import Arm, Tap, TapChain
 from tinspect.flow import Flow, FlowClosed
 from tinspect.units import TO_CLIENT, TO_SERVER, Data, Datagram
-
-import pytest
 
 
 class Record(Tap):
@@ -345,8 +344,8 @@ def test_flow_hooks_called_and_opening_error_reported(logged_failures):
 
 def test_entry_point_taps_are_found_by_name(tmp_path, monkeypatch):
     """A tap an installed package registers in the tinspect.taps group resolves by its name."""
-    from tinspect.taploader import build_taps, parse_tap_names
     from tests.lab_taps import Shout
+    from tinspect.taplib.loader import build_taps, parse_tap_names
 
     dist = tmp_path / "thirdparty_taps-1.0.dist-info"
     dist.mkdir()

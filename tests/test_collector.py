@@ -9,7 +9,7 @@ import weakref
 import pytest
 from twisted.internet.task import Clock
 
-from tinspect.h2_conn import new_connection
+from tinspect.layers.http.h2.conn import new_connection
 from tinspect.proxy import Collector, TwistdProxy
 
 

@@ -28,7 +28,7 @@ def test_the_open_files_limit_is_raised_for_the_connections_allowed():
     """raise_fd_limit lifts a low soft limit towards what is wanted, within the hard limit."""
     script = (
         "import resource\n"
-        "from tinspect.sockets import raise_fd_limit\n"
+        "from tinspect.net.sockets import raise_fd_limit\n"
         "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "print(raise_fd_limit(1000)[0], raise_fd_limit(100)[0], resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"

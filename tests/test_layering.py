@@ -9,9 +9,9 @@ import pytest
 
 from tests.conftest import REPO
 
-SANS_IO = ["tinspect/http1.py", "tinspect/http1_write.py", "tinspect/headers.py", "tinspect/sniff.py",
-           "tinspect/explicit.py", "tinspect/tls_policy.py", "tinspect/clienthello.py", "tinspect/units.py", "tinspect/listen.py",
-           "tinspect/sockets.py"]
+SANS_IO = ["tinspect/layers/http/http1/parse.py", "tinspect/layers/http/http1/write.py", "tinspect/headers.py", "tinspect/layers/sniff.py",
+           "tinspect/layers/http/explicit.py", "tinspect/layers/tls/policy.py", "tinspect/layers/tls/clienthello.py", "tinspect/units.py", "tinspect/listen/spec.py",
+           "tinspect/net/sockets.py"]
 
 
 @pytest.mark.parametrize("path", SANS_IO)

@@ -1,13 +1,15 @@
 """tinspect: a transparent inspection proxy on Twisted.
 
 The public API: units, the `Tap` base class, `Flow`, and `Proxy` for scripts.
+The module paths of tinspect 0.1 still import (`tinspect._moved`).
 """
 
+from tinspect import _moved
 from tinspect.chain import Tap, TapChain
 from tinspect.context import Settings
 from tinspect.flow import Flow, FlowClosed
-from tinspect.proxy import ListenError, Proxy
 from tinspect.headers import Headers
+from tinspect.proxy import ListenError, Proxy
 from tinspect.units import (
     TO_CLIENT,
     TO_SERVER,
@@ -45,3 +47,5 @@ __all__ = [
     "TO_SERVER",
     "TO_CLIENT",
 ]
+
+_moved.install()

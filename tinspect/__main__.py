@@ -2,6 +2,6 @@
 
 import sys
 
-from tinspect.cli import main
+from tinspect.cli.command import main
 
 sys.exit(main())

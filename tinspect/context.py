@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
-from tinspect.metrics import Metrics
-from tinspect.sockets import is_local_address
+from tinspect.net.sockets import is_local_address
+from tinspect.ops.metrics import Metrics
 
 if TYPE_CHECKING:
-    from tinspect.explicit import ProxyAuth
+    from tinspect.layers.http.explicit import ProxyAuth
 
 __all__ = ["Settings", "ProxyContext"]
 
@@ -62,7 +62,7 @@ class Settings:
             ``None``.
         allow_clients: networks whose clients the listeners serve
             (``--allow-clients``); ``None``: explicit listeners serve
-            loopback and private networks (`tinspect.explicit.LOCAL_NETWORKS`),
+            loopback and private networks (`tinspect.layers.http.explicit.LOCAL_NETWORKS`),
             transparent ones every client routed through them.
         ca_cert, ca_key: the CA's PEM (or DER) files; when not given, the CA
             is loaded from (or generated into) ``state_dir``.
@@ -127,8 +127,8 @@ class ProxyContext:
         self.connections = 0  # open client connections, all addresses
         self.ports: set[int] = set()  # this proxy's own TCP listening ports (loop detection)
         self.metrics = Metrics()
-        self.tls: Any = None  # tinspect.tls_layer.Interception, set up when the proxy starts
-        self.websocket: Any = None  # tinspect.websocket's autobahn factories, made on first use
+        self.tls: Any = None  # tinspect.layers.tls.layer.Interception, set up when the proxy starts
+        self.websocket: Any = None  # tinspect.layers.websocket's autobahn factories, made on first use
 
     def admit(self, host: str) -> str | None:
         """Count a new client connection from ``host``, or say why it is refused

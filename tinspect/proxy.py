@@ -28,15 +28,15 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from tinspect.ca import CAError
 from tinspect.chain import Tap, TapChain
-from tinspect.connection import Destination, ExplicitProxyFactory, TCPProxyFactory
 from tinspect.context import ProxyContext, Settings
-from tinspect.endpoints import server_endpoint
 from tinspect.flow import format_addr
-from tinspect.listen import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
-from tinspect.sockets import SocketError, raise_fd_limit
-from tinspect.udp import ForwardUDP, TransparentUDP
+from tinspect.layers.tls.ca import CAError
+from tinspect.layers.udp import ForwardUDP, TransparentUDP
+from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFactory
+from tinspect.listen.endpoints import server_endpoint
+from tinspect.listen.spec import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
+from tinspect.net.sockets import SocketError, raise_fd_limit
 
 __all__ = ["Proxy", "TwistdProxy", "ListenError"]
 
@@ -104,7 +104,7 @@ class _MetricsListener(_PortService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        from tinspect.metrics_http import metrics_site  # twisted.web only when asked for
+        from tinspect.ops.metrics_http import metrics_site  # twisted.web only when asked for
 
         address = self._bind(f"--metrics {self.endpoint}", self.endpoint, metrics_site(self.ctx))
         self._log.info("metrics on http://{address}/metrics", address=format_addr(address))
@@ -231,13 +231,13 @@ class Proxy(MultiService):
         return self.ctx.flows
 
     def listen(self, spec: str) -> "Proxy":
-        """Add a TCP listener, ``[MODE@]ENDPOINT`` (see `tinspect.listen`).
+        """Add a TCP listener, ``[MODE@]ENDPOINT`` (see `tinspect.listen.spec`).
 
         Returns:
             The proxy, so calls chain.
 
         Raises:
-            tinspect.listen.SpecError: the spec is malformed.
+            tinspect.listen.spec.SpecError: the spec is malformed.
         """
         _TCPListener(self.ctx, parse_listen(spec)).setServiceParent(self)
         return self
@@ -259,7 +259,7 @@ class Proxy(MultiService):
             self.listen(DEFAULT_LISTEN)
         ctx = self.ctx
         if ctx.tls is None and ctx.settings.intercept_tls:
-            from tinspect.tls_layer import Interception
+            from tinspect.layers.tls.layer import Interception
 
             try:
                 ctx.tls = Interception.from_settings(ctx.settings)

@@ -15,14 +15,14 @@ from typing import Any
 from twisted.python import usage
 
 from taps import BUILTIN
+from tinspect.cli.config import ConfigError, config_argv, split_config
 from tinspect.context import Settings
-from tinspect.config import ConfigError, config_argv, split_config
-from tinspect.explicit import ClientNetworks, ProxyAuth
-from tinspect.logs import JsonLog
-from tinspect.listen import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
+from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
+from tinspect.listen.spec import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
+from tinspect.listen.workers import Workers, shared_endpoint, worker_argv
+from tinspect.ops.logs import JsonLog
 from tinspect.proxy import TwistdProxy
-from tinspect.taploader import TapLoadError, build_taps, parse_tap_names
-from tinspect.workers import Workers, shared_endpoint, worker_argv
+from tinspect.taplib.loader import TapLoadError, build_taps, parse_tap_names
 
 __all__ = ["Options", "makeService"]
 

@@ -6,7 +6,7 @@ directory merges into Twisted's own plugin package (Twisted's convention).
 
 from twisted.application.service import ServiceMaker
 
-from tinspect.endpoints import SharedTCPServerParser, TProxyServerParser
+from tinspect.listen.endpoints import SharedTCPServerParser, TProxyServerParser
 
 tinspectServiceMaker = ServiceMaker(
     "tinspect",

@@ -1,0 +1,47 @@
+"""The Prometheus text of tinspect.ops.metrics."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tinspect.chain import TapChain
+from tinspect.context import ProxyContext
+from tinspect.flow import Flow
+from tinspect.ops.metrics import error_kind
+
+SAMPLE = re.compile(r'^[a-z_]+(\{[a-z]+="[^"\\\n]*"\})? \d+(\.\d+)?$')
+
+
+@pytest.mark.parametrize("reason, kind", [
+    ("bad request: NUL in message head", "bad_request"),
+    ("bad response: reset the connection before the response was complete", "bad_response"),
+    ("client went away", "client_gone"),
+    ("no complete TLS handshake within 15 s of the client's first byte", "timeout"),
+    ("upstream 198.51.100.2:80 sent nothing for 60 s in the middle of the response", "upstream"),
+    ("tap error opening the flow: boom", "tap"),
+    ("something new", "other"),
+])
+def test_error_kinds_are_a_small_fixed_set(reason, kind):
+    assert error_kind(reason) == kind
+
+
+def test_render_counts_flows_connections_and_errors():
+    ctx = ProxyContext(TapChain([]), reactor=object())
+    assert ctx.admit("192.0.2.2") is None
+    for protocol, error in (("http/1.1", None), ("http/1.1", "client went away"), ("h2", 'odd "reason"\n')):
+        flow = Flow(("192.0.2.2", 1), ("198.51.100.2", 80), listener="t", mode="transparent")
+        ctx.open_flow(flow)
+        flow.protocol = protocol
+        ctx.close_flow(flow, error)
+    ctx.open_flow(Flow(("192.0.2.2", 2), ("198.51.100.2", 80), listener="t", mode="transparent"))
+    text = ctx.metrics.render(ctx)
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert all(SAMPLE.match(line) for line in samples), samples
+    assert "tinspect_connections_open 1" in samples and "tinspect_connections_total 1" in samples
+    assert "tinspect_flows_open 1" in samples
+    assert 'tinspect_flows_total{protocol="http/1.1"} 2' in samples and 'tinspect_flows_total{protocol="h2"} 1' in samples
+    assert 'tinspect_flow_errors_total{kind="client_gone"} 1' in samples
+    assert 'tinspect_flow_errors_total{kind="other"} 1' in samples
+    assert "# TYPE tinspect_flows_total counter" in text

@@ -1,0 +1,1 @@
+"""The protocol layers a connection goes through; `dispatch` alone knows them all."""

@@ -1,0 +1,1 @@
+"""HTTP/2: header blocks, the h2 connection, the layer, its upstream."""

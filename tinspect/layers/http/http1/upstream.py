@@ -1,0 +1,164 @@
+"""One upstream HTTP/1.1 connection, as the HTTP/1.1 layer uses it.
+
+An `Http1Upstream` wraps the `tinspect.net.shells.ServerConnection` of one
+connection to a server: it is that shell's handler, holds the response
+parser and the request writer of the connection, queues what the layer
+writes while the TCP connection is still being made, and reports events to
+its layer (`tinspect.layers.http.http1.layer.Http1Layer`) with itself as the first
+argument, so the layer can ignore a connection it has moved on from.
+`UpstreamPauser` pauses whichever upstream is current while the client's
+write buffer is full.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tinspect.layers.http.http1.parse import Http1Reader
+from tinspect.layers.http.http1.write import Http1Writer
+from tinspect.layers.raw import SINK, Leg, send
+from tinspect.net.shells import open_upstream
+from tinspect.units import Response
+
+__all__ = ["Http1Upstream", "UpstreamPauser"]
+
+
+class Http1Upstream:
+    """One HTTP/1.1 connection to a server, as the layer sees it."""
+
+    __slots__ = (
+        "layer", "dst", "shell", "leg", "reader", "writer", "pending", "failure",
+        "closed", "keep_alive", "connecting", "message", "buffer", "record",
+    )
+
+    def __init__(self, layer: Any, dst: tuple[str, int], shell: Any = None) -> None:
+        self.layer = layer
+        self.dst = dst
+        self.shell = shell
+        if shell is not None:
+            shell.handler = self
+        self.leg: Leg | None = None
+        self.reader = Http1Reader("response")
+        self.writer = Http1Writer()
+        self.pending: list[bytes] = []
+        self.failure: str | None = None
+        self.closed = False
+        self.keep_alive = True
+        self.connecting: Any = None  # the connect Deferred, to cancel
+        self.message: Response | None = None  # the response whose body is being read
+        self.buffer: bytearray | None = None  # its body, while a tap wants it whole
+        self.record: bytearray | None = None  # raw bytes read, while a WebSocket handshake waits
+
+    @classmethod
+    def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int], scheme: str) -> "Http1Upstream":
+        """A new connection of ``flow`` to ``dst``, over TLS when
+        `tinspect.layers.tls.layer.Interception.connector` says so."""
+        up = cls(layer, dst)
+        tls = ctx.tls.connector(flow, dst, scheme, b"http/1.1") if ctx.tls is not None else None
+        up.shell, up.connecting = open_upstream(ctx, dst, up, tls)
+        return up
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.failure is None and self.keep_alive
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (queued while the connection is being made)."""
+        leg = self.leg
+        if leg is not None:
+            if data and leg.write_open and not leg.lost:
+                send(leg.transport, data)
+        elif data and self.failure is None and not self.closed:
+            self.pending.append(data)
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        """Send a head and whatever follows it in one call."""
+        leg = self.leg
+        if leg is not None:
+            if leg.write_open and not leg.lost:
+                send(leg.transport, b"".join(parts))
+        elif self.failure is None and not self.closed:
+            self.pending.extend(parts)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.leg is not None:
+            self.leg.close()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.leg is not None:
+            self.leg.abort()
+        elif self.connecting is not None:
+            self.connecting.cancel()
+
+    # -- the ServerConnection shell calls these -------------------------------
+
+    def server_connected(self, transport: Any) -> None:
+        self.connecting = None
+        self.leg = leg = Leg(transport, "server")
+        if self.closed:
+            leg.close()
+            return
+        if self.pending:
+            pending, self.pending = self.pending, []
+            transport.writeSequence(pending)
+        self.layer._upstream_connected(self)
+
+    def server_failed(self, reason: str) -> None:
+        self.connecting = None
+        if self.closed:
+            return
+        self.failure = reason
+        self.closed = True
+        self.pending = []
+        self.layer._upstream_failed(self, reason)
+
+    def server_data(self, data: bytes) -> None:
+        self.layer._upstream_data(self, data)
+
+    def server_eof(self) -> None:
+        if self.leg is not None:
+            self.leg.read_closed()
+        self.layer._upstream_eof(self)
+
+    def server_lost(self, reason: Failure) -> None:
+        self.closed = True
+        if self.leg is not None:
+            self.leg.lost = True
+        self.layer._upstream_lost(self, reason)
+
+
+@implementer(IPushProducer)
+class UpstreamPauser:
+    """Registered on the client transport: pauses whichever upstream is current."""
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer: Any) -> None:
+        self._layer = layer
+
+    def pauseProducing(self) -> None:
+        self._layer._client_full = True
+        self._layer._stalled.start(self._layer.ctx.settings.idle_timeout, "client")
+        up = self._layer.upstream
+        if up is not None and up.leg is not None:
+            up.leg.pause(SINK)
+
+    def resumeProducing(self) -> None:
+        layer = self._layer
+        layer._client_full = False
+        layer._stalled.stop()
+        layer._deadline.kick()  # the server was held back until now: its silence was ours
+        up = layer.upstream
+        if up is not None and up.leg is not None:
+            up.leg.resume(SINK)
+
+    def stopProducing(self) -> None:
+        pass

@@ -1,0 +1,1 @@
+"""TLS interception: the ClientHello reader, policy, handshakes, the CA, the layer."""

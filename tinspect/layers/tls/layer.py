@@ -1,0 +1,418 @@
+"""The TLS layer: peek at the ClientHello, handshake upstream first, then the client.
+
+Theory of operation
+-------------------
+The sniffer hands a connection here when its first bytes are a TLS record.
+`TlsLayer` then:
+
+1. reads the ClientHello with the sans-IO `ClientHelloReader` (SNI, ALPN
+   offers), without answering anything: the client waits for a ServerHello;
+2. asks the passthrough policy whether to leave this TLS alone; if so the
+   connection goes to the raw relay from its first byte;
+3. starts TLS on the upstream TCP connection (already opened at accept
+   time) with the client's SNI and the ALPN protocols we can carry, and
+   waits for that handshake; the upstream certificate is verified there
+   (`tinspect.layers.tls.handshake.UpstreamTLS`, fail closed);
+4. starts TLS towards the client with a leaf for the SNI (or the original
+   IP) that carries the upstream certificate's names, selecting exactly the
+   ALPN protocol the server chose, and replays the ClientHello bytes into it
+   (Twisted's ``startTLS`` on the accepted transport, then the buffered bytes
+   into ``transport.protocol``);
+5. when the client handshake completes, sniffs the plaintext with a new
+   `Sniffer`, whose upstream is the TLS connection of step 3: HTTP/1.1 is
+   decoded, anything else relayed raw.
+
+When the upstream cannot be reached or fails verification, the client
+handshake is still completed (with a leaf for the name it asked for) so that
+an HTTP client can be told why in a 502 page; anything else is closed with a
+logged reason. A client that rejects our certificate (an alert) is logged,
+and with ``--passthrough-rejected`` its host is passed through from then on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tinspect.context import ProxyContext, Settings
+from tinspect.flow import Flow, format_addr
+from tinspect.layers.raw import RawRelay, start_tls
+from tinspect.layers.tls.ca import CAError, CertificateAuthority, LeafCertificates
+from tinspect.layers.tls.clienthello import ClientHello, ClientHelloError, ClientHelloReader, NotTLS
+from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
+from tinspect.layers.tls.policy import PassthroughPolicy, classify_client_failure
+from tinspect.net.timeouts import Deadline
+
+__all__ = ["Interception", "TlsLayer"]
+
+# ALPN protocols not offered upstream: HTTP/3 runs over QUIC, not TLS over
+# TCP, and h2c is no TLS protocol at all. HTTP/1.x and h2 are decoded; any
+# other protocol the server picks is relayed raw.
+_UNCARRIED = frozenset({b"h3", b"h2c"})
+
+
+class Interception:
+    """What every intercepted TLS connection of one proxy shares.
+
+    Args:
+        ca: the CA that signs the leaves.
+        upstream_ca: PEM bundle to verify servers against instead of the
+            system trust store.
+        insecure: do not enforce upstream verification (logged loudly).
+        passthrough: host patterns whose TLS is relayed untouched.
+        learn: pass through, from then on, hosts whose clients rejected our
+            certificate.
+        leaf_cache_size: leaf certificates kept.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        *,
+        upstream_ca: str | None = None,
+        insecure: bool = False,
+        passthrough: tuple[str, ...] = (),
+        learn: bool = False,
+        leaf_cache_size: int = 1024,
+    ) -> None:
+        self.ca = ca
+        self.leaves = LeafCertificates(ca, leaf_cache_size)
+        self.upstream = UpstreamTLS(upstream_ca, insecure=insecure)
+        self.client_facing = ClientFacingTLS(self.leaves)
+        self.passthrough = PassthroughPolicy(passthrough, learn=learn)
+        self.insecure = insecure
+
+    def connector(self, flow: Flow, dst: tuple[str, int], scheme: str, alpn: bytes) -> UpstreamHandshake | None:
+        """The TLS parameters of one more upstream connection of ``flow``.
+
+        To the flow's own destination: TLS again when the flow is
+        intercepted TLS, with the same server name, verified the same way.
+        Elsewhere (a tap routed a request): TLS when ``scheme`` is https,
+        verified against ``dst``'s host. ``None`` means plain TCP.
+        """
+        if dst == flow.dst:
+            if flow.tls_version is None:
+                return None
+            return self.upstream.creator(flow.sni, [alpn], ip=dst[0], port=dst[1])
+        if scheme != "https":
+            return None
+        return self.upstream.creator(dst[0], [alpn], ip=dst[0], port=dst[1])
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Interception:
+        """Load (or generate) the CA and build the shared TLS state.
+
+        Raises:
+            CAError: the CA cannot be loaded or generated.
+            ValueError: ``upstream_ca`` or a passthrough pattern is unusable.
+        """
+        if settings.ca_cert or settings.ca_key:
+            if not (settings.ca_cert and settings.ca_key):
+                raise CAError("--ca-cert and --ca-key go together")
+            ca = CertificateAuthority.load(settings.ca_cert, settings.ca_key)
+        else:
+            from tinspect.layers.tls.ca import default_state_dir
+
+            ca = CertificateAuthority.load_or_generate(settings.state_dir or default_state_dir())
+        if settings.insecure_upstream:
+            cls._log.warn(
+                "--insecure-upstream: server certificates are NOT verified; anyone on the path to a "
+                "server can impersonate it to your clients"
+            )
+        return cls(
+            ca,
+            upstream_ca=settings.upstream_ca,
+            insecure=settings.insecure_upstream,
+            passthrough=tuple(settings.passthrough),
+            learn=settings.passthrough_rejected,
+            leaf_cache_size=settings.leaf_cache_size,
+        )
+
+
+class TlsLayer:
+    """Intercepts one TLS connection (see the module docstring).
+
+    Args:
+        ctx: the proxy context (``ctx.tls`` is the `Interception`).
+        flow: the connection's flow.
+        client: the client's `ClientConnection` shell.
+        server: the upstream `ServerConnection` shell (plain TCP).
+        on_closed: called once when the connection is done.
+        connecting: the connect Deferred while the upstream connects.
+        server_transport: the upstream transport, if connected.
+        server_failure: why the upstream connection failed, if it did.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        flow: Flow,
+        client: Any,
+        server: Any,
+        on_closed: Callable[[], None],
+        *,
+        connecting: Any = None,
+        server_transport: Any = None,
+        server_failure: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.tls: Interception = ctx.tls
+        self.flow = flow
+        self._client = client
+        self._server = server
+        self._on_closed = on_closed
+        self._connecting = connecting
+        self._server_transport = server_transport
+        self._failure = server_failure  # why the upstream is unusable
+        self._reader = ClientHelloReader()
+        self._hello: ClientHello | None = None
+        self._upstream_hs: Any = None
+        self._client_hs: Any = None
+        self._server_early: list[bytes] = []
+        self._server_eof = False
+        self._server_lost: Failure | None = None
+        self._done = False  # handed over, or giving up
+        self._closed = False
+        client.handler = self
+        server.handler = self
+        self._deadline = Deadline(ctx.reactor, self._timed_out)
+        self._deadline.start(ctx.settings.handshake_timeout, "handshake")
+
+    # -- client side ----------------------------------------------------------
+
+    def client_data(self, data: bytes) -> None:
+        if self._hello is not None:
+            # Only before the client handshake starts: the rest of the
+            # hello's segment. Keep it with the hello for the replay.
+            self._reader.feed(data)
+            return
+        try:
+            hello = self._reader.feed(data)
+        except NotTLS:
+            self._relay_raw()
+            return
+        except ClientHelloError as e:
+            self._log.warn(
+                "flow {flow_id}: unreadable TLS ClientHello from {client} ({reason}); relaying it raw",
+                flow_id=self.flow.id,
+                client=format_addr(self.flow.client),
+                reason=str(e),
+            )
+            self._relay_raw()
+            return
+        if hello is not None:
+            self._got_hello(hello)
+
+    def client_eof(self) -> None:
+        self._give_up("client closed before the TLS handshake")
+
+    def client_lost(self, reason: Failure) -> None:
+        if self._closed:
+            return
+        self._closed = self._done = True
+        self._deadline.stop()
+        failure = classify_client_failure(reason)
+        name = self._name()
+        if self._client_hs is not None and failure.rejected_certificate:
+            learned = self.tls.passthrough.record_rejection(name) if self._hello and self._hello.sni else False
+            self._log.warn(
+                "flow {flow_id}: client {client} rejected our certificate for {name}: {reason}{learned}",
+                flow_id=self.flow.id,
+                client=format_addr(self.flow.client),
+                name=name,
+                reason=failure.reason,
+                learned="; passing it through from now on" if learned else "",
+            )
+            self.flow.mark_ended(f"client rejected our certificate: {failure.reason}")
+        elif self._client_hs is not None:
+            self._log.info(
+                "flow {flow_id}: TLS handshake with client {client} failed: {reason}",
+                flow_id=self.flow.id,
+                client=format_addr(self.flow.client),
+                reason=failure.reason,
+            )
+            self.flow.mark_ended(f"client TLS handshake failed: {failure.reason}")
+        else:
+            self.flow.mark_ended("client went away")
+        self._close_upstream()
+        self._on_closed()
+
+    def client_handshake_done(self) -> None:
+        """The client accepted our certificate: decode what it says now."""
+        from tinspect.layers.dispatch import Sniffer  # which imports this module
+
+        transport = self._client.transport
+        handle = transport.getHandle()
+        self.flow.tls_version = handle.get_protocol_version_name()
+        protocol = handle.get_alpn_proto_negotiated()
+        self.flow.alpn = protocol.decode("ascii", "replace") if protocol else None
+        self._done = True
+        self._deadline.stop()
+        self._log.info(
+            "flow {flow_id}: TLS intercepted for {name} ({version}, ALPN {alpn})",
+            flow_id=self.flow.id,
+            name=self._name(),
+            version=self.flow.tls_version,
+            alpn=self.flow.alpn or "none",
+        )
+        sniffer = Sniffer(
+            self.ctx,
+            self.flow,
+            self._client,
+            self._server,
+            self._on_closed,
+            server_transport=self._server_transport if self._failure is None else None,
+            server_failure=self._failure,
+            sticky_failure=self._failure is not None,
+        )
+        for data in self._server_early:
+            sniffer.server_data(data)
+        if self._server_eof:
+            sniffer.server_eof()
+        if self._server_lost is not None:
+            sniffer.server_lost(self._server_lost)
+
+    # -- upstream side --------------------------------------------------------
+
+    def server_connected(self, transport: Any) -> None:
+        self._connecting = None
+        self._server_transport = transport
+        if self._hello is not None and self._upstream_hs is None:
+            self._start_upstream_tls()
+
+    def server_failed(self, reason: str) -> None:
+        self._connecting = None
+        self._failure = reason
+        if self._hello is not None:
+            self._start_client_tls(())
+
+    def server_handshake_done(self) -> None:
+        hs = self._upstream_hs
+        problem = hs.verification_error()
+        if problem is not None:  # only in insecure mode: the handshake went on
+            self._log.warn(
+                "flow {flow_id}: INSECURE: upstream {dst} failed verification and is used anyway: {reason}",
+                flow_id=self.flow.id,
+                dst=format_addr(self.flow.dst),
+                reason=problem,
+            )
+        cert = hs.peer_certificate()
+        summary = summarize_certificate(cert) if cert is not None else None
+        self.flow.upstream_cert = summary
+        self._start_client_tls(summary["names"] if summary else ())
+
+    def server_data(self, data: bytes) -> None:
+        self._server_early.append(data)  # before the client handshake is done
+
+    def server_eof(self) -> None:
+        self._server_eof = True
+
+    def server_lost(self, reason: Failure) -> None:
+        self._server_transport = None
+        if self._done:
+            return
+        if self._client_hs is None:
+            # No TLS with the server: say why to the client, over TLS.
+            hs = self._upstream_hs
+            self._failure = hs.explain(reason) if hs is not None else "the server closed the connection"
+            self._log.warn(
+                "flow {flow_id}: TLS to upstream {dst} failed: {reason}",
+                flow_id=self.flow.id,
+                dst=format_addr(self.flow.dst),
+                reason=self._failure,
+            )
+            if self._hello is not None:
+                self._start_client_tls(())
+        else:
+            self._server_eof = True  # the sniffer after the handshake sees the close
+            self._server_lost = reason
+
+    # -- steps ----------------------------------------------------------------
+
+    def _got_hello(self, hello: ClientHello) -> None:
+        self._hello = hello
+        self.flow.sni = hello.sni
+        name = self._name()
+        if self.tls.passthrough.should_pass(name, self.flow.dst[0]) or self.ctx.chain.tls_passthrough(name, self.flow):
+            self._log.info(
+                "flow {flow_id}: passing TLS for {name} through untouched", flow_id=self.flow.id, name=name
+            )
+            self._relay_raw()
+            return
+        self._client.transport.pauseProducing()  # nothing more until our ServerHello
+        if self._failure is not None:
+            self._start_client_tls(())
+        elif self._server_transport is not None:
+            self._start_upstream_tls()
+
+    def _start_upstream_tls(self) -> None:
+        hello = self._hello
+        offers = [p for p in hello.alpn if p not in _UNCARRIED]
+        host, port = self.flow.dst[0], self.flow.dst[1]
+        self._upstream_hs = hs = self.tls.upstream.creator(hello.sni, offers, ip=host, port=port)
+        self._server.tls = hs
+        start_tls(self._server_transport, hs)
+
+    def _start_client_tls(self, names) -> None:
+        if self._client_hs is not None or self._done:
+            return
+        hs = self._upstream_hs
+        alpn = hs.negotiated_alpn if (hs is not None and self._failure is None) else None
+        if self._failure is not None:
+            # So that an HTTP client can read the 502 page.
+            alpn = next((p for p in (b"http/1.1", b"h2") if p in self._hello.alpn), None)
+        try:
+            self._client_hs = chs = self.tls.client_facing.creator(self._name(), list(names), alpn=alpn)
+        except (ValueError, CAError) as e:
+            self._give_up(f"cannot make a certificate for {self._name()}: {e}")
+            return
+        transport = self._client.transport
+        start_tls(transport, chs)
+        replay = self._hello.raw + self._reader.leftover
+        transport.protocol.dataReceived(replay)
+        transport.resumeProducing()
+
+    def _name(self) -> str:
+        hello = self._hello
+        return hello.sni if hello is not None and hello.sni else self.flow.dst[0]
+
+    def _relay_raw(self) -> None:
+        """Relay the connection untouched, from its first byte."""
+        self._done = True
+        self._deadline.stop()
+        relay = RawRelay(self.ctx.chain, self.flow, self._client.transport, on_closed=self._on_closed)
+        self._client.handler = relay
+        self._server.handler = relay
+        if self._server_transport is not None:
+            relay.server_connected(self._server_transport)
+            for data in self._server_early:
+                relay.server_data(data)
+        elif self._failure is not None:
+            relay.server_failed(self._failure)
+        relay.client_data(self._reader.received)
+
+    def _timed_out(self, what: str) -> None:
+        self._give_up(f"no complete TLS handshake within {self.ctx.settings.handshake_timeout:g} s "
+                      f"of the client's first byte")
+
+    def _give_up(self, reason: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._deadline.stop()
+        self.flow.mark_ended(reason)
+        self._log.info("flow {flow_id}: {reason}", flow_id=self.flow.id, reason=reason)
+        self._client.transport.loseConnection()
+        self._close_upstream()
+
+    def _close_upstream(self) -> None:
+        if self._server_transport is not None:
+            self._server_transport.loseConnection()
+        elif self._connecting is not None:
+            self._connecting.cancel()

@@ -1,0 +1,146 @@
+"""``--workers N``: N proxy processes sharing the listening ports.
+
+The process twistd starts is worker 0. Every ``--listen`` endpoint is bound
+with SO_REUSEPORT (`shared_endpoint`), so the kernel spreads new connections
+over the workers' sockets. Once worker 0 is up (its CA loaded or generated,
+so the others find it in the state directory), `Workers` starts workers
+1..N-1 with the same command line plus ``--worker``, each its own twistd in
+the foreground, and stops them when it stops. ``--udp`` listeners stay in
+worker 0: UDP sessions are per process.
+
+Each worker logs where worker 0 does, with ``.workerN`` after the log file's
+name (to standard output when worker 0 logs there).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+from tinspect.listen.spec import SpecError
+from tinspect.ops.signals import on_sighup
+
+__all__ = ["shared_endpoint", "worker_argv", "Workers"]
+
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def shared_endpoint(endpoint: str) -> str:
+    """``endpoint`` bound with SO_REUSEPORT: ``tproxy:`` gets
+    ``reuseport=yes``, ``tcp:``/``tcp6:`` become ``tcpshared:``.
+
+    Raises:
+        SpecError: an endpoint type that cannot be shared.
+    """
+    kind, _, rest = endpoint.partition(":")
+    if kind == "tproxy":
+        return endpoint if "reuseport=" in rest else f"{endpoint}:reuseport=yes"
+    if kind == "tcp":
+        return f"tcpshared:{rest}"
+    if kind == "tcp6":
+        return f"tcpshared:{rest}" if "interface=" in rest else f"tcpshared:{rest}:interface=\\:\\:"
+    if kind == "tcpshared":
+        return endpoint
+    raise SpecError(f"{endpoint!r}: --workers needs tcp:, tcp6: or tproxy: listeners")
+
+
+def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int) -> list[str]:
+    """The command line of worker ``n``: twistd in the foreground, logging
+    next to worker 0, with ``tinspect_argv`` minus ``--workers`` plus
+    ``--worker``."""
+    logfile = _logfile(twistd_argv)
+    log = "-" if logfile in (None, "-") else f"{logfile}.worker{n}"
+    args: list[str] = []
+    skip = False
+    for arg in tinspect_argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            args.append(arg)
+    return [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", f"--logfile={log}", "tinspect", *args,
+            "--worker"]
+
+
+def _logfile(argv: list[str]) -> str | None:
+    """twistd's ``-l``/``--logfile`` value in ``argv``, if any."""
+    for i, arg in enumerate(argv):
+        if arg in ("-l", "--logfile") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--logfile="):
+            return arg.split("=", 1)[1]
+        if arg.startswith("-l") and len(arg) > 2:
+            return arg[2:]
+        if arg == "tinspect":
+            break
+    return None
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, service: "Workers", n: int) -> None:
+        self.service = service
+        self.n = n
+        self.ended: defer.Deferred = defer.Deferred()
+
+    def processEnded(self, reason: Any) -> None:
+        self.service._ended(self, reason)
+        self.ended.callback(None)
+
+
+class Workers(Service):
+    """Starts and stops workers 1..count-1 beside this process.
+
+    Args:
+        reactor: the reactor.
+        argvs: one command line per extra worker (`worker_argv`).
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, argvs: list[list[str]]) -> None:
+        self.reactor = reactor
+        self.argvs = argvs
+        self.running_workers: dict[int, tuple[_Worker, Any]] = {}
+        self.setName("workers")
+
+    def startService(self) -> None:
+        super().startService()
+        on_sighup(self._reload_workers)
+        for n, argv in enumerate(self.argvs, start=1):
+            proto = _Worker(self, n)
+            process = self.reactor.spawnProcess(proto, argv[0], argv, env=os.environ.copy(),
+                                                childFDs={0: "w", 1: 1, 2: 2})
+            self.running_workers[n] = (proto, process)
+            self._log.info("worker {n} started (pid {pid})", n=n, pid=process.pid)
+
+    def _reload_workers(self) -> None:
+        """SIGHUP reloads the workers' taps too: pass it on."""
+        for _, process in list(self.running_workers.values()):
+            try:
+                process.signalProcess(signal.SIGHUP)
+            except Exception:  # ended meanwhile
+                pass
+
+    def _ended(self, proto: _Worker, reason: Any) -> None:
+        self.running_workers.pop(proto.n, None)
+        if self.running:
+            self._log.error("worker {n} exited: {reason}", n=proto.n, reason=reason.getErrorMessage())
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        waits = []
+        for proto, process in list(self.running_workers.values()):
+            try:
+                process.signalProcess(signal.SIGTERM)
+            except Exception:  # already gone
+                continue
+            waits.append(proto.ended)
+        return defer.DeferredList(waits)

@@ -1,0 +1,1 @@
+"""The network legs of a connection: shells, upstream connects, socket options, timers."""

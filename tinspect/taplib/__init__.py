@@ -1,0 +1,1 @@
+"""The toolkit for writing taps: option helpers, filter rules, HAR."""
