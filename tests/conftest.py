@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.memnet import Net
 from tinspect.lab.netlab import Lab, LabError, Nginx, ProxyProcess, ServerPKI, remove_stale_labs
 from tinspect.layers.tls.ca import CertificateAuthority
 
@@ -92,3 +93,28 @@ def tls_proxy(lab, proxy, pki):
         return proxy(args, wait=[(8080, "tcp")])
 
     return start
+
+
+@pytest.fixture
+def make_net():
+    """``make_net(taps, **settings)``: a fresh in-memory proxy (`tests.memnet.Net`) on a
+    memory reactor, which txaio (autobahn's WebSocket layer) uses too; everything is shut
+    at teardown."""
+    import txaio
+
+    nets = []
+    old_loop = txaio.config.loop
+
+    def make(taps=(), **settings):
+        net = Net(taps, **settings)
+        txaio.config.loop = net.reactor
+        nets.append(net)
+        return net
+
+    yield make
+    for net in nets:
+        try:
+            net.shutdown()
+        except Exception:  # best effort: the test itself has already judged
+            pass
+    txaio.config.loop = old_loop

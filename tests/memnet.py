@@ -23,14 +23,16 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.testing import MemoryReactorClock, StringTransport, _FakeConnector
 from twisted.python.failure import Failure
 
-from tinspect.chain import TapChain
+from tinspect.chain import Tap, TapChain
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
 from tinspect.layers.dispatch import Sniffer
 from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFactory
 from tinspect.net.shells import open_upstream
+from tinspect.units import TO_SERVER, BodyChunk, MessageEnd, Request, Response, WebSocketClose, WebSocketMessage
 
-__all__ = ["Net", "Peer", "Dial", "Transport", "InterceptedFactory", "CLIENT_ADDR", "PROXY_ADDR", "SERVER_ADDR"]
+__all__ = ["Net", "Peer", "Dial", "Transport", "InterceptedFactory", "Record", "describe", "CLIENT_ADDR", "PROXY_ADDR",
+           "SERVER_ADDR"]
 
 CLIENT_ADDR = IPv4Address("TCP", "192.0.2.2", 5555)
 PROXY_ADDR = IPv4Address("TCP", "192.0.2.1", 8080)
@@ -289,3 +291,47 @@ class Net:
         for call in self.reactor.getDelayedCalls():
             if call.active():
                 call.cancel()
+
+
+class Record(Tap):
+    """Keeps every unit it sees (``units``, and as short tuples in ``seen``), the flows
+    it saw open (``flows``) and each closed flow's error (``closed``); passes units on."""
+
+    def __init__(self):
+        self.units = []
+        self.seen = []
+        self.flows = []
+        self.closed = []
+
+    def handle(self, unit, flow):
+        self.units.append(unit)
+        self.seen.append(describe(unit))  # now: a later tap may change the unit
+        return unit
+
+    def flow_opened(self, flow):
+        self.flows.append(flow)
+
+    def flow_closed(self, flow):
+        self.closed.append(flow.error)
+
+    def of(self, kind):
+        """The units of exactly this kind, in order."""
+        return [u for u in self.units if type(u) is kind]
+
+
+def describe(unit):
+    """A unit as a short, comparable tuple."""
+    if isinstance(unit, Request):
+        return ("request", unit.method, unit.target, unit.body)
+    if isinstance(unit, Response):
+        return ("response", unit.status, unit.body, unit.body_too_large)
+    if isinstance(unit, BodyChunk):
+        return ("chunk", str(unit.direction), unit.data)
+    if isinstance(unit, MessageEnd):
+        return ("end", str(unit.direction), unit.trailers.items() if unit.trailers else None)
+    side = "server" if unit.direction is TO_SERVER else "client"
+    if isinstance(unit, WebSocketMessage):
+        return ("binary" if unit.binary else "text", side, bytes(unit.data))
+    if isinstance(unit, WebSocketClose):
+        return ("close", side, unit.code, unit.reason)
+    return (unit.kind, side)

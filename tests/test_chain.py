@@ -13,7 +13,7 @@ from tinspect.flow import Flow, FlowClosed
 from tinspect.units import TO_CLIENT, TO_SERVER, Data, Datagram
 
 
-class Record(Tap):
+class Logged(Tap):
     """Appends (name, direction, payload) to a shared log and passes the unit on."""
 
     def __init__(self, name, log, kinds=None):
@@ -80,7 +80,7 @@ def logged_failures():
 def test_taps_run_in_order_on_both_arms():
     """Each arm calls the taps in chain order and delivers the last result."""
     log = []
-    h = Harness([Record("a", log), Suffix(b"!"), Record("b", log)])
+    h = Harness([Logged("a", log), Suffix(b"!"), Logged("b", log)])
     h.submit(b"up")
     h.submit(b"down", TO_CLIENT)
     assert log == [
@@ -100,7 +100,7 @@ def test_none_drops_the_unit_and_later_taps_never_see_it():
         def handle(self, unit, flow):
             return None if b"secret" in unit.data else unit
 
-    h = Harness([DropSecret(), Record("after", log)])
+    h = Harness([DropSecret(), Logged("after", log)])
     h.submit(b"a secret")
     h.submit(b"public")
     assert log == [("after", TO_SERVER, b"public")]
@@ -110,7 +110,7 @@ def test_none_drops_the_unit_and_later_taps_never_see_it():
 def test_kinds_filter_skips_taps_for_other_units():
     """A tap whose kinds exclude a unit type is never called for it."""
     log = []
-    h = Harness([Record("dgram-only", log, kinds=(Datagram,)), Record("all", log)])
+    h = Harness([Logged("dgram-only", log, kinds=(Datagram,)), Logged("all", log)])
     h.submit(b"x")
     assert log == [("all", TO_SERVER, b"x")]
     assert [r.tap.name for r in h.chain.route(Data)] == ["all"]
@@ -237,7 +237,7 @@ def test_unit_of_other_direction_answers_locally():
                 return Data(b"blocked", direction=TO_CLIENT)
             return unit
 
-    h = Harness([Answer(), Record("seen", log)])
+    h = Harness([Answer(), Logged("seen", log)])
     h.submit(b"request")
     assert h.delivered == [Data(b"blocked", direction=TO_CLIENT)]
     assert log == [("seen", TO_CLIENT, b"blocked")]
@@ -253,8 +253,8 @@ def test_inject_after_tap_skips_earlier_taps_and_keeps_order():
                 flow.inject(Data(b"welcome", direction=TO_CLIENT), after=self)
             return unit
 
-    first = Record("first", log)
-    h = Harness([first, Greeter(), Record("last", log)])
+    first = Logged("first", log)
+    h = Harness([first, Greeter(), Logged("last", log)])
     h.submit(b"hello")
     assert sorted(u.data for u in h.delivered) == [b"hello", b"welcome"]
     assert ("first", TO_CLIENT, b"welcome") not in log
@@ -290,7 +290,7 @@ def test_type_change_reroutes_through_remaining_taps():
         def handle(self, unit, flow):
             return Datagram(unit.data, direction=unit.direction)
 
-    h = Harness([Record("early-dgram", log, kinds=(Datagram,)), Convert(), Record("late-dgram", log, kinds=(Datagram,))])
+    h = Harness([Logged("early-dgram", log, kinds=(Datagram,)), Convert(), Logged("late-dgram", log, kinds=(Datagram,))])
     h.submit(b"d")
     assert log == [("late-dgram", TO_SERVER, b"d")]
     assert h.delivered == [Datagram(b"d", direction=TO_SERVER)]

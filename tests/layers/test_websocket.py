@@ -40,7 +40,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from tests.memnet import Net
+from tests.memnet import Net, Record
 from tinspect.chain import Tap
 from tinspect.context import Settings
 from tinspect.headers import Headers
@@ -443,27 +443,6 @@ def test_client_response_is_autobahns_101_with_the_servers_end_to_end_fields():
 # ===========================================================================
 
 
-@pytest.fixture
-def make_net():
-    """``make_net(taps, **settings)``: a proxy on a memory reactor that txaio uses too."""
-    nets = []
-    old_loop = txaio.config.loop
-
-    def make(taps=(), **settings_):
-        net = Net(taps, **settings_)
-        txaio.config.loop = net.reactor
-        nets.append(net)
-        return net
-
-    yield make
-    for net in nets:
-        try:
-            net.shutdown()
-        except Exception:  # best effort: the test has already judged
-            pass
-    txaio.config.loop = old_loop
-
-
 class _Side:
     """A websockets sans-I/O protocol on one memnet `Peer`."""
 
@@ -571,34 +550,6 @@ def server_frames(*messages):
     return b"".join(proto.data_to_send())
 
 
-class Record(Tap):
-    """Remembers the units it sees as short tuples, and the flow's error when it closes."""
-
-    def __init__(self):
-        self.seen = []
-        self.closed = []
-
-    def handle(self, unit, flow):
-        self.seen.append(describe(unit))
-        return unit
-
-    def flow_closed(self, flow):
-        self.closed.append(flow.error)
-
-
-def describe(unit):
-    d = "server" if unit.direction is TO_SERVER else "client"
-    if isinstance(unit, WebSocketMessage):
-        return ("binary" if unit.binary else "text", d, bytes(unit.data))
-    if isinstance(unit, WebSocketClose):
-        return ("close", d, unit.code, unit.reason)
-    if isinstance(unit, Request):
-        return ("request", unit.method, unit.target)
-    if isinstance(unit, Response):
-        return ("response", unit.status)
-    return (unit.kind, d)
-
-
 def open_ws(net, client_kw=None, server_kw=None, start_extra=(), accept_extra=()):
     """A client through the forward listener, the handshake done both ways; ``(cl, sv)``."""
     c = net.transparent()
@@ -648,7 +599,7 @@ def test_subprotocol_chosen_by_the_server_reaches_the_client(make_net):
     assert sv.request.headers["Sec-WebSocket-Protocol"].replace(" ", "") == "chat,superchat"
     assert sv.proto.subprotocol == "superchat"
     assert cl.proto.subprotocol == "superchat"
-    assert rec.seen[:2] == [("request", "GET", "/chat"), ("response", 101)]
+    assert rec.seen[:2] == [("request", "GET", "/chat", b""), ("response", 101, b"", False)]
     clean_close(net, cl, sv)
 
 
@@ -840,7 +791,7 @@ def test_server_refusal_is_relayed_as_http(make_net):
     assert resp.status_code == 403
     assert bytes(resp.body) == b"go away\n"
     assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
-    assert rec.seen == [("request", "GET", "/chat"), ("response", 403)]
+    assert rec.seen == [("request", "GET", "/chat", b""), ("response", 403, b"go away\n", False)]
     assert c.closed and s.closed  # the server closed after refusing; so does the proxy
     assert net.leftovers() == CLEAN
 

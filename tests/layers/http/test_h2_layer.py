@@ -36,7 +36,7 @@ from h2.settings import Settings as H2Settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from tests.memnet import SERVER_ADDR, Net
+from tests.memnet import SERVER_ADDR, Net, Record
 from tinspect.chain import Tap
 from tinspect.layers.http.h2.conn import CONNECTION_WINDOW, STREAM_WINDOW
 from tinspect.layers.http.h2.layer import MAX_RESETS
@@ -55,24 +55,6 @@ END_STREAM, END_HEADERS = 0x1, 0x4
 # ---------------------------------------------------------------------------
 # Harness
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_net():
-    """``make_net(taps, **settings)``: a fresh in-memory proxy; everything is shut at teardown."""
-    nets = []
-
-    def make(taps=(), **settings):
-        net = Net(taps, **settings)
-        nets.append(net)
-        return net
-
-    yield make
-    for net in nets:
-        try:
-            net.shutdown()
-        except Exception:  # best effort: the test itself has already judged
-            pass
 
 
 class Stream:
@@ -307,24 +289,6 @@ def h2_pair(net, *, server_settings=None, client_settings=None, consume=True, se
 
 def h(stream, name):
     return stream.headers.get(name)
-
-
-class Record(Tap):
-    """Keeps every unit it sees (and the flow), passes it on."""
-
-    def __init__(self):
-        self.units = []
-        self.flows = []
-
-    def handle(self, unit, flow):
-        self.units.append(unit)
-        return unit
-
-    def flow_opened(self, flow):
-        self.flows.append(flow)
-
-    def of(self, kind):
-        return [u for u in self.units if type(u) is kind]
 
 
 def frames(data):

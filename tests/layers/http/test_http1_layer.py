@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 
-from tests.memnet import Net
+from tests.memnet import Record, describe
 from tinspect.chain import Tap
 from tinspect.layers.dispatch import Sniffer
 from tinspect.layers.http.explicit import ProxyAuth
@@ -35,24 +35,6 @@ def log_events():
     globalLogPublisher.removeObserver(observer)
 
 
-@pytest.fixture
-def make_net():
-    """``make_net(taps, **settings)``: a fresh in-memory proxy; everything is shut at teardown."""
-    nets = []
-
-    def make(taps=(), **settings):
-        net = Net(taps, **settings)
-        nets.append(net)
-        return net
-
-    yield make
-    for net in nets:
-        try:
-            net.shutdown()
-        except Exception:  # best effort: the test itself has already judged
-            pass
-
-
 def transparent(net):
     """A client of the forward listener, and the server it was connected to at accept."""
     c = net.transparent()
@@ -69,30 +51,6 @@ def get(path=b"/", host=b"a.example", extra=b""):
 def ok(body=b"ok", extra=b""):
     """A 200 response's bytes, with a Content-Length."""
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-class Record(Tap):
-    """Remembers every unit it sees, as a short tuple, and passes it on."""
-
-    def __init__(self):
-        self.seen = []
-
-    def handle(self, unit, flow):
-        self.seen.append(describe(unit))
-        return unit
-
-
-def describe(unit):
-    """A unit as a short, comparable tuple."""
-    if isinstance(unit, Request):
-        return ("request", unit.method, unit.target, unit.body)
-    if isinstance(unit, Response):
-        return ("response", unit.status, unit.body, unit.body_too_large)
-    if isinstance(unit, BodyChunk):
-        return ("chunk", str(unit.direction), unit.data)
-    if isinstance(unit, MessageEnd):
-        return ("end", str(unit.direction), unit.trailers.items() if unit.trailers else None)
-    return (unit.kind,)
 
 
 class Block(Tap):
