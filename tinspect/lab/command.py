@@ -90,7 +90,7 @@ def run_lab(taps: str, tap_options: Sequence[str] = (), out: TextIO = sys.stdout
     """
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
     if missing:
-        print(f"tinspect lab: missing tools: {', '.join(missing)} (see the README's install step)", file=sys.stderr)
+        print(f"tinspect lab: missing tools: {', '.join(missing)} (./scripts/install-deps installs them)", file=sys.stderr)
         return 2
     remove_stale_labs()
     workdir = Path(tempfile.mkdtemp(prefix="tinspect-lab-"))

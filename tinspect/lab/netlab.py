@@ -167,7 +167,7 @@ class Lab:
     def tproxy(self, port: int, proto: str = "tcp", dports: Sequence[int] | None = None) -> None:
         """Divert the client's ``proto`` traffic (to ``dports``, or all) to ``port`` with TPROXY.
 
-        This is the recipe the README gives: packets of connections that
+        This is the recipe of docs/gateway.md: packets of connections that
         already have a transparent socket are marked and delivered locally;
         new ones are handed to the proxy's listener by the TPROXY target.
         """
