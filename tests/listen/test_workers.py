@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from tests.conftest import DUAL, REPO
 from tinspect.lab.netlab import SERVER_NAME
 from tinspect.listen.spec import SpecError
-from tinspect.listen.workers import shared_endpoint, worker_argv
+from tinspect.listen.workers import MAX_RESTART_DELAY, STABLE, Workers, shared_endpoint, worker_argv
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,80 @@ def test_twistd_refuses_workers_on_an_unshareable_listener(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode != 0
     assert "--workers needs tcp:, tcp6: or tproxy: listeners" in out.stdout + out.stderr
+
+
+def test_a_worker_imports_what_worker_0_imported_wherever_it_was_started(tmp_path):
+    """Started from a folder holding its own taps/ and tinspect/, a worker still loads the real package."""
+    for name in ("taps", "tinspect"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("raise ImportError('the decoy in the current directory')\n")
+    argv = worker_argv(["-n", "tinspect"], ["--help"], 1)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "--listen" in out.stdout
+
+
+class _Process:
+    def __init__(self, pid):
+        self.pid = pid
+        self.signals = []
+
+    def signalProcess(self, sig):
+        self.signals.append(sig)
+
+
+class _Spawner(Clock):
+    """A clock that records the processes it is asked to start."""
+
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, proto, executable, argv, env=None, childFDs=None):
+        process = _Process(len(self.spawned) + 100)
+        self.spawned.append((proto, process))
+        return process
+
+
+def _die(reactor):
+    proto, _ = reactor.spawned[-1]
+    proto.processEnded(Failure(RuntimeError("exit 1")))
+
+
+def test_a_worker_that_dies_is_started_again_later_each_time_it_dies_young():
+    """1 s, then 2 s, 4 s... up to the cap while it keeps dying; a worker that had run a while restarts after 1 s."""
+    reactor = _Spawner()
+    workers = Workers(reactor, [["python3", "-c", "worker 1"]])
+    workers.startService()
+    assert len(reactor.spawned) == 1
+    waits = []
+    for _ in range(9):
+        _die(reactor)
+        before = len(reactor.spawned)
+        waited = 0.0
+        while len(reactor.spawned) == before:
+            reactor.advance(0.5)
+            waited += 0.5
+        waits.append(waited)
+    assert waits == [1, 2, 4, 8, 16, 32, MAX_RESTART_DELAY, MAX_RESTART_DELAY, MAX_RESTART_DELAY]
+    reactor.advance(STABLE)
+    _die(reactor)
+    reactor.advance(1)
+    assert len(reactor.spawned) == 11 and set(workers.running_workers) == {1}
+
+
+def test_a_stopped_service_starts_no_worker_again():
+    """A restart pending when the service stops is cancelled, and a worker ending on stop is not restarted."""
+    reactor = _Spawner()
+    workers = Workers(reactor, [["python3", "-c", "worker 1"], ["python3", "-c", "worker 2"]])
+    workers.startService()
+    _die(reactor)  # worker 2 dies: a restart is pending
+    workers.stopService()
+    (proto1, process1), _ = reactor.spawned
+    assert process1.signals  # worker 1 was told to stop
+    proto1.processEnded(Failure(RuntimeError("terminated")))
+    reactor.advance(MAX_RESTART_DELAY * 2)
+    assert len(reactor.spawned) == 2 and reactor.getDelayedCalls() == []
 
 
 @pytest.mark.netns

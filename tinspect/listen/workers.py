@@ -9,7 +9,12 @@ the foreground, and stops them when it stops. ``--udp`` listeners stay in
 worker 0: UDP sessions are per process.
 
 Each worker logs where worker 0 does, with ``.workerN`` after the log file's
-name (to standard output when worker 0 logs there).
+name (to standard output when worker 0 logs there). A worker imports exactly
+what worker 0 did: it starts with worker 0's ``sys.path`` (the current
+directory made absolute), not with its own current directory first, which
+would let a ``taps/`` or ``tinspect/`` folder there shadow the package. A
+worker that exits while the service runs is logged and started again, after
+a pause that doubles while it keeps dying young (1 s up to a minute).
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from tinspect.ops.signals import on_sighup
 
 __all__ = ["shared_endpoint", "worker_argv", "Workers"]
 
-_TWISTD = "from twisted.scripts.twistd import run; run()"
+_TWISTD = "import sys; sys.path[:] = {path!r}; from twisted.scripts.twistd import run; run()"
+
+RESTART_DELAY = 1.0
+"""Seconds before a worker that exited is started again; doubled for each
+death within `STABLE` seconds of its start, up to `MAX_RESTART_DELAY`."""
+MAX_RESTART_DELAY = 60.0
+STABLE = 30.0
 
 
 def shared_endpoint(endpoint: str) -> str:
@@ -66,7 +77,8 @@ def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int) -> lis
             skip = True
         elif not arg.startswith("--workers="):
             args.append(arg)
-    return [sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", f"--logfile={log}", "tinspect", *args,
+    path = [os.path.abspath(entry) for entry in sys.path]  # "" (the current directory) made absolute
+    return [sys.executable, "-c", _TWISTD.format(path=path), "--nodaemon", "--pidfile=", f"--logfile={log}", "tinspect", *args,
             "--worker"]
 
 
@@ -85,9 +97,12 @@ def _logfile(argv: list[str]) -> str | None:
 
 
 class _Worker(ProcessProtocol):
-    def __init__(self, service: "Workers", n: int) -> None:
+    """One run of worker ``n``: ``ended`` fires when its process has exited."""
+
+    def __init__(self, service: "Workers", n: int, started: float) -> None:
         self.service = service
         self.n = n
+        self.started = started
         self.ended: defer.Deferred = defer.Deferred()
 
     def processEnded(self, reason: Any) -> None:
@@ -109,17 +124,24 @@ class Workers(Service):
         self.reactor = reactor
         self.argvs = argvs
         self.running_workers: dict[int, tuple[_Worker, Any]] = {}
+        self._delays: dict[int, float] = {}  # worker n -> the pause before its next restart
+        self._restarts: dict[int, Any] = {}  # worker n -> the pending restart's DelayedCall
         self.setName("workers")
 
     def startService(self) -> None:
         super().startService()
         on_sighup(self._reload_workers)
-        for n, argv in enumerate(self.argvs, start=1):
-            proto = _Worker(self, n)
-            process = self.reactor.spawnProcess(proto, argv[0], argv, env=os.environ.copy(),
-                                                childFDs={0: "w", 1: 1, 2: 2})
-            self.running_workers[n] = (proto, process)
-            self._log.info("worker {n} started (pid {pid})", n=n, pid=process.pid)
+        for n in range(1, len(self.argvs) + 1):
+            self._start(n)
+
+    def _start(self, n: int) -> None:
+        self._restarts.pop(n, None)
+        argv = self.argvs[n - 1]
+        proto = _Worker(self, n, self.reactor.seconds())
+        process = self.reactor.spawnProcess(proto, argv[0], argv, env=os.environ.copy(),
+                                            childFDs={0: "w", 1: 1, 2: 2})
+        self.running_workers[n] = (proto, process)
+        self._log.info("worker {n} started (pid {pid})", n=n, pid=process.pid)
 
     def _reload_workers(self) -> None:
         """SIGHUP reloads the workers' taps too: pass it on."""
@@ -131,11 +153,22 @@ class Workers(Service):
 
     def _ended(self, proto: _Worker, reason: Any) -> None:
         self.running_workers.pop(proto.n, None)
-        if self.running:
-            self._log.error("worker {n} exited: {reason}", n=proto.n, reason=reason.getErrorMessage())
+        if not self.running:
+            return
+        n = proto.n
+        if self.reactor.seconds() - proto.started >= STABLE:
+            self._delays.pop(n, None)  # it had been up a while: a fresh start
+        delay = self._delays.get(n, RESTART_DELAY)
+        self._delays[n] = min(delay * 2, MAX_RESTART_DELAY)
+        self._log.error("worker {n} exited: {reason}; starting it again in {delay:g} s",
+                        n=n, reason=reason.getErrorMessage(), delay=delay)
+        self._restarts[n] = self.reactor.callLater(delay, self._start, n)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
         waits = []
         for proto, process in list(self.running_workers.values()):
             try:
