@@ -24,6 +24,7 @@ SANS_IO = [
     "tinspect/net/sockets.py",
     "tinspect/net/timeouts.py",
     "tinspect/ops/metrics.py",
+    "tinspect/ops/exposition.py",
     "tinspect/taplib/filtering.py",
     "tinspect/taplib/har.py",
 ]

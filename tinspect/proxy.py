@@ -93,21 +93,48 @@ class _TCPListener(_PortService):
 
 
 class _MetricsListener(_PortService):
-    """``--metrics ENDPOINT``: the counters over HTTP, at ``/metrics``."""
+    """``--metrics ENDPOINT``: the counters over HTTP, at ``/metrics``, summed
+    with those of the workers listening on the Unix sockets ``workers``."""
 
     _log = Logger()
 
-    def __init__(self, ctx: ProxyContext, endpoint: str) -> None:
+    def __init__(self, ctx: ProxyContext, endpoint: str, workers: tuple[str, ...] = ()) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
+        self.workers = workers
         self.setName(f"metrics {endpoint}")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         from tinspect.ops.metrics_http import metrics_site  # twisted.web only when asked for
 
-        address = self._bind(f"--metrics {self.endpoint}", self.endpoint, metrics_site(self.ctx))
+        address = self._bind(f"--metrics {self.endpoint}", self.endpoint, metrics_site(self.ctx, self.workers))
         self._log.info("metrics on http://{address}/metrics", address=format_addr(address))
+
+
+class _WorkerMetrics(Service):
+    """A worker's counters for worker 0 to sum: its exposition on a Unix socket."""
+
+    port: Any = None
+
+    def __init__(self, ctx: ProxyContext, path: str) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.setName(f"worker metrics {path}")
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet.endpoints import UNIXServerEndpoint
+
+        from tinspect.ops.metrics_http import worker_metrics_factory
+
+        endpoint = UNIXServerEndpoint(self.ctx.reactor, self.path, mode=0o600, wantPID=False)
+        endpoint.listen(worker_metrics_factory(self.ctx)).addCallback(lambda port: setattr(self, "port", port))
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
 
 
 class _UDPListener(Service):
@@ -242,11 +269,23 @@ class Proxy(MultiService):
         _TCPListener(self.ctx, parse_listen(spec)).setServiceParent(self)
         return self
 
-    def serve_metrics(self, endpoint: str) -> "Proxy":
+    def serve_metrics(self, endpoint: str, workers: Iterable[str] = ()) -> "Proxy":
         """Serve the counters in the Prometheus text format at ``http://ENDPOINT/metrics``
-        (a Twisted server endpoint string; keep it on loopback or a management network)."""
+        (a Twisted server endpoint string; keep it on loopback or a management network).
+
+        Args:
+            workers: the Unix sockets where the other ``--workers`` serve
+                theirs (`serve_worker_metrics`): a scrape gets the sum.
+        """
         self.ctx.chain.measure()
-        _MetricsListener(self.ctx, endpoint).setServiceParent(self)
+        _MetricsListener(self.ctx, endpoint, tuple(workers)).setServiceParent(self)
+        return self
+
+    def serve_worker_metrics(self, path: str) -> "Proxy":
+        """As an extra worker of ``--workers``: serve the counters on the Unix
+        socket ``path`` for worker 0's ``--metrics`` to sum."""
+        self.ctx.chain.measure()
+        _WorkerMetrics(self.ctx, path).setServiceParent(self)
         return self
 
     def listen_udp(self, spec: str) -> "Proxy":

@@ -9,9 +9,13 @@ naming the culprit, raised before anything binds.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.python import usage
 
 from taps import BUILTIN
@@ -109,8 +113,9 @@ next to it (LOGFILE.workerN).
         ["leaf-cache", None, 1024, "Leaf certificates kept in memory.", int],
         ["workers", None, 1, "Proxy processes sharing the listening ports (SO_REUSEPORT).", int],
         ["metrics", None, None, "Serve counters in the Prometheus text format at http://ENDPOINT/metrics "
-                                "(e.g. tcp:9108:interface=127.0.0.1)."],
+                                "(e.g. tcp:9108:interface=127.0.0.1); with --workers, summed over them."],
         ["log-json", None, None, "Also write the log as JSON Lines to PATH ('-': standard output)."],
+        ["worker-metrics", None, None, "(internal) The Unix socket where this worker serves its counters."],
     ]
 
     optFlags = [
@@ -249,12 +254,30 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     for spec in options["listen"]:
         proxy.listen(spec.text)
     if options["worker"]:
+        if options["worker-metrics"]:
+            proxy.serve_worker_metrics(options["worker-metrics"])
         return proxy  # UDP sessions and the metrics endpoint live in worker 0
+    sockets: list[str | None] = [None] * (options["workers"] - 1)  # each extra worker's metrics socket
     if options["metrics"]:
-        proxy.serve_metrics(options["metrics"])
+        if options["workers"] > 1:
+            runtime = tempfile.mkdtemp(prefix="tinspect-metrics-")  # 0700: only this user reads the counters
+            sockets = [os.path.join(runtime, f"worker{n}.sock") for n in range(1, options["workers"])]
+            proxy.addService(_RemoveWhenStopped(runtime))
+        proxy.serve_metrics(options["metrics"], [path for path in sockets if path])
     for spec in options["udp"]:
         proxy.listen_udp(spec.text)
     if options["workers"] > 1:
-        argvs = [worker_argv(sys.argv, options["argv"], n) for n in range(1, options["workers"])]
+        argvs = [worker_argv(sys.argv, options["argv"], n, metrics_socket=path) for n, path in enumerate(sockets, 1)]
         Workers(proxy.ctx.reactor, argvs).setServiceParent(proxy)
     return proxy
+
+
+class _RemoveWhenStopped(Service):
+    """Removes a directory of the proxy's (the workers' metrics sockets) when it stops."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        shutil.rmtree(self.path, ignore_errors=True)

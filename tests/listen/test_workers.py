@@ -151,3 +151,31 @@ def test_two_workers_share_the_tproxy_port_and_the_ca(lab, https, proxy, pki):
     time.sleep(0.5)
     left = lab.exec(lab.gateway, "ss", "-Hltn", "sport = :8080").stdout
     assert left.strip() == "", left
+
+
+@pytest.mark.netns
+def test_one_scrape_sums_the_counters_of_every_worker(lab, https, proxy, pki):
+    """With --workers 2 and --metrics, worker 0's /metrics counts the connections both workers took."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    lab.tproxy(8080, dports=[443])
+    p = proxy(["--listen", DUAL, "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"]),
+               "--taps", "logger", "--workers", "2", "--metrics", "tcp:9108:interface=127.0.0.1"],
+              wait=[(8080, "tcp"), (9108, "tcp")])
+    deadline = time.monotonic() + 20
+    while len(re.findall(r"users:", lab.exec(lab.gateway, "ss", "-Hltnp", "sport = :8080").stdout)) < 2:
+        assert time.monotonic() < deadline, "the second worker did not listen"
+        time.sleep(0.1)
+    for _ in range(16):
+        out = lab.exec(lab.client, "curl", "-sS", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/",
+                       check=False, timeout=30)
+        assert out.returncode == 0 and out.stdout == "hello tls\n", out.stderr
+    worker_log = Path(str(p.logfile) + ".worker1")
+    served = [len(re.findall(r"to_server request GET https://server\.test/", log))
+              for log in (p.log(), worker_log.read_text())]
+    assert min(served) > 0, served  # both workers took connections, so a sum differs from worker 0's count
+    text = lab.exec(lab.gateway, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9108/metrics").stdout
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+    assert values["tinspect_workers_reporting"] == 2
+    assert values["tinspect_connections_total"] == 16, text
+    assert values["process_open_fds"] > 0

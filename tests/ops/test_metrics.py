@@ -45,3 +45,18 @@ def test_render_counts_flows_connections_and_errors():
     assert 'tinspect_flow_errors_total{kind="client_gone"} 1' in samples
     assert 'tinspect_flow_errors_total{kind="other"} 1' in samples
     assert "# TYPE tinspect_flows_total counter" in text
+
+
+def test_the_exposition_parses_and_follows_prometheus_naming():
+    """prometheus_client reads every family; counters end in _total, the process gauges are in base units."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ctx = ProxyContext(TapChain([]), reactor=object())
+    ctx.chain.measure()
+    families = {f.name: f for f in text_string_to_metric_families(ctx.metrics.render(ctx))}
+    for family in families.values():
+        if family.type == "counter":  # the parser strips _total from a counter's family name
+            assert all(s.name.endswith("_total") for s in family.samples), family
+    rss = families["process_resident_memory_bytes"].samples[0].value
+    assert 10 * 2**20 < rss < 2**33  # bytes, not pages or KiB
+    assert families["process_open_fds"].samples[0].value >= 3

@@ -62,10 +62,12 @@ def shared_endpoint(endpoint: str) -> str:
     raise SpecError(f"{endpoint!r}: --workers needs tcp:, tcp6: or tproxy: listeners")
 
 
-def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int) -> list[str]:
+def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int, metrics_socket: str | None = None
+                ) -> list[str]:
     """The command line of worker ``n``: twistd in the foreground, logging
     next to worker 0, with ``tinspect_argv`` minus ``--workers`` plus
-    ``--worker``."""
+    ``--worker`` (and ``--worker-metrics metrics_socket``, where worker 0
+    sums its counters)."""
     logfile = _logfile(twistd_argv)
     log = "-" if logfile in (None, "-") else f"{logfile}.worker{n}"
     args: list[str] = []
@@ -78,8 +80,9 @@ def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int) -> lis
         elif not arg.startswith("--workers="):
             args.append(arg)
     path = [os.path.abspath(entry) for entry in sys.path]  # "" (the current directory) made absolute
-    return [sys.executable, "-c", _TWISTD.format(path=path), "--nodaemon", "--pidfile=", f"--logfile={log}", "tinspect", *args,
-            "--worker"]
+    extra = ["--worker-metrics", metrics_socket] if metrics_socket else []
+    return [sys.executable, "-c", _TWISTD.format(path=path), "--nodaemon", "--pidfile=", f"--logfile={log}", "tinspect",
+            *args, "--worker", *extra]
 
 
 def _logfile(argv: list[str]) -> str | None:

@@ -13,10 +13,11 @@ small whatever the reasons say.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from typing import Any
 
-__all__ = ["Metrics", "error_kind"]
+__all__ = ["Metrics", "error_kind", "process_usage"]
 
 # Reason prefix -> kind label; the first match wins, so longer prefixes first.
 _KINDS = (
@@ -93,7 +94,26 @@ class Metrics:
                    [("", leaves.hits)])
             family("tinspect_leaf_cache_misses_total", "counter", "Leaf certificates minted.",
                    [("", leaves.misses)])
+        rss, fds = process_usage()
+        if rss is not None:
+            family("process_resident_memory_bytes", "gauge", "Resident memory of the proxy's processes, bytes.",
+                   [("", rss)])
+        if fds is not None:
+            family("process_open_fds", "gauge", "Open file descriptors of the proxy's processes.", [("", fds)])
         return "\n".join(out) + "\n"
+
+
+def process_usage() -> tuple[int | None, int | None]:
+    """This process's resident memory in bytes and its open descriptors, from
+    /proc (``None`` where there is no /proc)."""
+    rss = fds = None
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass
+    return rss, fds
 
 
 def _labelled(label: str, counts: Counter) -> list[tuple[str, int]]:
