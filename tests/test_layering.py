@@ -39,6 +39,7 @@ NOT_PARSERS = {
     "tinspect/lab/netlab.py": "runs namespaces and processes",
     "tinspect/layers/tls/ca.py": "reads and writes the CA's files",
     "tinspect/taplib/loader.py": "imports taps by name",
+    "tinspect/ops/unit.py": "writes the systemd unit and its files",
 }
 """Modules without a Twisted import that are not sans-IO cores (packages' ``__init__`` aside)."""
 

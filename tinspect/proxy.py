@@ -37,6 +37,7 @@ from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFa
 from tinspect.listen.endpoints import server_endpoint
 from tinspect.listen.spec import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
 from tinspect.net.sockets import SocketError, raise_fd_limit
+from tinspect.ops.signals import handle_sighup
 
 __all__ = ["Proxy", "TwistdProxy", "ListenError"]
 
@@ -345,8 +346,9 @@ class Proxy(MultiService):
 
 class TwistdProxy(Proxy):
     """The proxy as ``twistd tinspect`` runs it: a listener that cannot
-    start ends the process with one log line instead of a traceback, and a
-    `Collector` keeps closed connections from lingering in memory."""
+    start ends the process with one log line instead of a traceback, a
+    `Collector` keeps closed connections from lingering in memory, and
+    SIGHUP reloads (`tinspect.ops.signals`) rather than ends it."""
 
     _log = Logger()
 
@@ -367,6 +369,7 @@ class TwistdProxy(Proxy):
         except ListenError as e:
             self._log.critical("tinspect cannot start: {reason}", reason=str(e))
             raise SystemExit(1) from None
+        handle_sighup()
 
 
 def _now(d: defer.Deferred, where: str) -> Any:

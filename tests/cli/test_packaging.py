@@ -30,6 +30,11 @@ def test_plain_pip_install_registers_twistd_plugin(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=60, check=True,
     ).stdout
     assert str(env_dir) in where and str(REPO) not in where
+    unit = subprocess.run(
+        [python, "-m", "tinspect", "install-unit", "--unit-dir", str(tmp_path / "unit"), "--config-dir",
+         str(tmp_path / "etc")], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert unit.returncode == 0, unit.stderr  # the unit and the nftables file ship as package data
+    assert f"ExecStart={env_dir}/bin/" in (tmp_path / "unit" / "tinspect.service").read_text()  # this Python's
     plugins_dir = next((env_dir / "lib").glob("python3*/site-packages/twisted/plugins"))
     assert (plugins_dir / "tinspect_plugin.py").exists()
     # Twisted's plugin convention: our tree merges into twisted.plugins, so it has no __init__.py.

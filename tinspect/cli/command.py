@@ -171,7 +171,37 @@ def _run_har(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command, _add_lab_command, _add_har_command]
+def _add_install_unit_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tinspect install-unit``."""
+    p = subparsers.add_parser(
+        "install-unit",
+        help="install the systemd unit, the gateway's nftables rules and a starter config (root)",
+        description="Write tinspect.service (twistd tinspect as the unprivileged user tinspect, with "
+        "CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only), tinspect.nft (the TPROXY rules the unit "
+        "loads) and, if there is none yet, tinspect.toml. Then: useradd --system tinspect, set LAN "
+        "in tinspect.nft, systemctl daemon-reload && systemctl enable --now tinspect.",
+    )
+    p.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"),
+                   help="where the unit goes (default /etc/systemd/system)")
+    p.add_argument("--config-dir", type=Path, default=Path("/etc/tinspect"),
+                   help="where the rules and the config go (default /etc/tinspect)")
+    p.set_defaults(handler=_run_install_unit)
+
+
+def _run_install_unit(args: argparse.Namespace) -> int:
+    from tinspect.ops.unit import find_twistd, install
+
+    try:
+        lines = install(args.unit_dir, args.config_dir, find_twistd())
+    except OSError as e:
+        print(f"tinspect install-unit: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(lines))
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command, _add_lab_command, _add_har_command,
+                                                                _add_install_unit_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
