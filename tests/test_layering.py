@@ -15,6 +15,7 @@ SANS_IO = [
     "tinspect/flow.py",
     "tinspect/layers/sniff.py",
     "tinspect/layers/http/explicit.py",
+    "tinspect/layers/http/grammar.py",
     "tinspect/layers/http/http1/parse.py",
     "tinspect/layers/http/http1/write.py",
     "tinspect/layers/http/h2/fields.py",
