@@ -22,6 +22,7 @@ SANS_IO = [
     "tinspect/layers/tls/clienthello.py",
     "tinspect/layers/tls/policy.py",
     "tinspect/listen/spec.py",
+    "tinspect/net/addresses.py",
     "tinspect/net/sockets.py",
     "tinspect/net/timeouts.py",
     "tinspect/ops/metrics.py",

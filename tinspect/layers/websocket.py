@@ -74,9 +74,9 @@ from zope.interface import implementer  # noqa: E402
 from tinspect.chain import Arm  # noqa: E402
 from tinspect.context import ProxyContext, Settings  # noqa: E402
 from tinspect.flow import Flow  # noqa: E402
-from tinspect.layers.http.explicit import host_port  # noqa: E402
 from tinspect.layers.http.grammar import HOP_BY_HOP, list_items, tokens  # noqa: E402
 from tinspect.layers.raw import TAPS, Leg, _SinkPauser  # noqa: E402
+from tinspect.net.addresses import bracket, host_port  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
 # autobahn (26) colours the names in its log lines with click's ANSI escapes, and builds them for every frame
@@ -172,10 +172,8 @@ def upstream_options(req: Request) -> tuple[ConnectingRequest, bool]:
         ValueError: the request's authority is not ``host[:port]``.
     """
     host, port = host_port(req.authority, 443 if req.scheme == "https" else 80)
-    if ":" in host:
-        host = f"[{host}]"
     options = ConnectingRequest(
-        host=host,
+        host=bracket(host),
         port=port,
         resource=req.path,
         protocols=list_items(req.headers.get_all("sec-websocket-protocol")),
