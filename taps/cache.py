@@ -53,9 +53,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow
-from tinspect.units import BodyChunk, MessageEnd, Request, Response, Unit
+from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
 
 __all__ = ["CacheTap", "DEFAULT_PATTERNS", "KEY_HEADER"]
 

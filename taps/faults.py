@@ -33,10 +33,8 @@ from typing import Any
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow
-from tinspect.taplib.loader import directions, flag
-from tinspect.units import Data, Datagram, Request, Response, Unit, WebSocketMessage
+from tinspect import Data, Datagram, Flow, Request, Response, Tap, Unit, WebSocketMessage
+from tinspect.taplib import directions, flag
 
 __all__ = ["FaultsTap"]
 

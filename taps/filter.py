@@ -27,12 +27,8 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow
-from tinspect.headers import Headers
-from tinspect.ops.signals import on_sighup
-from tinspect.taplib.filtering import ALLOW, BLOCK, Rules, RulesError
-from tinspect.units import Request, Response, Unit, reason_phrase
+from tinspect import Flow, Headers, Request, Response, Tap, Unit, reason_phrase
+from tinspect.taplib import ALLOW, BLOCK, Rules, RulesError, on_sighup
 
 __all__ = ["FilterTap", "DEFAULT_PAGE"]
 

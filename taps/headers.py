@@ -16,11 +16,8 @@ option several times, or a list in the config file, for several entries):
 
 from __future__ import annotations
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow
-from tinspect.headers import to_bytes
-from tinspect.taplib.loader import directions
-from tinspect.units import Request, Response, Unit
+from tinspect import Flow, Request, Response, Tap, Unit, to_bytes
+from tinspect.taplib import directions
 
 __all__ = ["HeadersTap"]
 

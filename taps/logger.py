@@ -21,10 +21,8 @@ from __future__ import annotations
 
 from twisted.logger import Logger, LogLevel
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow, format_addr
-from tinspect.taplib.loader import flag
-from tinspect.units import Request, Response, Unit, WebSocketClose, WebSocketMessage
+from tinspect import Flow, Request, Response, Tap, Unit, WebSocketClose, WebSocketMessage, format_addr
+from tinspect.taplib import flag
 
 __all__ = ["LoggerTap", "PRIVATE_FIELDS"]
 

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import codecs
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow
-from tinspect.taplib.loader import directions
-from tinspect.units import BodyChunk, Data, Datagram, Request, Response, Unit, WebSocketMessage
+from tinspect import BodyChunk, Data, Datagram, Flow, Request, Response, Tap, Unit, WebSocketMessage
+from tinspect.taplib import directions
 
 __all__ = ["ManglerTap"]
 

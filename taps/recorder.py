@@ -37,12 +37,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from tinspect.chain import Tap
-from tinspect.flow import Flow
-from tinspect.ops.signals import on_sighup
-from tinspect.taplib.har import convert, encode_body
-from tinspect.taplib.loader import flag
-from tinspect.units import BodyChunk, MessageEnd, Request, Response, Unit, WebSocketMessage
+from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit, WebSocketMessage
+from tinspect.taplib import convert, encode_body, flag, on_sighup
 
 __all__ = ["RecorderTap"]
 

@@ -1,6 +1,8 @@
 """tinspect: a transparent inspection proxy on Twisted.
 
-The public API: units, the `Tap` base class, `Flow`, and `Proxy` for scripts.
+The public API: units, the `Tap` base class, `Flow`, `Headers` (with
+`to_bytes`), `format_addr` and `reason_phrase`, and `Proxy` for scripts. A
+tap imports from here and from `tinspect.taplib`, the toolkit for taps.
 The module paths of tinspect 0.1 still import (`tinspect._moved`).
 """
 
@@ -8,7 +10,8 @@ from tinspect import _moved
 from tinspect.chain import Tap, TapChain
 from tinspect.context import Settings
 from tinspect.flow import Flow, FlowClosed
-from tinspect.headers import Headers
+from tinspect.headers import Headers, to_bytes
+from tinspect.net.addresses import format_addr
 from tinspect.proxy import ListenError, Proxy
 from tinspect.units import (
     TO_CLIENT,
@@ -23,6 +26,7 @@ from tinspect.units import (
     Unit,
     WebSocketClose,
     WebSocketMessage,
+    reason_phrase,
 )
 
 __all__ = [
@@ -46,6 +50,9 @@ __all__ = [
     "Direction",
     "TO_SERVER",
     "TO_CLIENT",
+    "to_bytes",
+    "format_addr",
+    "reason_phrase",
 ]
 
 _moved.install()

@@ -16,12 +16,13 @@ import itertools
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from tinspect.net.addresses import format_addr
 from tinspect.units import Direction, Unit
 
 if TYPE_CHECKING:
     from tinspect.chain import Arm, Tap
 
-__all__ = ["Flow", "FlowClosed", "format_addr"]
+__all__ = ["Flow", "FlowClosed"]
 
 _ids = itertools.count(1)
 
@@ -147,11 +148,3 @@ class Flow:
     def duration(self) -> float:
         """Seconds the flow has been (or was) open."""
         return (self.ended if self.ended is not None else self._clock()) - self.started
-
-
-def format_addr(addr: tuple[str, int] | None) -> str:
-    """``host:port``, with IPv6 hosts in brackets; ``?`` for ``None``."""
-    if addr is None:
-        return "?"
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

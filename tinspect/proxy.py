@@ -30,12 +30,12 @@ from twisted.logger import Logger
 
 from tinspect.chain import Tap, TapChain
 from tinspect.context import ProxyContext, Settings
-from tinspect.flow import format_addr
 from tinspect.layers.tls.ca import CAError
 from tinspect.layers.udp import ForwardUDP, TransparentUDP
 from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFactory
 from tinspect.listen.endpoints import server_endpoint
 from tinspect.listen.spec import DEFAULT_LISTEN, ListenSpec, UDPSpec, parse_listen, parse_udp
+from tinspect.net.addresses import format_addr
 from tinspect.net.sockets import SocketError, raise_fd_limit
 from tinspect.ops.signals import handle_sighup
 

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from tinspect.headers import Headers
+from tinspect.net.addresses import authority_host
 
 __all__ = [
     "Direction",
@@ -169,10 +170,7 @@ class Request(Unit):
     @property
     def host(self) -> str:
         """The host name of `authority`, without port or IPv6 brackets."""
-        authority = self.authority
-        if authority.startswith("["):
-            return authority[1 : authority.find("]")]
-        return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
+        return authority_host(self.authority)
 
     @property
     def path(self) -> str:

@@ -108,6 +108,14 @@ def test_method_of_32_characters_is_allowed_33_is_not():
     assert_prefixes_agree(b"A" * 33 + b" / HTTP/1.1\r\n", RAW)
 
 
+def test_method_bytes_are_exactly_the_token_characters():
+    """A method byte is HTTP only when it is an RFC 9110 tchar (the sniffer and the parser agree)."""
+    tchar = set(b"!#$%&'*+-.^_`|~") | set(range(0x30, 0x3A)) | set(range(0x41, 0x5B)) | set(range(0x61, 0x7B))
+    for byte in range(256):
+        got = classify(b"G" + bytes([byte]) + b"T / HTTP/1.1\r\n")
+        assert got == (HTTP1 if byte in tchar else RAW), bytes([byte])
+
+
 # ---------------------------------------------------------------------------
 # other protocols
 # ---------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tinspect.chain import Arm, TapChain
-from tinspect.flow import Flow, format_addr
+from tinspect.flow import Flow
+from tinspect.net.addresses import format_addr
 from tinspect.units import TO_CLIENT, TO_SERVER, Data, Unit, raw_payload
 
 __all__ = ["Leg", "RawRelay", "SINK", "TAPS", "CONNECTING", "send", "start_tls", "batch_records"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 
+from tinspect.layers.http.grammar import TCHAR
 from tinspect.layers.tls.clienthello import looks_like_tls
 
 __all__ = ["RAW", "HTTP1", "TLS", "H2", "H2_PREFACE", "classify", "server_settings"]
@@ -32,7 +33,7 @@ H2 = "h2"
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TCHAR = b"[" + re.escape(TCHAR) + b"]"  # one byte of a method token
 # A whole request line (CRLF, or a bare LF the HTTP layer will then refuse
 # with a clear 400 rather than have it relayed as opaque bytes).
 _REQUEST_LINE = re.compile(_TCHAR + rb"{1,32} [^\x00-\x20\x7f]+ HTTP/[0-9]\.[0-9]\r?\n").match

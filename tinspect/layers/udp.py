@@ -39,8 +39,9 @@ from zope.interface import implementer
 
 from tinspect.chain import Arm
 from tinspect.context import ProxyContext
-from tinspect.flow import Flow, format_addr
-from tinspect.net.sockets import normalize_host, recv_with_orig_dst, transparent_socket
+from tinspect.flow import Flow
+from tinspect.net.addresses import format_addr, normalize_host
+from tinspect.net.sockets import recv_with_orig_dst, transparent_socket
 from tinspect.units import TO_CLIENT, TO_SERVER, Datagram, Unit, raw_payload
 
 __all__ = ["UDPSession", "ForwardUDP", "TransparentUDP"]

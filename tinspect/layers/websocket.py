@@ -74,8 +74,9 @@ from zope.interface import implementer  # noqa: E402
 from tinspect.chain import Arm  # noqa: E402
 from tinspect.context import ProxyContext, Settings  # noqa: E402
 from tinspect.flow import Flow  # noqa: E402
-from tinspect.layers.http.explicit import host_port  # noqa: E402
+from tinspect.layers.http.grammar import HOP_BY_HOP, list_items, tokens  # noqa: E402
 from tinspect.layers.raw import TAPS, Leg, _SinkPauser  # noqa: E402
+from tinspect.net.addresses import bracket, host_port  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
 # autobahn (26) colours the names in its log lines with click's ANSI escapes, and builds them for every frame
@@ -92,13 +93,10 @@ INTERNAL_ERROR = 1011
 # The fields of a handshake that belong to one connection's handshake (and
 # those of any HTTP message that belong to one connection): autobahn writes
 # its own on each side; the rest of a message crosses as it is.
-_HANDSHAKE = frozenset(
-    {
-        b"upgrade", b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-        b"content-length", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
-        b"sec-websocket-protocol", b"sec-websocket-accept",
-    }
-)
+_HANDSHAKE = HOP_BY_HOP | {
+    b"trailer", b"content-length", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
+    b"sec-websocket-protocol", b"sec-websocket-accept",
+}
 
 
 # -- the handshake, sans IO --------------------------------------------------
@@ -131,7 +129,7 @@ def is_upgrade(method: bytes, version: bytes, fields: list[tuple[bytes, bytes]])
             return False
         if lname.startswith(b"sec-websocket-") and not value.isascii():
             return False
-    if upgrade is None or b"websocket" not in [t.strip().lower() for t in upgrade.split(b",")]:
+    if upgrade is None or b"websocket" not in tokens([upgrade]):
         return False
     if hosts != 1 or ws_version is None or ws_version.strip() != b"13" or key is None:
         return False
@@ -162,17 +160,8 @@ def client_handshake(target: bytes, fields: list[tuple[bytes, bytes]]) -> bytes:
 def end_to_end(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """``fields`` without the handshake's own and the hop-by-hop ones
     (those the ``Connection`` field names too), as sent."""
-    listed = {
-        token.strip().lower()
-        for name, value in fields
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
+    listed = set(tokens([value for name, value in fields if name.lower() == b"connection"]))
     return [(n, v) for n, v in fields if n.lower() not in _HANDSHAKE and n.lower() not in listed]
-
-
-def _tokens(values: list[str]) -> list[str]:
-    return [t.strip() for v in values for t in v.split(",") if t.strip()]
 
 
 def upstream_options(req: Request) -> tuple[ConnectingRequest, bool]:
@@ -183,17 +172,15 @@ def upstream_options(req: Request) -> tuple[ConnectingRequest, bool]:
         ValueError: the request's authority is not ``host[:port]``.
     """
     host, port = host_port(req.authority, 443 if req.scheme == "https" else 80)
-    if ":" in host:
-        host = f"[{host}]"
     options = ConnectingRequest(
-        host=host,
+        host=bracket(host),
         port=port,
         resource=req.path,
-        protocols=_tokens(req.headers.get_all("sec-websocket-protocol")),
+        protocols=list_items(req.headers.get_all("sec-websocket-protocol")),
     )
     deflate = any(
         t.split(";")[0].strip().lower() == "permessage-deflate"
-        for t in _tokens(req.headers.get_all("sec-websocket-extensions"))
+        for t in list_items(req.headers.get_all("sec-websocket-extensions"))
     )
     return options, deflate
 

@@ -13,12 +13,13 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from tinspect.context import ProxyContext
-from tinspect.flow import Flow, format_addr
+from tinspect.flow import Flow
 from tinspect.layers.dispatch import Sniffer
 from tinspect.layers.http.explicit import LOCAL_NETWORKS, ClientNetworks
 from tinspect.layers.http.http1.layer import Http1Layer
+from tinspect.net.addresses import format_addr, normalize_host
 from tinspect.net.shells import ClientConnection, open_upstream
-from tinspect.net.sockets import SocketError, normalize_host, original_dst
+from tinspect.net.sockets import SocketError, original_dst
 
 __all__ = ["Destination", "TCPProxyFactory", "ExplicitProxyFactory"]
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tinspect.net.addresses import host_port
+
 __all__ = ["SpecError", "ListenSpec", "UDPSpec", "parse_listen", "parse_udp", "parse_hostport", "split_endpoint", "DEFAULT_LISTEN"]
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -64,21 +66,15 @@ class UDPSpec:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` or ``[V6]:PORT``.
+    """Parse ``HOST:PORT`` or ``[V6]:PORT`` (`tinspect.net.addresses.host_port`, port required).
 
     Raises:
         SpecError: malformed, or the port is not 1-65535.
     """
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise SpecError(f"{text!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise SpecError(f"{text!r}: write IPv6 addresses in brackets, [2001:db8::1]:80")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise SpecError(f"{text!r}: bad port {port!r}")
-    return host, int(port)
+    try:
+        return host_port(text, None)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def _split_mode(text: str) -> tuple[str | None, str]:

@@ -22,11 +22,12 @@ import ipaddress
 import socket
 import struct
 
+from tinspect.net.addresses import format_addr, normalize_host
+
 __all__ = [
     "SocketError",
     "original_dst",
     "transparent_socket",
-    "normalize_host",
     "family_for",
     "recv_with_orig_dst",
     "enable_orig_dst",
@@ -44,17 +45,6 @@ IP6T_SO_ORIGINAL_DST = 80
 
 class SocketError(Exception):
     """A socket could not be set up; the message says why in plain words."""
-
-
-def normalize_host(host: str) -> str:
-    """Turn an IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) into IPv4.
-
-    A dual-stack socket reports IPv4 peers that way; flows, logs and upstream
-    connections should see the plain IPv4 address.
-    """
-    if host.startswith("::ffff:") and "." in host:
-        return host[7:]
-    return host
 
 
 def family_for(host: str) -> socket.AddressFamily:
@@ -91,7 +81,7 @@ def transparent_socket(
             (missing privilege, address in use...).
     """
     family = family_for(host)
-    where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host or '0.0.0.0'}:{port}"
+    where = format_addr((host or "0.0.0.0", port))
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

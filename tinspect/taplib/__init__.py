@@ -1,1 +1,42 @@
-"""The toolkit for writing taps: option helpers, filter rules, HAR."""
+"""The toolkit for writing taps: option helpers, filter rules, HAR, SIGHUP.
+
+A tap imports the contract from `tinspect` (`Tap`, `Flow`, the units,
+`Headers`, ...) and the helpers it may need from here, as the built-in taps
+in ``taps/`` do::
+
+    from tinspect import Request, Tap
+    from tinspect.taplib import directions, flag, on_sighup
+
+* `flag` and `directions` read a tap's yes/no and ``direction`` options
+  (`tinspect.taplib.loader`, which also finds and builds taps by name);
+* `Rules` parses a filter rules file into `Decision` objects whose action is
+  `ALLOW`, `BLOCK` or `PASSTHROUGH`; `RulesError` says what is wrong with one
+  (`tinspect.taplib.filtering`, sans-IO);
+* `encode_body` stores a body in a recording and `convert` turns the
+  recorder's JSON Lines into HAR 1.2 (`tinspect.taplib.har`);
+* `on_sighup` registers a callback to reload something on ``kill -HUP``
+  (`tinspect.ops.signals`).
+
+Nothing else under ``tinspect`` is promised to stay where it is. Importing
+this package costs a few standard modules (``shlex``), never the layers;
+``import tinspect`` does not import it.
+"""
+
+from tinspect.ops.signals import on_sighup
+from tinspect.taplib.filtering import ALLOW, BLOCK, PASSTHROUGH, Decision, Rules, RulesError
+from tinspect.taplib.har import convert, encode_body
+from tinspect.taplib.loader import directions, flag
+
+__all__ = [
+    "flag",
+    "directions",
+    "Rules",
+    "RulesError",
+    "Decision",
+    "ALLOW",
+    "BLOCK",
+    "PASSTHROUGH",
+    "convert",
+    "encode_body",
+    "on_sighup",
+]

@@ -15,7 +15,7 @@ import json
 from typing import Any, Iterable
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["to_har", "convert"]
+__all__ = ["to_har", "convert", "encode_body"]
 
 
 def _iso(t: float) -> str:

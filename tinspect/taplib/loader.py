@@ -27,7 +27,7 @@ from taps import BUILTIN
 from tinspect.chain import Tap
 from tinspect.units import Direction
 
-__all__ = ["TapLoadError", "TapRef", "parse_tap_names", "resolve", "build_taps"]
+__all__ = ["TapLoadError", "TapRef", "parse_tap_names", "resolve", "build_taps", "flag", "directions"]
 
 ENTRY_POINT_GROUP = "tinspect.taps"
 

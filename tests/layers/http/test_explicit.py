@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinspect.headers import Headers
-from tinspect.layers.http.explicit import LOCAL_NETWORKS, ClientNetworks, ProxyAuth, host_port, proxy_request
+from tinspect.layers.http.explicit import LOCAL_NETWORKS, ClientNetworks, ProxyAuth, proxy_request
+from tinspect.net.addresses import host_port
 from tinspect.units import Request, Response
 
 
@@ -239,56 +240,6 @@ def test_connect_target_becomes_authority():
     req = request("[2001:db8::1]:443", "CONNECT")
     proxy_request(req, None)
     assert req.authority == "[2001:db8::1]:443"
-
-
-# ---------------------------------------------------------------------------
-# host_port
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "authority,default,expected",
-    [
-        ("example.org", 80, ("example.org", 80)),
-        ("example.org:8080", 80, ("example.org", 8080)),
-        ("example.org:443", None, ("example.org", 443)),
-        ("example.org:", 80, ("example.org", 80)),
-        ("10.0.0.1:1", None, ("10.0.0.1", 1)),
-        ("[2001:db8::1]", 443, ("2001:db8::1", 443)),
-        ("[2001:db8::1]:81", None, ("2001:db8::1", 81)),
-        ("[::1]:65535", None, ("::1", 65535)),
-    ],
-)
-def test_host_port(authority, default, expected):
-    """host[:port] and [v6][:port] give the destination, with the default port when none is given."""
-    assert host_port(authority, default) == expected
-
-
-@pytest.mark.parametrize(
-    "authority,default,message",
-    [
-        ("", 80, "no host"),
-        (":80", 80, "no host"),
-        ("[]:80", 80, "no host"),
-        ("example.org:0", 80, "bad port"),
-        ("example.org:65536", 80, "bad port"),
-        ("example.org:-1", 80, "bad port"),
-        ("example.org:http", 80, "bad port"),
-        ("example.org: 80", 80, "bad port"),
-        ("[::1]:x", 80, "bad port"),
-        ("2001:db8::1", 80, "brackets"),
-        ("::1:443", None, "brackets"),
-        ("[::1", 80, "bad authority"),
-        ("[::1]80", 80, "bad authority"),
-        ("example.org", None, "no port"),
-        ("[::1]", None, "no port"),
-        ("example.org:", None, "no port"),
-    ],
-)
-def test_host_port_errors(authority, default, message):
-    """No host, a bad port, an unbracketed IPv6 address or a missing port without default: ValueError."""
-    with pytest.raises(ValueError, match=message):
-        host_port(authority, default)
 
 
 # -- client networks ----------------------------------------------------------

@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tinspect.layers.http.http1.parse import (
-    HOP_BY_HOP,
     BodyData,
     ConnectionClosed,
     EndOfMessage,
@@ -1054,18 +1053,6 @@ def test_keep_alive_follows_version_and_connection(version, connection, expected
     """HTTP/1.1 persists unless 'close'; HTTP/1.0 only with 'keep-alive'."""
     headers = [(b"Host", b"a")] + ([(b"Connection", connection)] if connection else [])
     assert keep_alive(version, headers) is expected
-
-
-def test_hop_by_hop_names_are_lower_case():
-    """HOP_BY_HOP lists the connection-specific fields in lower case."""
-    assert HOP_BY_HOP == {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-    }
 
 
 # ---------------------------------------------------------------------------

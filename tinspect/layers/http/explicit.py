@@ -24,9 +24,10 @@ import hmac
 import ipaddress
 from typing import Iterable
 
+from tinspect.net.addresses import host_port
 from tinspect.units import Request, Response, error_page
 
-__all__ = ["ClientNetworks", "LOCAL_NETWORKS", "ProxyAuth", "proxy_request", "host_port"]
+__all__ = ["ClientNetworks", "LOCAL_NETWORKS", "ProxyAuth", "proxy_request"]
 
 # Loopback, RFC 1918, shared address space (RFC 6598), link-local, unique local.
 LOCAL_NETWORKS = (
@@ -155,34 +156,3 @@ def proxy_request(req: Request, auth: ProxyAuth | None) -> Response | None:
     req.target = path if path.startswith("/") else "/" + path
     req.headers["Host"] = authority
     return None
-
-
-def host_port(authority: str, default_port: int | None) -> tuple[str, int]:
-    """``host[:port]`` or ``[v6][:port]`` as a ``(host, port)`` destination.
-
-    Raises:
-        ValueError: no host, a bad port, or no port and no default.
-    """
-    host, port = authority, None
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            raise ValueError(f"bad authority {authority!r}")
-        host, rest = authority[1:end], authority[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad authority {authority!r}")
-            port = rest[1:]
-    elif ":" in authority:
-        host, _, port = authority.rpartition(":")
-        if ":" in host:
-            raise ValueError(f"write IPv6 addresses in brackets: {authority!r}")
-    if not host:
-        raise ValueError(f"no host in {authority!r}")
-    if not port:
-        if default_port is None:
-            raise ValueError(f"{authority!r} has no port")
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in {authority!r}")
-    return host, int(port)

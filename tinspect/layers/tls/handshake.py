@@ -60,7 +60,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from zope.interface import implementer
 
 from tinspect.layers.tls.ca import LeafCertificates
-from tinspect.layers.tls.policy import describe_error, is_ip
+from tinspect.layers.tls.policy import describe_error
+from tinspect.net.addresses import is_ip
 
 __all__ = [
     "ClientFacingHandshake",

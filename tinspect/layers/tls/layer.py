@@ -37,12 +37,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tinspect.context import ProxyContext, Settings
-from tinspect.flow import Flow, format_addr
+from tinspect.flow import Flow
 from tinspect.layers.raw import RawRelay, start_tls
 from tinspect.layers.tls.ca import CAError, CertificateAuthority, LeafCertificates
 from tinspect.layers.tls.clienthello import ClientHello, ClientHelloError, ClientHelloReader, NotTLS
 from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.layers.tls.policy import PassthroughPolicy, classify_client_failure
+from tinspect.net.addresses import format_addr
 from tinspect.net.timeouts import Deadline
 
 __all__ = ["Interception", "TlsLayer"]

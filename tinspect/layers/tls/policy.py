@@ -21,25 +21,9 @@ from collections.abc import Iterable
 
 from OpenSSL import SSL
 
-__all__ = ["ClientFailure", "ClientFailureKind", "PassthroughPolicy", "classify_client_failure", "describe_error", "is_ip"]
+from tinspect.net.addresses import canonical_host, is_ip
 
-
-def is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _normalize_host(host: str) -> str:
-    host = host.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host
+__all__ = ["ClientFailure", "ClientFailureKind", "PassthroughPolicy", "classify_client_failure", "describe_error"]
 
 
 class PassthroughPolicy:
@@ -66,7 +50,7 @@ class PassthroughPolicy:
         self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         globs = []
         for pattern in patterns:
-            norm = _normalize_host(pattern)
+            norm = canonical_host(pattern)
             if not norm:
                 raise ValueError(f"empty passthrough pattern: {pattern!r}")
             try:
@@ -94,7 +78,7 @@ class PassthroughPolicy:
         for candidate in (host, ip):
             if not candidate:
                 continue
-            norm = _normalize_host(candidate)
+            norm = canonical_host(candidate)
             if norm in self._learned:
                 self._learned.move_to_end(norm)
                 return True
@@ -115,7 +99,7 @@ class PassthroughPolicy:
         """
         if not self.learn or self._max_learned <= 0:
             return False
-        norm = _normalize_host(host)
+        norm = canonical_host(host)
         known = norm in self._learned
         self._learned[norm] = None
         self._learned.move_to_end(norm)

@@ -19,25 +19,23 @@ except that several ``cookie`` fields are joined into one as RFC 9113
 Going out, `request_block` and `response_block` build the header block from
 what the taps left: pseudo-fields first, names lower-cased, and the
 connection-specific fields HTTP/2 forbids (``Connection`` and the fields it
-lists, ``Keep-Alive``, ``Proxy-Connection``, ``Transfer-Encoding``,
-``Upgrade``, and ``TE`` other than ``trailers``) removed, which is also what
-turns an HTTP/1.1 response into an HTTP/2 one. A whole body gets its
-``content-length`` recomputed; a streamed one keeps the declared length.
+lists, and the rest of `HOP_BY_HOP`: ``Keep-Alive``, ``Proxy-Connection``,
+``Transfer-Encoding``, ``Upgrade``, and ``TE`` other than ``trailers``)
+removed, which is also what turns an HTTP/1.1 response into an HTTP/2 one.
+A whole body gets its ``content-length`` recomputed; a streamed one keeps
+the declared length.
 """
 
 from __future__ import annotations
 
 from tinspect.headers import Headers
-from tinspect.layers.http.http1.parse import _tokens
+from tinspect.layers.http.grammar import HOP_BY_HOP, tokens
 from tinspect.units import Request, Response
 
 __all__ = ["H2FieldError", "list_size", "request_from_block", "response_from_block", "request_block", "response_block", "trailer_block"]
 
 Block = list[tuple[bytes, bytes]]
 
-_CONNECTION_SPECIFIC = frozenset(
-    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
-)
 _NO_BODY_STATUS = frozenset((204, 304))
 
 
@@ -169,13 +167,13 @@ def _regular(fields: Block, block: Block, body: bytes | None, *, framed_length: 
     listed: list[bytes] | None = None
     for name, value in fields:
         if name == b"connection" or name.lower() == b"connection":
-            listed = (listed or []) + _tokens([value])
+            listed = (listed or []) + tokens([value])
     recompute = framed_length and body is not None
     for name, value in fields:
         lname = name.lower()
         if lname[:1] == b":":
             continue
-        if lname in _CONNECTION_SPECIFIC:
+        if lname in HOP_BY_HOP:
             if lname == b"te" and value.strip().lower() == b"trailers":
                 block.append((b"te", b"trailers"))
             continue

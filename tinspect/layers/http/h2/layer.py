@@ -57,12 +57,13 @@ from twisted.python.failure import Failure
 
 from tinspect.chain import Arm, submit_streaming
 from tinspect.context import ProxyContext
-from tinspect.flow import Flow, format_addr
+from tinspect.flow import Flow
 from tinspect.headers import Headers
 from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_whole
 from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_from_block, response_block, trailer_block
 from tinspect.layers.http.h2.upstream import H1Upstreams, H2Upstream, known_h1_only
 from tinspect.layers.raw import TAPS
+from tinspect.net.addresses import format_addr
 from tinspect.net.timeouts import Deadline
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
 

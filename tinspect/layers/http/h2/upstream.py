@@ -49,7 +49,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect.flow import format_addr
 from tinspect.headers import Headers
 from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_whole
 from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_block, response_from_block, trailer_block
@@ -64,6 +63,7 @@ from tinspect.layers.http.http1.parse import (
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream
 from tinspect.layers.raw import SINK, TAPS
+from tinspect.net.addresses import format_addr
 from tinspect.units import Response
 
 __all__ = ["H2Upstream", "H1Upstreams", "MAX_H1", "remember_h1_only", "known_h1_only"]

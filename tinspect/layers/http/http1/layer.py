@@ -65,9 +65,9 @@ from twisted.python.failure import Failure
 
 from tinspect.chain import Arm, submit_streaming
 from tinspect.context import ProxyContext
-from tinspect.flow import Flow, format_addr
+from tinspect.flow import Flow
 from tinspect.headers import Headers
-from tinspect.layers.http.explicit import host_port, proxy_request
+from tinspect.layers.http.explicit import proxy_request
 from tinspect.layers.http.http1.parse import (
     BodyData,
     ConnectionClosed,
@@ -82,6 +82,7 @@ from tinspect.layers.http.http1.parse import (
 from tinspect.layers.http.http1.upstream import Http1Upstream, UpstreamPauser
 from tinspect.layers.http.http1.write import FramingError, Http1Writer, serialize_response_head
 from tinspect.layers.raw import SINK, TAPS, Leg, RawRelay, _SinkPauser, send
+from tinspect.net.addresses import format_addr, host_port
 from tinspect.net.shells import open_upstream
 from tinspect.net.timeouts import Deadline
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page

@@ -23,8 +23,20 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
+# HOP_BY_HOP is not used here: imported so that tinspect 0.1's
+# ``tinspect.http1.HOP_BY_HOP`` still imports.
+from tinspect.layers.http.grammar import (  # noqa: F401
+    HOP_BY_HOP,
+    KNOWN_METHODS,
+    NAME_CACHE,
+    TARGET_OK,
+    VERSIONS,
+    is_token,
+    lower_name,
+    tokens,
+)
+
 __all__ = [
-    "HOP_BY_HOP",
     "BodyData",
     "ConnectionClosed",
     "EndOfMessage",
@@ -92,7 +104,8 @@ Headers = list[tuple[bytes, bytes]]
 # every line for stray CR, LF and NUL, we delete those three bytes from the
 # head with bytes.translate() and compare lengths: exactly two bytes per
 # separator may go.  Header names are validated and lower-cased through a
-# small cache, so a name seen before costs one dict lookup.  Only when a fast
+# small cache (grammar.NAME_CACHE, shared with the writer), so a name seen
+# before costs one dict lookup.  Only when a fast
 # check fails do we walk the head again to say precisely what was wrong.
 #
 # The response role must know which request each response answers: a
@@ -197,18 +210,9 @@ Event = RequestHead | ResponseHead | BodyData | EndOfMessage | ConnectionClosed
 # Character classes and small helpers
 # ---------------------------------------------------------------------------
 
-# RFC 9110 §5.6.2 tchar.
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _HEXDIG = b"0123456789abcdefABCDEF"
-# Anything visible (and obs-text) may appear in a request target; controls,
-# SP and DEL may not.
-_TARGET_OK = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
 _VERSION_SHAPE = re.compile(rb"HTTP/[0-9]\.[0-9]").fullmatch  # error path only
 _EMPTY_LINES = re.compile(rb"(?:\r\n)+").match  # only when a CRLF leads
-_VERSIONS = frozenset((b"HTTP/1.1", b"HTTP/1.0"))
-_KNOWN_METHODS = frozenset(
-    (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
-)
 # Transfer codings we accept in front of the final "chunked" of a request.
 _KNOWN_CODINGS = frozenset((b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"))
 _MAX_CONTENT_LENGTH = 2**63
@@ -216,46 +220,6 @@ _MAX_CONTENT_LENGTH = 2**63
 _STATUS_CODES = {b"%d" % code: code for code in range(100, 1000)}
 # The only fields the reader itself looks at.
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"connection", b"upgrade"))
-
-#: Lower-case names of the hop-by-hop header fields (RFC 9110 §7.6.1 plus the
-#: de-facto ``keep-alive``/``proxy-connection``).  They describe one
-#: connection, not the message, so a proxy must not forward them verbatim; it
-#: regenerates framing (``transfer-encoding``) and connection management
-#: itself.  Names listed in a ``Connection`` header are hop-by-hop as well.
-#: ``Proxy-Authorization`` is not here: a transparent proxy relays it to the
-#: proxy the client meant; the explicit proxy always removes it (it is ours).
-HOP_BY_HOP: frozenset[bytes] = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
-    )
-)
-
-# Header names already checked to be tokens, mapped to their lower-case form.
-# One dict lookup both validates a name and lower-cases it.  Bounded so that
-# a peer sending random names cannot grow it without limit.
-_NAME_CACHE: dict[bytes, bytes] = {}
-_NAME_CACHE_MAX = 4096
-
-
-def _is_token(value: bytes) -> bool:
-    return bool(value) and not value.translate(None, _TCHAR)
-
-
-def _lower_name(name: bytes) -> bytes | None:
-    """Return ``name.lower()`` if ``name`` is a token, else None."""
-    lname = _NAME_CACHE.get(name)
-    if lname is None:
-        if not name or name.translate(None, _TCHAR):
-            return None
-        lname = name.lower()
-        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-            _NAME_CACHE[name] = lname
-    return lname
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:
@@ -290,17 +254,6 @@ def header_values(headers: Headers, name: bytes) -> list[bytes]:
     return [v for n, v in headers if n.lower() == name]
 
 
-def _tokens(values: list[bytes]) -> list[bytes]:
-    """Split comma-separated list values into stripped, lower-case elements."""
-    out = []
-    for value in values:
-        for item in value.split(b","):
-            item = item.strip(b" \t").lower()
-            if item:
-                out.append(item)
-    return out
-
-
 def keep_alive(version: bytes, headers: Headers) -> bool:
     """Tell whether a connection stays open after this message.
 
@@ -314,7 +267,7 @@ def keep_alive(version: bytes, headers: Headers) -> bool:
     Returns:
         True if the connection may carry another message.
     """
-    options = _tokens(header_values(headers, b"connection"))
+    options = tokens(header_values(headers, b"connection"))
     if b"close" in options:
         return False
     if version == b"HTTP/1.1":
@@ -744,15 +697,15 @@ class Http1Reader:
         if len(parts) != 3:
             raise ProtocolError(400, "malformed request line")
         method, target, version = parts
-        if method not in _KNOWN_METHODS and not _is_token(method):
+        if method not in KNOWN_METHODS and not is_token(method):
             raise ProtocolError(400, "malformed request method")
-        if not target or target.translate(None, _TARGET_OK):
+        if not target or target.translate(None, TARGET_OK):
             raise ProtocolError(400, "malformed request target")
-        if version not in _VERSIONS:
+        if version not in VERSIONS:
             _bad_version(version)
         headers, cl, te, connection, upgrade = _parse_fields(lines)
         switching = method == b"CONNECT" or (
-            bool(upgrade) and connection is not None and b"upgrade" in _tokens(connection)
+            bool(upgrade) and connection is not None and b"upgrade" in tokens(connection)
         )
         events.append(RequestHead(method, target, version, headers, switching))
         self._pause_after = switching
@@ -761,7 +714,7 @@ class Http1Reader:
                 raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
             if version == b"HTTP/1.0":
                 raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 message")
-            codings = _tokens(te)
+            codings = tokens(te)
             if not codings or codings[-1] != b"chunked":
                 raise ProtocolError(501, "unsupported Transfer-Encoding")
             for coding in codings[:-1]:
@@ -787,7 +740,7 @@ class Http1Reader:
     def _on_response_head(self, line: bytes, lines: list[bytes], events: list[Event]) -> None:
         parts = line.split(b" ", 2)
         version = parts[0]
-        if version not in _VERSIONS:
+        if version not in VERSIONS:
             _bad_version(version)
         if len(parts) < 2:
             raise ProtocolError(400, "malformed status line")
@@ -814,7 +767,7 @@ class Http1Reader:
                 raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
             if version == b"HTTP/1.0":
                 raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 message")
-            codings = _tokens(te)
+            codings = tokens(te)
             if codings and codings[-1] == b"chunked":
                 if b"chunked" in codings[:-1]:
                     raise ProtocolError(400, "chunked applied more than once")
@@ -889,13 +842,13 @@ def _parse_fields(
     append = headers.append
     cl = te = connection = None
     upgrade = False
-    get = _NAME_CACHE.get
+    get = NAME_CACHE.get
     framing = _FRAMING_NAMES
     for i in range(first, len(lines)):
         name, colon, value = lines[i].partition(b":")
         lname = get(name)
         if lname is None or not colon:
-            lname = _lower_name(name)
+            lname = lower_name(name)
             if lname is None or not colon:
                 _bad_field_line(lines[i])
         value = value.strip(b" \t")

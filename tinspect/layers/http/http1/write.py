@@ -19,20 +19,21 @@ each message's framing there, from the head as the taps left it:
 * As RFC 9110 §6.2 asks of intermediaries, the writer sends its own version,
   HTTP/1.1, on every start line.
 
-No I/O and no Twisted here, like the parser in ``tinspect/layers/http/http1/parse.py``.
+No I/O and no Twisted here, like the parser in ``tinspect/layers/http/http1/parse.py``;
+the token and field-name rules both use are in ``tinspect/layers/http/grammar.py``.
 """
 
 from __future__ import annotations
 
-from tinspect.layers.http.http1.parse import (
-    _KNOWN_METHODS,
-    _NAME_CACHE,
-    _TARGET_OK,
-    _VERSIONS,
+from tinspect.layers.http.grammar import (
     HOP_BY_HOP,
-    _is_token,
-    _lower_name,
-    _tokens,
+    KNOWN_METHODS,
+    NAME_CACHE,
+    TARGET_OK,
+    VERSIONS,
+    is_token,
+    lower_name,
+    tokens,
 )
 from tinspect.units import Request, Response
 
@@ -81,18 +82,18 @@ def _scan(fields: Fields, keep_upgrade: bool) -> tuple[Fields, bytes | None, boo
     listed: list[bytes] | None = None
     for field in fields:
         name = field[0]
-        lname = _NAME_CACHE.get(name) or name.lower()
+        lname = NAME_CACHE.get(name) or name.lower()
         if lname == b"content-length":
             length = field[1]
             framed = True
         elif lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
                 framed = True
-                codings = [c for c in _tokens([field[1]]) if c != b"chunked"]
+                codings = [c for c in tokens([field[1]]) if c != b"chunked"]
                 if codings:
                     te = (b"Transfer-Encoding", b", ".join([*codings, b"chunked"]))
             elif lname == b"connection":
-                listed = (listed or []) + _tokens([field[1]])
+                listed = (listed or []) + tokens([field[1]])
             elif lname == b"upgrade" and keep_upgrade:
                 out.append(field)
         else:
@@ -291,9 +292,9 @@ class Http1Writer:
 def _join_head(start: list[bytes], headers: Fields) -> bytes:
     """Join a start line and fields, refusing anything that could inject."""
     parts = start
-    cache = _NAME_CACHE
+    cache = NAME_CACHE
     for name, value in headers:
-        if name not in cache and _lower_name(name) is None:
+        if name not in cache and lower_name(name) is None:
             raise ValueError(f"header name {name!r} is not a token")
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
@@ -324,11 +325,11 @@ def serialize_request_head(method: bytes, target: bytes, version: bytes, headers
     Raises:
         ValueError: If a part would break the framing (header injection).
     """
-    if method not in _KNOWN_METHODS and not _is_token(method):
+    if method not in KNOWN_METHODS and not is_token(method):
         raise ValueError(f"method {method!r} is not a token")
-    if not target or target.translate(None, _TARGET_OK):
+    if not target or target.translate(None, TARGET_OK):
         raise ValueError(f"bad request target {target!r}")
-    if version not in _VERSIONS:
+    if version not in VERSIONS:
         raise ValueError(f"bad HTTP version {version!r}")
     return _join_head([method, b" ", target, b" ", version, b"\r\n"], headers)
 
@@ -348,7 +349,7 @@ def serialize_response_head(version: bytes, status: int, reason: bytes, headers:
     Raises:
         ValueError: If a part would break the framing (header injection).
     """
-    if version not in _VERSIONS:
+    if version not in VERSIONS:
         raise ValueError(f"bad HTTP version {version!r}")
     if not 100 <= status <= 999:
         raise ValueError(f"bad status code {status!r}")
