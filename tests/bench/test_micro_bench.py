@@ -13,7 +13,7 @@ from tests.conftest import REPO
 BENCH = REPO / "bench"
 
 
-@pytest.mark.parametrize("script", ["micro_http1.py", "micro_clienthello.py", "micro_chain.py", "micro_h2.py"])
+@pytest.mark.parametrize("script", ["micro_http1.py", "micro_clienthello.py", "micro_chain.py", "micro_h2.py", "micro_quic.py"])
 def test_micro_benchmark_runs_and_prints_figures(script):
     out = subprocess.run([sys.executable, str(BENCH / script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -22,6 +22,7 @@ from tinspect.layers.tls.clienthello import (
     ClientHelloReader,
     NotTLS,
     looks_like_tls,
+    parse_handshake,
 )
 
 # --------------------------------------------------------------------------
@@ -615,3 +616,57 @@ def test_internal_bug_still_surfaces_as_client_hello_error(monkeypatch):
         reader.feed(TLS13)
     with pytest.raises(ClientHelloError):
         reader.feed(b"")
+
+
+# --------------------------------------------------------------------------
+# parse_handshake: a bare handshake message, as QUIC's CRYPTO frames carry it
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hello", [TLS13, TLS12, pyopenssl_hello()], ids=["tls13", "tls12", "pyopenssl"])
+def test_parse_handshake_reads_what_the_record_reader_reads(hello):
+    """A bare ClientHello message parses to the same fields as its records do, with raw the message."""
+    message = handshake_of(hello)
+    bare = parse_handshake(message)
+    framed = parse(hello)
+    assert (bare.sni, bare.alpn, bare.legacy_version, bare.supported_versions) == (
+        framed.sni, framed.alpn, framed.legacy_version, framed.supported_versions
+    )
+    assert bare.raw == message
+
+
+@pytest.mark.parametrize(
+    "message, match",
+    [
+        (b"\x01\x00\x00", "shorter than its header"),
+        (b"\x02\x00\x00\x00", "type 2, not ClientHello"),
+        (handshake_of(TLS13)[:-1], "length does not match"),
+        (handshake_of(TLS13) + b"\x00", "length does not match"),
+        (b"\x01\x00\x00\x02\x03\x03", "ClientHello too short"),
+    ],
+)
+def test_parse_handshake_rejects_what_is_not_one_client_hello(message, match):
+    """A message that is not exactly one well-formed ClientHello raises ClientHelloError."""
+    with pytest.raises(ClientHelloError, match=match):
+        parse_handshake(message)
+
+
+@_fuzz
+@given(st.binary(max_size=300))
+def test_fuzz_parse_handshake(body):
+    """Random bodies under a consistent handshake header raise only ClientHelloError."""
+    try:
+        parse_handshake(b"\x01" + len(body).to_bytes(3, "big") + body)
+    except ClientHelloError:
+        pass
+
+
+def test_parse_handshake_turns_an_internal_bug_into_client_hello_error(monkeypatch):
+    """Should the body parser raise something else, parse_handshake still raises ClientHelloError."""
+
+    def broken(body, raw):
+        return body[len(body) + 1]  # IndexError
+
+    monkeypatch.setattr(clienthello_module, "_parse_body", broken)
+    with pytest.raises(ClientHelloError, match="IndexError"):
+        parse_handshake(handshake_of(TLS13))

@@ -50,6 +50,7 @@ __all__ = [
     "ClientHelloReader",
     "NotTLS",
     "looks_like_tls",
+    "parse_handshake",
 ]
 
 # Record layer constants (RFC 8446 section 5.1).
@@ -218,7 +219,7 @@ class ClientHelloReader:
         except Exception as e:  # a parser bug, never input
             # Length checks above should make this unreachable; if one is
             # missing, the caller still gets the documented exception type.
-            err = ClientHelloError(f"malformed ClientHello ({type(e).__name__}: {e})")
+            err = _unexpected(e)
             self._error = err
             raise err from e
 
@@ -318,6 +319,44 @@ class ClientHelloReader:
                 self._hs = bytearray()
                 return hello
         return None
+
+
+def parse_handshake(message: bytes) -> ClientHello:
+    """Parse one whole ClientHello handshake message that came without TLS records.
+
+    QUIC carries the TLS handshake in CRYPTO frames instead of records
+    (RFC 9001 section 4), so its Initial reader reassembles the message
+    itself and hands it over here: the 4-byte handshake header and the body,
+    nothing before or after.
+
+    Args:
+        message: The handshake message, type 1 (ClientHello) and its 24-bit
+            length first.
+
+    Returns:
+        The parsed :class:`ClientHello`; its ``raw`` is ``message``.
+
+    Raises:
+        ClientHelloError: ``message`` is not exactly one well-formed ClientHello.
+    """
+    message = bytes(message)
+    if len(message) < _HANDSHAKE_HEADER:
+        raise ClientHelloError("handshake message shorter than its header")
+    if message[0] != _CLIENT_HELLO:
+        raise ClientHelloError(f"handshake message has type {message[0]}, not ClientHello")
+    if _HANDSHAKE_HEADER + (message[1] << 16 | message[2] << 8 | message[3]) != len(message):
+        raise ClientHelloError("handshake length does not match the message")
+    try:
+        return _parse_body(message[_HANDSHAKE_HEADER:], message)
+    except ClientHelloError:
+        raise
+    except Exception as e:  # a parser bug, never input: as in ClientHelloReader.feed
+        raise _unexpected(e) from e
+
+
+def _unexpected(e: Exception) -> ClientHelloError:
+    """The documented error for an exception that only a bug of ours can raise."""
+    return ClientHelloError(f"malformed ClientHello ({type(e).__name__}: {e})")
 
 
 def _parse_body(body: bytes, raw: bytes) -> ClientHello:
