@@ -361,15 +361,17 @@ class _Objects(Resource):
         path = self.tap.objects / key
         fill = self.tap._fills.get(key)
         if re.fullmatch(r"[0-9a-f]{64}", key) and not path.exists() and fill is not None:
+            gone = request.notifyFinish()  # fires (as an error) if the client goes away meanwhile
+            gone.addErrback(lambda _: None)
             waiting: Deferred = Deferred()
             fill.waiters.append(waiting)
-            waiting.addCallback(self._stored, request, key)
+            waiting.addCallback(self._stored, request, key, gone)
             return NOT_DONE_YET
         return self._serve(request, key)
 
-    def _stored(self, stored: bool, request: Any, key: str) -> None:
+    def _stored(self, stored: bool, request: Any, key: str, gone: Deferred) -> None:
         """The fetch a request waited for has ended."""
-        if request.finished or getattr(request, "_disconnected", False):
+        if request.finished or gone.called:
             return
         if stored:
             result = self._serve(request, key)
