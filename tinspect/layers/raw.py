@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tinspect._compat import eager_tls_records, lazy_tls_records, tls_started
+from tinspect._compat import fast_write as send  # the relay's write, and the HTTP/1.1 layer's
 from tinspect.chain import Arm, TapChain
 from tinspect.flow import Flow
 from tinspect.net.addresses import format_addr
@@ -46,44 +47,7 @@ TAPS = 2
 CONNECTING = 4
 
 
-_TCP = (tcp.Server, tcp.Client)
 EAGER_RECORDS = 8192  # see start_tls
-
-
-def send(transport, data: bytes) -> None:
-    """``transport.write(data)``, but sent at once when nothing is queued.
-
-    Twisted queues every write for the next reactor turn: two ``epoll_ctl``
-    calls and a loop iteration per write, a fifth of the proxy's time on
-    small requests. A plain TCP transport whose buffer is empty can hand the
-    bytes to the socket now; what the socket does not take is queued as
-    usual (so producers are paused as usual). A TLS transport encrypts on
-    the ordinary path, and its records go out the same way (`start_tls`).
-    """
-    if type(transport) in _TCP and not transport.TLS:
-        data = _send_now(transport, data)
-        if not data:
-            return
-    transport.write(data)
-
-
-def _send_now(connection, data: bytes) -> bytes:
-    """Give ``data`` to the TCP ``connection``'s socket now if nothing is
-    queued before it; what is left for Twisted's buffer."""
-    if (
-        connection.connected
-        and not connection._aborting  # an aborted connection sends nothing more
-        and not connection.disconnecting
-        and not connection._writeDisconnected
-        and not connection.dataBuffer
-        and not connection._tempDataBuffer
-    ):
-        try:
-            sent = connection.socket.send(data)
-        except OSError:  # would block, or an error the ordinary path meets again and reports
-            return data
-        return data[sent:] if sent else data
-    return data
 
 
 def start_tls(transport, handshake) -> None:
@@ -97,9 +61,7 @@ def start_tls(transport, handshake) -> None:
     write went out at once). And none for HTTP/2 (`batch_records`).
     """
     transport.startTLS(handshake)
-    if type(transport) in _TCP:
-        tls = transport.protocol
-        tls.transport = _EagerRecords(tls.transport, transport)
+    eager_tls_records(transport, EAGER_RECORDS)
 
 
 def batch_records(transport) -> None:
@@ -108,31 +70,7 @@ def batch_records(transport) -> None:
     the frames of a batch of events at once, and its small control frames
     (WINDOW_UPDATE, SETTINGS acknowledgements) sent one by one would only
     multiply system calls."""
-    records = getattr(getattr(transport, "protocol", None), "transport", None)
-    if isinstance(records, _EagerRecords):
-        records.limit = 0
-
-
-class _EagerRecords:
-    """What Twisted's TLS protocol writes its records to (its ``_BypassTLS``
-    view of the TCP connection), but writing through `_send_now`."""
-
-    __slots__ = ("_bypass", "_connection", "limit")
-
-    def __init__(self, bypass, connection) -> None:
-        self._bypass = bypass
-        self._connection = connection
-        self.limit = EAGER_RECORDS
-
-    def __getattr__(self, name: str):
-        return getattr(self._bypass, name)
-
-    def write(self, data: bytes) -> None:
-        if len(data) <= self.limit:
-            data = _send_now(self._connection, data)
-            if not data:
-                return
-        self._bypass.write(data)
+    lazy_tls_records(transport)
 
 
 class Leg:
@@ -185,7 +123,7 @@ class Leg:
         """
         if self.write_open and not self.lost:
             self.write_open = False
-            if self.read_open and not getattr(self.transport, "TLS", False):
+            if self.read_open and not tls_started(self.transport):
                 self.transport.loseWriteConnection()
             else:
                 self._lose()

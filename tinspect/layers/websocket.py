@@ -49,7 +49,6 @@ import txaio
 
 txaio.use_twisted()
 
-import autobahn.util  # noqa: E402
 from autobahn.twisted.websocket import (  # noqa: E402  (txaio first)
     WebSocketClientFactory,
     WebSocketClientProtocol,
@@ -71,6 +70,7 @@ from twisted.logger import Logger  # noqa: E402
 from twisted.python.failure import Failure  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
+from tinspect._compat import AutobahnSide, quiet_autobahn_colours  # noqa: E402
 from tinspect.chain import Arm  # noqa: E402
 from tinspect.context import ProxyContext, Settings  # noqa: E402
 from tinspect.flow import Flow  # noqa: E402
@@ -79,9 +79,7 @@ from tinspect.layers.raw import TAPS, Leg, _SinkPauser  # noqa: E402
 from tinspect.net.addresses import bracket, host_port  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
-# autobahn (26) colours the names in its log lines with click's ANSI escapes, and builds them for every frame
-# it sends, debug on or not: a tenth of the proxy's CPU on small messages, and escape codes in log files.
-autobahn.util._HAS_CLICK = False
+quiet_autobahn_colours()
 
 __all__ = ["is_upgrade", "client_handshake", "end_to_end", "upstream_request", "client_response", "Upgrade",
            "WebSocketLayer"]
@@ -321,15 +319,11 @@ def _factories(ctx: ProxyContext) -> _Factories:
     return ctx.websocket
 
 
-class _Side:
+class _Side(AutobahnSide):
     """What both autobahn protocols report to the layer."""
 
     layer: Any = None
     side: Direction  # the direction of what this side receives
-
-    def dataReceived(self, data: bytes) -> None:
-        # autobahn's (26) builds a debug line, names coloured with click, for every read, debug on or not.
-        self._dataReceived(data)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.layer._message(self.side, payload, isBinary)
@@ -341,10 +335,9 @@ class _Side:
             self.layer._peer_closed(self.side, self.remoteCloseCode, self.remoteCloseReason or "")
         return failed
 
-    def _fail_connection(self, code: int = GOING_AWAY, reason: str = "going away") -> None:
-        if self.state != WebSocketProtocol.STATE_CLOSED and self.layer is not None:
+    def connection_failing(self, code: int, reason: str) -> None:
+        if self.layer is not None:
             self.layer._peer_failed(self.side, code, reason)
-        super()._fail_connection(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # autobahn leaves the close-handshake timer running past the connection.

@@ -17,7 +17,7 @@ The sniffer hands a connection here when its first bytes are a TLS record.
    IP) that carries the upstream certificate's names, selecting exactly the
    ALPN protocol the server chose, and replays the ClientHello bytes into it
    (Twisted's ``startTLS`` on the accepted transport, then the buffered bytes
-   into ``transport.protocol``);
+   into the TLS layer it added: `tinspect._compat.replay_into_tls`);
 5. when the client handshake completes, sniffs the plaintext with a new
    `Sniffer`, whose upstream is the TLS connection of step 3: HTTP/1.1 is
    decoded, anything else relayed raw.
@@ -36,6 +36,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tinspect._compat import replay_into_tls
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
 from tinspect.layers.raw import RawRelay, start_tls
@@ -376,7 +377,7 @@ class TlsLayer:
         transport = self._client.transport
         start_tls(transport, chs)
         replay = self._hello.raw + self._reader.leftover
-        transport.protocol.dataReceived(replay)
+        replay_into_tls(transport, replay)
         transport.resumeProducing()
 
     def _name(self) -> str:

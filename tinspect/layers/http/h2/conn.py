@@ -26,14 +26,15 @@ from typing import Any, Callable
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, DataReceived, StreamEnded, TrailersReceived
+from h2.events import DataReceived, StreamEnded, TrailersReceived
 from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.settings import SettingCodes, Settings
 from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hyperframe.frame import DataFrame, GoAwayFrame
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from tinspect._compat import GracefulH2Connection, cheap_data_frame_repr
 from tinspect.layers.raw import Leg, batch_records
 
 __all__ = ["H2Endpoint", "FullPauser", "new_connection", "take_whole", "error_name", "QUANTUM", "FULL", "STREAM_WINDOW", "CONNECTION_WINDOW"]
@@ -63,7 +64,13 @@ def new_connection(*, client_side: bool, max_header_list_size: int, max_concurre
         validate_outbound_headers=True,
         normalize_outbound_headers=False,
     )
-    conn = _Connection(config, max_concurrent_streams)
+    # What must be remembered of closed streams (`GracefulH2Connection`) is
+    # bounded by count, not by time: the peer sent its late frame before it
+    # saw our RST_STREAM, so the streams closed in between are ones it could
+    # have open then, about twice the concurrency limit at most (the upstream
+    # leg carries the client leg's streams). Ten times the limit (1,000
+    # streams, ~150 KiB) leaves a wide margin.
+    conn = GracefulH2Connection(config, max_closed_streams=10 * max_concurrent_streams)
     values = {
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
@@ -78,58 +85,7 @@ def new_connection(*, client_side: bool, max_header_list_size: int, max_concurre
     return conn
 
 
-class _Connection(H2Connection):
-    """h2's connection, except that a graceful GOAWAY lets streams finish,
-    and that it remembers fewer closed streams.
-
-    RFC 9113 §6.8: streams up to the GOAWAY's last stream id may complete.
-    h2 closes the whole connection on any GOAWAY it receives, and drops what
-    it had queued; a NO_ERROR GOAWAY is here only reported (as
-    `ConnectionTerminated`) and the layer stops opening streams.
-
-    h2 remembers how each of the last 65,536 closed streams closed, so that
-    a HEADERS frame still in flight on a stream it reset gets RST_STREAM (a
-    stream error) rather than GOAWAY (a connection error: every stream
-    lost): about 10 MiB for every long-lived connection, on either leg.
-    What must be remembered is bounded by count, not by time: the peer sent
-    its late frame before it saw our RST_STREAM, so the streams closed in
-    between are ones it could have open then, about twice the concurrency
-    limit at most (the upstream leg carries the client leg's streams). Ten
-    times the limit (1,000 streams, ~150 KiB) leaves a wide margin.
-    """
-
-    def __init__(self, config: H2Configuration, max_concurrent_streams: int) -> None:
-        self.MAX_CLOSED_STREAMS = 10 * max_concurrent_streams  # read by H2Connection.__init__
-        super().__init__(config)
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list, list]:
-        if frame.error_code:
-            return super()._receive_goaway_frame(frame)
-        event = ConnectionTerminated()
-        event.error_code = ErrorCodes.NO_ERROR
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-
-def _data_body_repr(frame: DataFrame) -> str:
-    """What hyperframe's ``DataFrame`` repr shows of the body, without
-    hexlifying the whole payload for it.
-
-    h2 (4.4) builds ``repr(frame)`` for every frame it receives, logging
-    on or not, and hyperframe (6.1) hexlifies the whole body to show its
-    first 20 hex digits: a tenth of the proxy's CPU time on a download.
-    The same text, from the first bytes only.
-    """
-    padding = frame.serialize_padding_data()
-    size = len(padding) + len(frame.data) + frame.pad_length
-    if not size:
-        return "None"
-    digits = (padding + frame.data[:10] + bytes(min(frame.pad_length, 10)))[:10].hex()
-    return f"<hex:{digits}...>" if size > 10 else f"<hex:{digits}>"
-
-
-DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign]
+cheap_data_frame_repr()  # h2 builds repr(frame) for every frame it receives
 
 
 class _Outgoing:

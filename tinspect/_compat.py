@@ -1,0 +1,265 @@
+"""Every reach into the internals of a library the proxy runs on.
+
+Theory of operation
+-------------------
+A few of the proxy's figures (a fifth of its time on small requests, a tenth
+of it on downloads) and one RFC rule depend on what Twisted, h2, hyperframe
+and autobahn do inside, beyond what they document. Each such reach lives in
+this module and nowhere else, and ``tests/test_compat.py`` checks, for each,
+that the library still has and does what it relies on, failing with the
+library's version and what changed when an upgrade breaks it; it checks too
+that no other module touches a private name of these libraries. Checked
+against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
+
+1. Twisted's TCP write queue (`fast_write`). ``tcp.Connection.write``
+   queues every write for the next reactor turn; when nothing is queued,
+   the bytes may go to the socket at once. Relies on the concrete classes
+   ``tcp.Server`` and ``tcp.Client``, and on the ``FileDescriptor``
+   attributes that say nothing is queued: ``connected``, ``disconnecting``,
+   ``_aborting`` (set by ``abortConnection``), ``_writeDisconnected`` (the
+   write side is shut), ``dataBuffer`` and ``_tempDataBuffer`` (this turn's
+   writes, not yet joined into ``dataBuffer``), and ``socket``.
+2. Twisted's TLS layering (`fast_write`, `eager_tls_records`,
+   `lazy_tls_records`, `tls_started`, `replay_into_tls`). ``startTLS`` on a
+   TCP transport (``twisted.internet._newtls``) sets its ``TLS`` flag, puts
+   a ``TLSMemoryBIOProtocol`` in ``transport.protocol``, which reads the
+   ciphertext, and gives that protocol a ``_BypassTLS`` view of the
+   connection as its ``transport``, looked up at every write of its
+   records: replacing the attribute sends small records the way
+   `fast_write` sends, and bytes read before ``startTLS`` (a ClientHello
+   we peeked) are fed to ``transport.protocol``.
+3. h2's GOAWAY handling (`GracefulH2Connection`). ``H2Connection.__init__``
+   maps ``GoAwayFrame`` to the bound ``self._receive_goaway_frame(frame)``,
+   which returns ``(frames, events)``; overriding it lets a NO_ERROR GOAWAY
+   be reported without closing the state machine.
+4. h2's closed-stream memory (`GracefulH2Connection`). ``H2Connection.__init__``
+   sizes its ``_closed_streams`` record by ``self.MAX_CLOSED_STREAMS``, so
+   an instance attribute set before it runs bounds it.
+5. hyperframe's frame repr (`cheap_data_frame_repr`). ``Frame.__repr__``
+   shows ``self._body_repr()``, which for ``DataFrame`` hexlifies the whole
+   body (``_raw_data_repr(serialize_body())``) to keep 20 hex digits; h2
+   builds ``repr(frame)`` for every frame it receives, logging on or not.
+6. autobahn's log colours (`quiet_autobahn_colours`). ``autobahn.util.hl``
+   (behind ``hltype``, ``hlval``...) colours text with click when
+   ``autobahn.util._HAS_CLICK`` is true, and autobahn builds those texts for
+   every frame it sends, debug on or not.
+7. autobahn's read and failure paths (`AutobahnSide`). Its Twisted
+   protocols' ``dataReceived`` builds a coloured debug line for every read,
+   then calls ``WebSocketProtocol._dataReceived(data)``, which does the
+   work; every failure of a connection (protocol violations, a message too
+   big, bad UTF-8, handshake and close timeouts) goes through
+   ``WebSocketProtocol._fail_connection(code, reason)``, which has no public
+   hook.
+
+autobahn is imported only by the functions that need it (the WebSocket
+layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import ConnectionTerminated
+from hyperframe.frame import DataFrame, GoAwayFrame
+from twisted.internet import tcp
+
+__all__ = [
+    "fast_write",
+    "eager_tls_records",
+    "lazy_tls_records",
+    "tls_started",
+    "replay_into_tls",
+    "GracefulH2Connection",
+    "cheap_data_frame_repr",
+    "quiet_autobahn_colours",
+    "AutobahnSide",
+]
+
+
+# -- 1. Twisted's TCP write queue -------------------------------------------------
+
+_TCP = (tcp.Server, tcp.Client)
+
+
+def fast_write(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but sent at once when nothing is queued.
+
+    Twisted queues every write for the next reactor turn: two ``epoll_ctl``
+    calls and a loop iteration per write, a fifth of the proxy's time on
+    small requests. A plain TCP transport whose buffer is empty can hand the
+    bytes to the socket now; what the socket does not take is queued as
+    usual (so producers are paused as usual). A TLS transport encrypts on
+    the ordinary path, and its records may go out the same way
+    (`eager_tls_records`).
+    """
+    if type(transport) in _TCP and not transport.TLS:
+        data = _send_now(transport, data)
+        if not data:
+            return
+    transport.write(data)
+
+
+def _send_now(connection: Any, data: bytes) -> bytes:
+    """Give ``data`` to the TCP ``connection``'s socket now if nothing is
+    queued before it; what is left for Twisted's buffer."""
+    if (
+        connection.connected
+        and not connection._aborting  # an aborted connection sends nothing more
+        and not connection.disconnecting
+        and not connection._writeDisconnected
+        and not connection.dataBuffer
+        and not connection._tempDataBuffer
+    ):
+        try:
+            sent = connection.socket.send(data)
+        except OSError:  # would block, or an error the ordinary path meets again and reports
+            return data
+        return data[sent:] if sent else data
+    return data
+
+
+# -- 2. Twisted's TLS layering ----------------------------------------------------
+
+
+class _EagerRecords:
+    """What Twisted's TLS protocol writes its records to (its ``_BypassTLS``
+    view of the TCP connection), but writing those of up to ``limit`` bytes
+    through `_send_now`."""
+
+    __slots__ = ("_bypass", "_connection", "limit")
+
+    def __init__(self, bypass: Any, connection: Any, limit: int) -> None:
+        self._bypass = bypass
+        self._connection = connection
+        self.limit = limit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bypass, name)
+
+    def write(self, data: bytes) -> None:
+        if len(data) <= self.limit:
+            data = _send_now(self._connection, data)
+            if not data:
+                return
+        self._bypass.write(data)
+
+
+def eager_tls_records(transport: Any, limit: int) -> None:
+    """Send the TLS records of up to ``limit`` bytes that a TCP
+    ``transport`` carries as `fast_write` sends (at once when nothing is
+    queued); to call right after ``transport.startTLS``. Nothing on other
+    transports."""
+    if type(transport) in _TCP:
+        tls = transport.protocol
+        tls.transport = _EagerRecords(tls.transport, transport, limit)
+
+
+def lazy_tls_records(transport: Any) -> None:
+    """Leave every TLS record of ``transport`` to Twisted's buffer again
+    (nothing to do unless `eager_tls_records` was called on it)."""
+    records = getattr(getattr(transport, "protocol", None), "transport", None)
+    if isinstance(records, _EagerRecords):
+        records.limit = 0
+
+
+def tls_started(transport: Any) -> bool:
+    """Whether ``startTLS`` was called on ``transport``."""
+    return getattr(transport, "TLS", False)
+
+
+def replay_into_tls(transport: Any, data: bytes) -> None:
+    """Feed ``data``, read from ``transport`` before ``startTLS`` was
+    called on it, to the TLS layer ``startTLS`` added, as if read now."""
+    transport.protocol.dataReceived(data)
+
+
+# -- 3, 4. h2's GOAWAY handling and closed-stream memory --------------------------
+
+
+class GracefulH2Connection(H2Connection):
+    """h2's connection, except that a graceful GOAWAY lets streams finish,
+    and that it remembers fewer closed streams.
+
+    RFC 9113 §6.8: streams up to the GOAWAY's last stream id may complete.
+    h2 closes the whole connection on any GOAWAY it receives, and drops what
+    it had queued; a NO_ERROR GOAWAY is here only reported (as
+    `ConnectionTerminated`), and the layer stops opening streams.
+
+    h2 remembers how each of the last 65,536 closed streams closed, so that
+    a HEADERS frame still in flight on a stream it reset gets RST_STREAM (a
+    stream error) rather than GOAWAY (a connection error: every stream
+    lost): about 10 MiB for every long-lived connection, on either leg.
+
+    Args:
+        config: h2's configuration.
+        max_closed_streams: how many closed streams to remember.
+    """
+
+    def __init__(self, config: H2Configuration, max_closed_streams: int) -> None:
+        self.MAX_CLOSED_STREAMS = max_closed_streams  # read by H2Connection.__init__
+        super().__init__(config)
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list, list]:
+        if frame.error_code:
+            return super()._receive_goaway_frame(frame)
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+# -- 5. hyperframe's frame repr ---------------------------------------------------
+
+
+def _data_body_repr(frame: DataFrame) -> str:
+    """What hyperframe's ``DataFrame`` repr shows of the body, from its
+    first bytes only (the same text)."""
+    padding = frame.serialize_padding_data()
+    size = len(padding) + len(frame.data) + frame.pad_length
+    if not size:
+        return "None"
+    digits = (padding + frame.data[:10] + bytes(min(frame.pad_length, 10)))[:10].hex()
+    return f"<hex:{digits}...>" if size > 10 else f"<hex:{digits}>"
+
+
+def cheap_data_frame_repr() -> None:
+    """Make ``repr`` of a hyperframe ``DataFrame`` cost the same whatever
+    its size: h2 builds it for every frame it receives, and hyperframe
+    hexlifies the whole body for it, a tenth of the proxy's CPU time on a
+    download."""
+    DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign]
+
+
+# -- 6, 7. autobahn ---------------------------------------------------------------
+
+
+def quiet_autobahn_colours() -> None:
+    """No ANSI colours in autobahn's log texts: it builds them for every
+    frame it sends, debug on or not (a tenth of the proxy's CPU on small
+    messages), and they would be escape codes in log files."""
+    import autobahn.util
+
+    autobahn.util._HAS_CLICK = False
+
+
+class AutobahnSide:
+    """Mixed in before one of autobahn's Twisted WebSocket protocols: reads
+    without autobahn's per-read debug line, and `connection_failing` as the
+    hook for every failure of the connection."""
+
+    def dataReceived(self, data: bytes) -> None:
+        # autobahn's builds a debug line, names coloured, for every read, debug on or not.
+        self._dataReceived(data)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        if self.state != self.STATE_CLOSED:
+            self.connection_failing(code, reason)
+        super()._fail_connection(code, reason)
+
+    def connection_failing(self, code: int, reason: str) -> None:
+        """autobahn is failing the open connection with ``code`` and
+        ``reason`` (it closes it next); nothing by default."""
