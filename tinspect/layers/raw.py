@@ -10,7 +10,7 @@ needs stopped:
 
 * ``SINK``: the other leg's write buffer is full. Each transport is registered
   as a streaming producer on the *other* leg's transport (as
-  `twisted.protocols.portforward` does), through a `_SinkPauser`.
+  `twisted.protocols.portforward` does), through a `SinkPauser`.
 * ``TAPS``: a tap on the arm fed by this leg went asynchronous.
 * ``CONNECTING``: the client leg waits for the upstream connection.
 
@@ -40,7 +40,7 @@ from tinspect.flow import Flow
 from tinspect.net.addresses import format_addr
 from tinspect.units import TO_CLIENT, TO_SERVER, Data, Unit, raw_payload
 
-__all__ = ["Leg", "RawRelay", "SINK", "TAPS", "CONNECTING", "send", "start_tls", "batch_records"]
+__all__ = ["Leg", "SinkPauser", "RawRelay", "SINK", "TAPS", "CONNECTING", "send", "start_tls", "batch_records"]
 
 SINK = 1
 TAPS = 2
@@ -157,8 +157,13 @@ class Leg:
 
 
 @implementer(IPushProducer)
-class _SinkPauser:
-    """Registered on one leg's transport; pauses the other leg while it is full."""
+class SinkPauser:
+    """Registered on one leg's transport; pauses the other leg while it is full.
+
+    Args:
+        leg: the leg to pause (for `SINK`) while the transport this is
+            registered on has a full write buffer.
+    """
 
     __slots__ = ("_leg",)
 
@@ -250,8 +255,8 @@ class RawRelay:
             # Before any server byte is relayed: an explicit proxy's "200
             # Connection established" must precede what the server says.
             self._on_server_connected()
-        server.transport.registerProducer(_SinkPauser(client), True)
-        client.transport.registerProducer(_SinkPauser(server), True)
+        server.transport.registerProducer(SinkPauser(client), True)
+        client.transport.registerProducer(SinkPauser(server), True)
         held, self._held = self._held, []
         for data in held:
             self.client_data(data)

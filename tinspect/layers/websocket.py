@@ -75,7 +75,7 @@ from tinspect.chain import Arm  # noqa: E402
 from tinspect.context import ProxyContext, Settings  # noqa: E402
 from tinspect.flow import Flow  # noqa: E402
 from tinspect.layers.http.grammar import HOP_BY_HOP, list_items, tokens  # noqa: E402
-from tinspect.layers.raw import TAPS, Leg, _SinkPauser  # noqa: E402
+from tinspect.layers.raw import TAPS, Leg, SinkPauser  # noqa: E402
 from tinspect.net.addresses import bracket, host_port  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
@@ -515,8 +515,8 @@ class WebSocketLayer:
         self._server_shell.handler = self
         client_t = self.client.transport
         server_t = self.server.transport
-        server_t.registerProducer(_SinkPauser(self.client), True)
-        client_t.registerProducer(_SinkPauser(self.server), True)
+        server_t.registerProducer(SinkPauser(self.client), True)
+        client_t.registerProducer(SinkPauser(self.server), True)
         self._server_side.transport = _Wire(self.server, server_t.getPeer())
         side = self._client_side = _ClientSide()
         side.layer = self

@@ -159,7 +159,7 @@ class H2Layer:
         client.handler = self
         self._on_closed = on_closed
         self._upstream_error = upstream_error
-        self._scheme = "https" if flow.tls_version else "http"
+        self.scheme = "https" if flow.tls_version else "http"  # the client's, and the upstream's by default
         settings = ctx.settings
         self._max_body = settings.max_body
         conn = new_connection(client_side=False, max_header_list_size=settings.max_header_bytes)
@@ -291,7 +291,7 @@ class H2Layer:
             self.client.reset(cid, ErrorCodes.REFUSED_STREAM)
             return
         try:
-            req = request_from_block(event.headers, stream_id=cid, scheme=self._scheme)
+            req = request_from_block(event.headers, stream_id=cid, scheme=self.scheme)
         except H2FieldError as e:
             self._log.warn("flow {flow_id}: stream {cid}: {error}", flow_id=self.flow.id, cid=cid, error=str(e))
             self.client.reset(cid, ErrorCodes.PROTOCOL_ERROR)

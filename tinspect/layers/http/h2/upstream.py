@@ -469,7 +469,7 @@ class H1Upstreams:
     ) -> None:
         self.layer = layer
         self.dst = dst or layer.flow.dst
-        self.scheme = scheme or layer._scheme
+        self.scheme = scheme or layer.scheme
         self.idle: list[Http1Upstream] = []
         self.busy: dict[Http1Upstream, Any] = {}
         self.connections: set[Http1Upstream] = set()
@@ -633,7 +633,8 @@ class H1Upstreams:
 
     # -- Http1Upstream calls these --------------------------------------------
 
-    def _upstream_connected(self, up: Http1Upstream) -> None:
+    def upstream_connected(self, up: Http1Upstream) -> None:
+        """``up``'s connection is made (its `Leg` is ready)."""
         if up not in self.connections:
             up.close()
             return
@@ -641,10 +642,12 @@ class H1Upstreams:
         if self._paused and up in self.busy:
             up.leg.pause(self._paused)
 
-    def _upstream_failed(self, up: Http1Upstream, reason: str) -> None:
+    def upstream_failed(self, up: Http1Upstream, reason: str) -> None:
+        """``up``'s connection could not be made, for ``reason``."""
         self._failed(up, f"cannot be reached: {reason}")
 
-    def _upstream_data(self, up: Http1Upstream, data: bytes) -> None:
+    def upstream_data(self, up: Http1Upstream, data: bytes) -> None:
+        """``up``'s server sent ``data``."""
         st = self.busy.get(up)
         if st is None:
             up.abort()  # bytes nobody asked for
@@ -657,7 +660,8 @@ class H1Upstreams:
             return
         self._response_events(up, st, deque(events))
 
-    def _upstream_eof(self, up: Http1Upstream) -> None:
+    def upstream_eof(self, up: Http1Upstream) -> None:
+        """``up``'s server closed its side of the connection."""
         up.keep_alive = False
         st = self.busy.get(up)
         if st is None:
@@ -671,7 +675,8 @@ class H1Upstreams:
             return
         self._response_events(up, st, deque(events))
 
-    def _upstream_lost(self, up: Http1Upstream, reason: Failure) -> None:
+    def upstream_lost(self, up: Http1Upstream, reason: Failure) -> None:
+        """``up``'s connection is gone."""
         st = self.busy.get(up)
         if st is None:
             self._drop(up)

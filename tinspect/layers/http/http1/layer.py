@@ -81,7 +81,7 @@ from tinspect.layers.http.http1.parse import (
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream, UpstreamPauser
 from tinspect.layers.http.http1.write import FramingError, Http1Writer, serialize_response_head
-from tinspect.layers.raw import SINK, TAPS, Leg, RawRelay, _SinkPauser, send
+from tinspect.layers.raw import SINK, TAPS, Leg, RawRelay, SinkPauser, send
 from tinspect.net.addresses import format_addr, host_port
 from tinspect.net.shells import open_upstream
 from tinspect.net.timeouts import Deadline
@@ -468,16 +468,18 @@ class Http1Layer:
 
     # -- upstream events ------------------------------------------------------
 
-    def _upstream_connected(self, up: Http1Upstream) -> None:
+    def upstream_connected(self, up: Http1Upstream) -> None:
+        """``up``'s connection is made (its `Leg` is ready)."""
         if self._finished or up is not self.upstream:
             up.close()
             return
         transport = up.leg.transport
-        transport.registerProducer(_SinkPauser(self.client), True)
+        transport.registerProducer(SinkPauser(self.client), True)
         if self._client_full:
             up.leg.pause(SINK)
 
-    def _upstream_failed(self, up: Http1Upstream, reason: str) -> None:
+    def upstream_failed(self, up: Http1Upstream, reason: str) -> None:
+        """``up``'s connection could not be made, for ``reason``."""
         if up is not self.upstream or self._finished:
             return
         self._log.warn(
@@ -490,7 +492,8 @@ class Http1Layer:
         if ex is not None and ex.upstream is up and not ex.answered and not ex.response_submitted:
             self._answer(ex, _gateway_error(reason, up.dst, ex.request))
 
-    def _upstream_data(self, up: Http1Upstream, data: bytes) -> None:
+    def upstream_data(self, up: Http1Upstream, data: bytes) -> None:
+        """``up``'s server sent ``data``."""
         if up is not self.upstream or self._finished:
             return
         self._deadline.kick()
@@ -503,7 +506,8 @@ class Http1Layer:
             return
         self._response_events(up, events)
 
-    def _upstream_eof(self, up: Http1Upstream) -> None:
+    def upstream_eof(self, up: Http1Upstream) -> None:
+        """``up``'s server closed its side of the connection."""
         if up is not self.upstream or self._finished:
             return
         up.keep_alive = False
@@ -518,7 +522,8 @@ class Http1Layer:
             up.close()  # the response (if any) is complete or queued; nothing more will come
             self._forget_upstream()
 
-    def _upstream_lost(self, up: Http1Upstream, reason: Failure) -> None:
+    def upstream_lost(self, up: Http1Upstream, reason: Failure) -> None:
+        """``up``'s connection is gone."""
         if up is not self.upstream or self._finished:
             return
         self._forget_upstream()
@@ -869,6 +874,24 @@ class Http1Layer:
         for its full write buffer, which a lost transport never reports."""
         self.upstream = None
         self.client.resume(SINK)
+
+    def client_full(self) -> None:
+        """The client's write buffer is full: stop reading the upstream, and
+        give the client idle_timeout to read something."""
+        self._client_full = True
+        self._stalled.start(self.ctx.settings.idle_timeout, "client")
+        up = self.upstream
+        if up is not None and up.leg is not None:
+            up.leg.pause(SINK)
+
+    def client_drained(self) -> None:
+        """The client's write buffer drained: read the upstream again."""
+        self._client_full = False
+        self._stalled.stop()
+        self._deadline.kick()  # the server was held back until now: its silence was ours
+        up = self.upstream
+        if up is not None and up.leg is not None:
+            up.leg.resume(SINK)
 
     def _pause_upstream_for_taps(self) -> None:
         up = self.upstream

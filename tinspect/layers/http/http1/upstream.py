@@ -6,8 +6,11 @@ parser and the request writer of the connection, queues what the layer
 writes while the TCP connection is still being made, and reports events to
 its layer (`tinspect.layers.http.http1.layer.Http1Layer`) with itself as the first
 argument, so the layer can ignore a connection it has moved on from.
-`UpstreamPauser` pauses whichever upstream is current while the client's
-write buffer is full.
+The layer answers ``upstream_connected(up)``, ``upstream_failed(up, reason)``,
+``upstream_data(up, data)``, ``upstream_eof(up)`` and ``upstream_lost(up,
+reason)``. `UpstreamPauser` tells the layer when the client's write buffer
+fills and drains (``client_full()``, ``client_drained()``), so that it
+pauses whichever upstream is current.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from zope.interface import implementer
 
 from tinspect.layers.http.http1.parse import Http1Reader
 from tinspect.layers.http.http1.write import Http1Writer
-from tinspect.layers.raw import SINK, Leg, send
+from tinspect.layers.raw import Leg, send
 from tinspect.net.shells import open_upstream
 from tinspect.units import Response
 
@@ -109,7 +112,7 @@ class Http1Upstream:
         if self.pending:
             pending, self.pending = self.pending, []
             transport.writeSequence(pending)
-        self.layer._upstream_connected(self)
+        self.layer.upstream_connected(self)
 
     def server_failed(self, reason: str) -> None:
         self.connecting = None
@@ -118,26 +121,27 @@ class Http1Upstream:
         self.failure = reason
         self.closed = True
         self.pending = []
-        self.layer._upstream_failed(self, reason)
+        self.layer.upstream_failed(self, reason)
 
     def server_data(self, data: bytes) -> None:
-        self.layer._upstream_data(self, data)
+        self.layer.upstream_data(self, data)
 
     def server_eof(self) -> None:
         if self.leg is not None:
             self.leg.read_closed()
-        self.layer._upstream_eof(self)
+        self.layer.upstream_eof(self)
 
     def server_lost(self, reason: Failure) -> None:
         self.closed = True
         if self.leg is not None:
             self.leg.lost = True
-        self.layer._upstream_lost(self, reason)
+        self.layer.upstream_lost(self, reason)
 
 
 @implementer(IPushProducer)
 class UpstreamPauser:
-    """Registered on the client transport: pauses whichever upstream is current."""
+    """Registered on the client transport: tells the layer when its write
+    buffer fills and drains, so the layer pauses whichever upstream is current."""
 
     __slots__ = ("_layer",)
 
@@ -145,20 +149,10 @@ class UpstreamPauser:
         self._layer = layer
 
     def pauseProducing(self) -> None:
-        self._layer._client_full = True
-        self._layer._stalled.start(self._layer.ctx.settings.idle_timeout, "client")
-        up = self._layer.upstream
-        if up is not None and up.leg is not None:
-            up.leg.pause(SINK)
+        self._layer.client_full()
 
     def resumeProducing(self) -> None:
-        layer = self._layer
-        layer._client_full = False
-        layer._stalled.stop()
-        layer._deadline.kick()  # the server was held back until now: its silence was ours
-        up = layer.upstream
-        if up is not None and up.leg is not None:
-            up.leg.resume(SINK)
+        self._layer.client_drained()
 
     def stopProducing(self) -> None:
         pass
