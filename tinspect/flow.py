@@ -14,21 +14,32 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from tinspect.net.addresses import format_addr
 from tinspect.units import Direction, Unit
 
-if TYPE_CHECKING:
-    from tinspect.chain import Arm, Tap
-
-__all__ = ["Flow", "FlowClosed"]
+__all__ = ["Flow", "FlowArm", "FlowClosed"]
 
 _ids = itertools.count(1)
 
 
 class FlowClosed(Exception):
     """Raised when a tap acts on a flow that has no live connection."""
+
+
+class FlowArm(Protocol):
+    """What a flow needs of the chain runner of each direction (`tinspect.chain.Arm`).
+
+    Spelled out here so that this module, which `tinspect.chain` imports, does not
+    import it back.
+    """
+
+    def submit(self, unit: Unit) -> None:
+        """Run ``unit`` through every tap that wants it."""
+
+    def inject(self, unit: Unit, after: Any) -> None:
+        """Run a tap's own ``unit`` through the taps after ``after`` (a `tinspect.chain.Tap`)."""
 
 
 class Flow:
@@ -79,7 +90,7 @@ class Flow:
         self.error: str | None = None
         self.state: dict[str, Any] = {}
         self._clock = clock
-        self._arms: dict[Direction, Arm] | None = None
+        self._arms: dict[Direction, FlowArm] | None = None
         self._abort: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +105,7 @@ class Flow:
 
     # -- used by taps -------------------------------------------------------
 
-    def inject(self, unit: Unit, after: Tap | None = None) -> None:
+    def inject(self, unit: Unit, after: Any = None) -> None:
         """Send a unit of the tap's own making towards ``unit.direction``.
 
         The unit queues behind units already travelling that way, so order is
@@ -106,7 +117,7 @@ class Flow:
         Args:
             unit: the unit to send, for example a `Data` with
                 ``direction=TO_CLIENT``.
-            after: the tap the unit starts after.
+            after: the tap (a `tinspect.chain.Tap`) the unit starts after.
 
         Raises:
             FlowClosed: the flow has ended or is not yet connected.
@@ -126,12 +137,12 @@ class Flow:
 
     # -- used by the layers -------------------------------------------------
 
-    def attach(self, arms: dict[Direction, Arm], abort: Callable[[str], None]) -> None:
+    def attach(self, arms: dict[Direction, FlowArm], abort: Callable[[str], None]) -> None:
         """Connect the flow to the layer carrying it (called by the layers)."""
         self._arms = arms
         self._abort = abort
 
-    def arm(self, direction: Direction) -> Arm:
+    def arm(self, direction: Direction) -> FlowArm:
         """The chain runner for ``direction`` (called by the layers and arms)."""
         if self._arms is None:
             raise FlowClosed(f"flow {self.id} is not open")
