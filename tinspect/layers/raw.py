@@ -4,9 +4,9 @@ Theory of operation
 -------------------
 A relayed connection has two `Leg` objects, the client's and the server's.
 Each leg reads (its transport is a producer) and writes (its transport is a
-consumer). Reading from a leg may be paused for several independent reasons,
-kept as bits so that one reason ending does not resume reading another still
-needs stopped:
+consumer). Reading from a leg may be paused for several independent reasons
+(`PauseReason`, the one list of them for every layer), kept as bits so that
+one reason ending does not resume reading another still needs stopped; here:
 
 * ``SINK``: the other leg's write buffer is full. Each transport is registered
   as a streaming producer on the *other* leg's transport (as
@@ -25,6 +25,7 @@ gracefully after the queued units; a tap error or `Flow.abort` aborts both
 
 from __future__ import annotations
 
+import enum
 from typing import Callable
 
 from twisted.internet.error import ConnectionDone
@@ -40,11 +41,29 @@ from tinspect.flow import Flow
 from tinspect.net.addresses import format_addr
 from tinspect.units import TO_CLIENT, TO_SERVER, Data, Unit, raw_payload
 
-__all__ = ["Leg", "SinkPauser", "RawRelay", "SINK", "TAPS", "CONNECTING", "send", "start_tls", "batch_records"]
+__all__ = ["Leg", "PauseReason", "SinkPauser", "RawRelay", "send", "start_tls", "batch_records"]
 
-SINK = 1
-TAPS = 2
-CONNECTING = 4
+
+class PauseReason(enum.IntFlag):
+    """Why a `Leg` stops reading: each layer's reasons, one bit each.
+
+    An ``IntFlag`` so that a `Leg` keeps its reasons as a plain ``int``: pausing and
+    resuming happen on every read and write of a busy connection, and arithmetic on
+    ``enum.Flag`` members costs 0.6 us an operation where an ``int``'s costs 0.02.
+    """
+
+    SINK = 1
+    """The other side's write buffer is full (the raw relay, HTTP/1.1)."""
+    TAPS = 2
+    """A tap on the arm this side feeds went asynchronous."""
+    CONNECTING = 4
+    """The client waits for the upstream connection (the raw relay)."""
+    WAIT = 8
+    """A pipelined HTTP/1.1 request waits for its turn."""
+    FULL = 16
+    """An HTTP/2 endpoint's own write buffer is full."""
+    ALL = SINK | TAPS | CONNECTING | WAIT | FULL
+    """Every reason: what a layer handing the connection on lifts (`tinspect.net.handoff`)."""
 
 
 EAGER_RECORDS = 8192  # see start_tls
@@ -86,7 +105,7 @@ class Leg:
     def __init__(self, transport, name: str) -> None:
         self.transport = transport
         self.name = name
-        self._paused = 0
+        self._paused = 0  # PauseReason bits, as an int
         self.read_open = True
         self.write_open = True
         self.lost = False
@@ -96,17 +115,18 @@ class Leg:
         """Whether reading is stopped, for any reason."""
         return bool(self._paused)
 
-    def pause(self, reason: int) -> None:
-        """Stop reading for ``reason`` (a bit); idempotent."""
+    def pause(self, reason: PauseReason) -> None:
+        """Stop reading for ``reason``; idempotent."""
         if not self._paused and not self.lost:
             self.transport.pauseProducing()
-        self._paused |= reason
+        self._paused |= reason._value_  # int arithmetic: see PauseReason
 
-    def resume(self, reason: int) -> None:
+    def resume(self, reason: PauseReason) -> None:
         """Drop ``reason``; read again once no reason is left."""
-        if not self._paused & reason:
+        bits = reason._value_
+        if not self._paused & bits:
             return
-        self._paused &= ~reason
+        self._paused &= ~bits
         if not self._paused and not self.lost and self.read_open:
             self.transport.resumeProducing()
 
@@ -161,7 +181,7 @@ class SinkPauser:
     """Registered on one leg's transport; pauses the other leg while it is full.
 
     Args:
-        leg: the leg to pause (for `SINK`) while the transport this is
+        leg: the leg to pause (for ``PauseReason.SINK``) while the transport this is
             registered on has a full write buffer.
     """
 
@@ -171,10 +191,10 @@ class SinkPauser:
         self._leg = leg
 
     def pauseProducing(self) -> None:
-        self._leg.pause(SINK)
+        self._leg.pause(PauseReason.SINK)
 
     def resumeProducing(self) -> None:
-        self._leg.resume(SINK)
+        self._leg.resume(PauseReason.SINK)
 
     def stopProducing(self) -> None:
         # The consumer went away; connectionLost on its protocol handles it.
@@ -222,8 +242,8 @@ class RawRelay:
                 flow,
                 TO_SERVER,
                 self._to_server,
-                pause=lambda: self.client.pause(TAPS),
-                resume=lambda: self.client.resume(TAPS),
+                pause=lambda: self.client.pause(PauseReason.TAPS),
+                resume=lambda: self.client.resume(PauseReason.TAPS),
                 on_error=self._tap_failed,
                 on_end=self._client_ended,
             ),
@@ -232,14 +252,14 @@ class RawRelay:
                 flow,
                 TO_CLIENT,
                 self._to_client,
-                pause=lambda: self.server and self.server.pause(TAPS),
-                resume=lambda: self.server and self.server.resume(TAPS),
+                pause=lambda: self.server and self.server.pause(PauseReason.TAPS),
+                resume=lambda: self.server and self.server.resume(PauseReason.TAPS),
                 on_error=self._tap_failed,
                 on_end=self._server_ended,
             ),
         }
         flow.attach(self.arms, self.abort)
-        self.client.pause(CONNECTING)
+        self.client.pause(PauseReason.CONNECTING)
 
     # -- wiring ------------------------------------------------------------
 
@@ -262,7 +282,7 @@ class RawRelay:
             self.client_data(data)
         if self._held_eof:
             self.arms[TO_SERVER].finish()
-        client.resume(CONNECTING)
+        client.resume(PauseReason.CONNECTING)
 
     def server_failed(self, reason: str) -> None:
         """The upstream connection could not be made: close the client."""

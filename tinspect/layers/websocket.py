@@ -75,7 +75,7 @@ from tinspect.chain import Arm  # noqa: E402
 from tinspect.context import ProxyContext, Settings  # noqa: E402
 from tinspect.flow import Flow  # noqa: E402
 from tinspect.layers.http.grammar import HOP_BY_HOP, list_items, tokens  # noqa: E402
-from tinspect.layers.raw import TAPS, Leg, SinkPauser  # noqa: E402
+from tinspect.layers.raw import Leg, PauseReason, SinkPauser  # noqa: E402
 from tinspect.net.addresses import bracket, host_port  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
@@ -445,15 +445,15 @@ class WebSocketLayer:
         self.arms = {
             TO_SERVER: Arm(
                 chain, flow, TO_SERVER, self._to_server,
-                pause=lambda: self.client.pause(TAPS),
-                resume=lambda: self.client.resume(TAPS),
+                pause=lambda: self.client.pause(PauseReason.TAPS),
+                resume=lambda: self.client.resume(PauseReason.TAPS),
                 on_error=self._tap_failed,
                 on_drop=self._dropped,
             ),
             TO_CLIENT: Arm(
                 chain, flow, TO_CLIENT, self._to_client,
-                pause=lambda: self.server.pause(TAPS),
-                resume=lambda: self.server.resume(TAPS),
+                pause=lambda: self.server.pause(PauseReason.TAPS),
+                resume=lambda: self.server.resume(PauseReason.TAPS),
                 on_error=self._tap_failed,
                 on_drop=self._dropped,
             ),

@@ -35,12 +35,11 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from tinspect._compat import GracefulH2Connection, cheap_data_frame_repr
-from tinspect.layers.raw import Leg, batch_records
+from tinspect.layers.raw import Leg, PauseReason, batch_records
 
-__all__ = ["H2Endpoint", "FullPauser", "new_connection", "take_whole", "error_name", "QUANTUM", "FULL", "STREAM_WINDOW", "CONNECTION_WINDOW"]
+__all__ = ["H2Endpoint", "FullPauser", "new_connection", "take_whole", "error_name", "QUANTUM", "STREAM_WINDOW", "CONNECTION_WINDOW"]
 
 QUANTUM = 16384  # bytes per stream per round of `pump`
-FULL = 16  # a Leg pause reason: this leg's own write buffer is full
 # What a peer may send us before we acknowledge it: with end-to-end flow
 # control this is also what one connection can make the proxy hold.
 STREAM_WINDOW = 1 << 20
@@ -317,13 +316,13 @@ class FullPauser:
         ep = self._endpoint
         ep.full = True
         if ep.leg is not None:
-            ep.leg.pause(FULL)
+            ep.leg.pause(PauseReason.FULL)
 
     def resumeProducing(self) -> None:
         ep = self._endpoint
         ep.full = False
         if ep.leg is not None:
-            ep.leg.resume(FULL)
+            ep.leg.resume(PauseReason.FULL)
         ep.pump()
 
     def stopProducing(self) -> None:

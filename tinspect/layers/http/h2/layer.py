@@ -62,7 +62,7 @@ from tinspect.headers import Headers
 from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_whole
 from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_from_block, response_block, trailer_block
 from tinspect.layers.http.h2.upstream import H1Upstreams, H2Upstream, known_h1_only
-from tinspect.layers.raw import TAPS
+from tinspect.layers.raw import PauseReason
 from tinspect.net.addresses import format_addr
 from tinspect.net.timeouts import Deadline
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
@@ -183,16 +183,16 @@ class H2Layer:
         self.arms = {
             TO_SERVER: Arm(
                 chain, flow, TO_SERVER, self._to_server,
-                pause=lambda: self.client.leg.pause(TAPS),
-                resume=lambda: self.client.leg.resume(TAPS),
+                pause=lambda: self.client.leg.pause(PauseReason.TAPS),
+                resume=lambda: self.client.leg.resume(PauseReason.TAPS),
                 on_error=self._tap_failed,
                 on_reply=self._replied,
                 on_drop=self._dropped,
             ),
             TO_CLIENT: Arm(
                 chain, flow, TO_CLIENT, self._to_client,
-                pause=lambda: [up.pause(TAPS) for up in self._upstreams()],
-                resume=lambda: [up.resume(TAPS) for up in self._upstreams()],
+                pause=lambda: [up.pause(PauseReason.TAPS) for up in self._upstreams()],
+                resume=lambda: [up.resume(PauseReason.TAPS) for up in self._upstreams()],
                 on_error=self._tap_failed,
                 on_drop=self._dropped,
             ),

@@ -62,7 +62,7 @@ from tinspect.layers.http.http1.parse import (
     take_body,
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream
-from tinspect.layers.raw import SINK, TAPS
+from tinspect.layers.raw import PauseReason
 from tinspect.net.addresses import format_addr
 from tinspect.units import Response
 
@@ -167,11 +167,11 @@ class H2Upstream:
         self.ep.flush()
         self._start_waiting()
 
-    def pause(self, reason: int = TAPS) -> None:
+    def pause(self, reason: PauseReason = PauseReason.TAPS) -> None:
         if self.ep.leg is not None:
             self.ep.leg.pause(reason)
 
-    def resume(self, reason: int = TAPS) -> None:
+    def resume(self, reason: PauseReason = PauseReason.TAPS) -> None:
         if self.ep.leg is not None:
             self.ep.leg.resume(reason)
 
@@ -475,7 +475,7 @@ class H1Upstreams:
         self.connections: set[Http1Upstream] = set()
         self.full: set[Http1Upstream] = set()
         self.waiting: deque = deque()
-        self._paused = 0
+        self._paused = PauseReason(0)  # why the layer paused its busy connections
         if first is not None:
             shell, connecting, transport, failure = first
             if failure is None:
@@ -526,7 +526,7 @@ class H1Upstreams:
     def credit(self, st: Any) -> None:
         up = st.h1
         if up is not None and up.leg is not None:
-            up.leg.resume(SINK)
+            up.leg.resume(PauseReason.SINK)
 
     def cancel(self, st: Any, code: int) -> None:
         up = st.h1
@@ -540,13 +540,13 @@ class H1Upstreams:
         self._drop(up)
         self._next()
 
-    def pause(self, reason: int = TAPS) -> None:
+    def pause(self, reason: PauseReason = PauseReason.TAPS) -> None:
         self._paused |= reason
         for up in self.busy:
             if up.leg is not None:
                 up.leg.pause(reason)
 
-    def resume(self, reason: int = TAPS) -> None:
+    def resume(self, reason: PauseReason = PauseReason.TAPS) -> None:
         self._paused &= ~reason
         for up in self.busy:
             if up.leg is not None:
@@ -601,7 +601,7 @@ class H1Upstreams:
             del self.busy[up]
         st.h1 = None
         if up.leg is not None:
-            up.leg.resume(~0)
+            up.leg.resume(PauseReason.ALL)
         if up.usable and not up.writer.streaming:
             self.idle.append(up)
         else:
@@ -721,7 +721,7 @@ class H1Upstreams:
             elif kind is ConnectionClosed:
                 up.keep_alive = False
         if up.leg is not None and layer.client_backlog(st):
-            up.leg.pause(SINK)
+            up.leg.pause(PauseReason.SINK)
 
 
 @implementer(IPushProducer)

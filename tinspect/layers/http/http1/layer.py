@@ -12,7 +12,7 @@ come back the same way through the ``TO_CLIENT`` arm.
 
 Exchanges are served one at a time. While a response is outstanding the
 client may pipeline more requests; their events wait in ``_queue`` (and the
-client is paused, ``WAIT``), so responses go out in request order however
+client is paused, ``PauseReason.WAIT``), so responses go out in request order however
 each exchange is answered: by the server, by a tap (a local answer), or by
 the proxy itself (a 502/504 page). The request body and the response may
 overlap (a server may answer before the upload ends).
@@ -81,7 +81,7 @@ from tinspect.layers.http.http1.parse import (
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream, UpstreamPauser
 from tinspect.layers.http.http1.write import FramingError, Http1Writer, serialize_response_head
-from tinspect.layers.raw import SINK, TAPS, Leg, RawRelay, SinkPauser, send
+from tinspect.layers.raw import Leg, PauseReason, RawRelay, SinkPauser, send
 from tinspect.net.addresses import format_addr, host_port
 from tinspect.net.shells import open_upstream
 from tinspect.net.timeouts import Deadline
@@ -92,7 +92,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Http1Layer"]
 
-WAIT = 8  # a Leg pause reason: a pipelined request waits for its turn
 IDLE, HEAD, RESPONSE = "idle", "head", "response"  # what the deadline waits for
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -199,8 +198,8 @@ class Http1Layer:
         self.arms = {
             TO_SERVER: Arm(
                 chain, flow, TO_SERVER, self._to_server,
-                pause=lambda: self.client.pause(TAPS),
-                resume=lambda: self.client.resume(TAPS),
+                pause=lambda: self.client.pause(PauseReason.TAPS),
+                resume=lambda: self.client.resume(PauseReason.TAPS),
                 on_error=self._tap_failed,
                 on_reply=self._replied,
                 on_drop=self._dropped,
@@ -289,7 +288,7 @@ class Http1Layer:
                 kind = type(event)
                 if kind is RequestHead:
                     if self._exchange is not None:
-                        self.client.pause(WAIT)
+                        self.client.pause(PauseReason.WAIT)
                         return
                     queue.popleft()
                     self._request_head(event)
@@ -306,11 +305,11 @@ class Http1Layer:
                         self._close()
                 else:  # a ProtocolError from the reader
                     if self._exchange is not None and self._exchange.request_done:
-                        self.client.pause(WAIT)
+                        self.client.pause(PauseReason.WAIT)
                         return
                     queue.popleft()
                     self._bad_request(event)
-            self.client.resume(WAIT)
+            self.client.resume(PauseReason.WAIT)
         finally:
             self._pumping = False
 
@@ -476,7 +475,7 @@ class Http1Layer:
         transport = up.leg.transport
         transport.registerProducer(SinkPauser(self.client), True)
         if self._client_full:
-            up.leg.pause(SINK)
+            up.leg.pause(PauseReason.SINK)
 
     def upstream_failed(self, up: Http1Upstream, reason: str) -> None:
         """``up``'s connection could not be made, for ``reason``."""
@@ -759,8 +758,8 @@ class Http1Layer:
         server_t = up.leg.transport
         client_t.unregisterProducer()
         server_t.unregisterProducer()
-        self.client.resume(~0)
-        up.leg.resume(~0)
+        self.client.resume(PauseReason.ALL)
+        up.leg.resume(PauseReason.ALL)
         relay = RawRelay(self.ctx.chain, self.flow, client_t, on_closed=self._on_closed)
         self.flow.protocol = "tcp"
         self._shell.handler = relay
@@ -786,8 +785,8 @@ class Http1Layer:
         record, up.record = bytes(up.record), None
         self.client.transport.unregisterProducer()
         up.leg.transport.unregisterProducer()
-        self.client.resume(~0)
-        up.leg.resume(~0)
+        self.client.resume(PauseReason.ALL)
+        up.leg.resume(PauseReason.ALL)
         layer = _websocket().WebSocketLayer(self.ctx, self.flow, self._shell, up, ex.websocket, self._on_closed)
         failure = layer.open(record, client_rest, resp)
         if failure is None:
@@ -833,7 +832,7 @@ class Http1Layer:
         early = self.reader.switch()
         self._hand_over()
         self.client.transport.unregisterProducer()
-        self.client.resume(~0)
+        self.client.resume(PauseReason.ALL)
         Sniffer(self.ctx, self.flow, self._shell, shell, self._on_closed, server_transport=transport, early=early)
         if not self.client.read_open:
             self._shell.handler.client_eof()
@@ -873,7 +872,7 @@ class Http1Layer:
         """Stop using the current upstream; the client may have been paused
         for its full write buffer, which a lost transport never reports."""
         self.upstream = None
-        self.client.resume(SINK)
+        self.client.resume(PauseReason.SINK)
 
     def client_full(self) -> None:
         """The client's write buffer is full: stop reading the upstream, and
@@ -882,7 +881,7 @@ class Http1Layer:
         self._stalled.start(self.ctx.settings.idle_timeout, "client")
         up = self.upstream
         if up is not None and up.leg is not None:
-            up.leg.pause(SINK)
+            up.leg.pause(PauseReason.SINK)
 
     def client_drained(self) -> None:
         """The client's write buffer drained: read the upstream again."""
@@ -891,18 +890,18 @@ class Http1Layer:
         self._deadline.kick()  # the server was held back until now: its silence was ours
         up = self.upstream
         if up is not None and up.leg is not None:
-            up.leg.resume(SINK)
+            up.leg.resume(PauseReason.SINK)
 
     def _pause_upstream_for_taps(self) -> None:
         up = self.upstream
         if up is not None and up.leg is not None:
-            up.leg.pause(TAPS)
+            up.leg.pause(PauseReason.TAPS)
 
     def _resume_upstream_for_taps(self) -> None:
         self._deadline.kick()  # the server was held back until now: its silence was ours
         up = self.upstream
         if up is not None and up.leg is not None:
-            up.leg.resume(TAPS)
+            up.leg.resume(PauseReason.TAPS)
 
     def _tap_failed(self, failure: Failure) -> None:
         ex = self._exchange
