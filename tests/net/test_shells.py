@@ -119,3 +119,72 @@ def test_a_refused_upstream_handshake_is_aborted_before_the_handler_hears_of_it(
         assert (transport.disconnecting or transport.disconnected) == (refusal is not None)
         shell.connectionLost(None)
         assert handler.events == events and hs.remembered == remembered
+
+
+class _Connecting:
+    """A handler that writes down how the connect ended, and anything after."""
+
+    def __init__(self) -> None:
+        self.events = []
+
+    def server_connected(self, transport) -> None:
+        self.events.append("connected")
+
+    def server_failed(self, reason) -> None:
+        self.events.append(("failed", reason))
+
+    def server_data(self, data) -> None:
+        self.events.append(("data", data))
+
+    def server_lost(self, reason) -> None:
+        self.events.append("lost")
+
+
+class _TLSHandshake(_Handshake):
+    def explain(self, reason) -> str:
+        return "certificate verify failed"
+
+
+def _tls_transport():
+    from twisted.internet.testing import StringTransport
+
+    class TLSTransport(StringTransport):
+        started = None
+
+        def startTLS(self, handshake) -> None:
+            self.started = handshake
+
+    return TLSTransport()
+
+
+def test_tls_asked_of_the_connect_is_part_of_it():
+    """With connect_tls the shell starts TLS once TCP is up, and the handler hears
+    server_connected only when the handshake is done; what follows goes to it as usual."""
+    handler = _Connecting()
+    shell = ServerConnection(handler, connect_tls=_TLSHandshake(None))
+    transport = _tls_transport()
+    shell.makeConnection(transport)
+    assert transport.started is shell.tls and handler.events == []
+    shell.handshakeCompleted()
+    shell.dataReceived(b"HTTP/1.1 200 OK\r\n")
+    shell.connectionLost(None)
+    assert handler.events == ["connected", ("data", b"HTTP/1.1 200 OK\r\n"), "lost"]
+
+
+def test_a_connect_whose_tls_fails_is_a_failed_connect():
+    """A connection lost before its TLS is up, or whose handshake the policy refuses, reaches
+    the handler as server_failed with the handshake's reason, never as server_lost."""
+    for refusal in (None, "name mismatch"):
+        handler = _Connecting()
+        shell = ServerConnection(handler, connect_tls=_TLSHandshake(refusal))
+        shell.makeConnection(_tls_transport())
+        if refusal is not None:
+            shell.handshakeCompleted()
+        shell.connectionLost(None)
+        assert handler.events == [("failed", "certificate verify failed")]
+
+
+def test_a_shell_nobody_carries_ends_unheard():
+    """A shell whose handler was taken away (an unwanted tunnel) is closed without a handler."""
+    shell = ServerConnection(None)
+    shell.connectionLost(None)

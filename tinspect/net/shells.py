@@ -6,11 +6,17 @@ the layer behind each (its ``handler``) changes as the protocol is found out:
 `tinspect.layers.dispatch.Sniffer`, then `tinspect.layers.raw.RawRelay` or
 `tinspect.layers.http.http1.layer.Http1Layer`, as `twisted.web.http`'s generic channel
 hands a connection to HTTP/2 once it knows. They parse nothing.
+
+What a handler answers is written down here, as Protocols: `ClientHandler` for the
+client's shell, `ServerHandler` for a connected upstream's, `ConnectHandler` for whoever
+hears how a connect ends (every layer that takes an upstream still connecting is both),
+and a ``*HandshakeHandler`` for the layer that started TLS on a shell. A layer hands
+both shells on with `tinspect.net.handoff.take_over`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
@@ -23,7 +29,73 @@ from tinspect.context import ProxyContext
 from tinspect.layers.raw import start_tls
 from tinspect.net.upstream import connect, describe_failure
 
-__all__ = ["ClientConnection", "ServerConnection", "UpstreamFactory", "no_delay", "open_upstream"]
+__all__ = [
+    "ClientConnection",
+    "ServerConnection",
+    "UpstreamFactory",
+    "ClientHandler",
+    "ClientHandshakeHandler",
+    "ServerHandler",
+    "ConnectHandler",
+    "ServerHandshakeHandler",
+    "no_delay",
+    "open_upstream",
+]
+
+
+class ClientHandler(Protocol):
+    """What the handler of a `ClientConnection` answers: the layer carrying it now."""
+
+    def client_data(self, data: bytes) -> None:
+        """The client sent ``data``."""
+
+    def client_eof(self) -> None:
+        """The client half-closed (FIN): it sends nothing more, but may still read."""
+
+    def client_lost(self, reason: Failure) -> None:
+        """The client connection is gone (``reason`` says how)."""
+
+
+class ClientHandshakeHandler(ClientHandler, Protocol):
+    """A client handler that started TLS on the connection (the TLS layer): it hears
+    when the handshake completes."""
+
+    def client_handshake_done(self) -> None:
+        """The client's TLS handshake with us completed."""
+
+
+class ServerHandler(Protocol):
+    """What the handler of a connected `ServerConnection` answers."""
+
+    def server_data(self, data: bytes) -> None:
+        """The server sent ``data``."""
+
+    def server_eof(self) -> None:
+        """The server half-closed (FIN)."""
+
+    def server_lost(self, reason: Failure) -> None:
+        """The upstream connection is gone (``reason`` says how)."""
+
+
+class ConnectHandler(Protocol):
+    """What hears how the connect of a `ServerConnection` ends (`open_upstream`'s handler).
+
+    A layer given a shell that may still be connecting is a `ServerHandler` too; one that
+    hands the connection on as soon as it is made (an explicit CONNECT's) need not be.
+    """
+
+    def server_connected(self, transport: Any) -> None:
+        """The upstream connection is up (and its TLS, if `open_upstream` was given any)."""
+
+    def server_failed(self, reason: str) -> None:
+        """The connect failed (TLS included); ``reason`` is short and plain."""
+
+
+class ServerHandshakeHandler(ServerHandler, Protocol):
+    """A server handler that started TLS on a connected shell (the TLS layer)."""
+
+    def server_handshake_done(self) -> None:
+        """The TLS handshake with the server completed and passed the upstream policy."""
 
 
 def no_delay(transport: Any) -> None:
@@ -53,13 +125,14 @@ class ClientConnection(Protocol):
     """
 
     factory: Any
-    handler: Any = None
+    handler: ClientHandler | None = None  # None until the factory starts a layer, or when it refused
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self.factory.start(self)
 
     def handshakeCompleted(self) -> None:
+        # A ClientHandshakeHandler: the layer that started TLS carries the client until then.
         self.handler.client_handshake_done()
 
     def dataReceived(self, data: bytes) -> None:
@@ -85,35 +158,53 @@ class ServerConnection(Protocol):
     ``server_lost`` (and ``server_handshake_done`` after ``startTLS``) on to
     its `handler`; whoever started the connect
     reports a failure to connect as ``handler.server_failed(reason)``.
+    While the shell connects its handler is a `ConnectHandler`, once
+    connected a `ServerHandler` (a `ServerHandshakeHandler` after
+    ``startTLS``); ``None`` once nobody carries it (its end goes unheard).
 
     Whoever starts TLS on it sets ``tls`` (the `UpstreamHandshake`): a
     completed handshake the upstream policy refuses is aborted here, before
     the handler hears of it; an accepted one's session is kept for the next
     connection to the same upstream when this one ends (TLS 1.3 tickets
-    arrive after the handshake, so not before).
+    arrive after the handshake, so not before). With ``connect_tls``
+    (`open_upstream`'s), TLS is part of connecting: the shell starts it, and
+    the handler hears ``server_connected`` once it is up, or
+    ``server_failed`` with the handshake's reason; TLS reads nothing before
+    its handshake, so nothing else reaches the handler before then.
 
     Args:
         handler: the layer that gets the events (may be set later).
+        connect_tls: the `UpstreamHandshake` to run before the connection
+            counts as made.
     """
 
     tls: Any = None
     _secure = False
     _log = Logger()
 
-    def __init__(self, handler: Any) -> None:
+    def __init__(self, handler: ServerHandler | ConnectHandler | None, connect_tls: Any = None) -> None:
         self.handler = handler
+        self._connect_tls = connect_tls
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        if self._connect_tls is not None:
+            self.tls = self._connect_tls
+            start_tls(self.transport, self.tls)
+            return
         self.handler.server_connected(self.transport)
 
     def handshakeCompleted(self) -> None:
         if self.tls is not None and self.tls.refusal() is not None:
             # A resumed session for another name (see `UpstreamHandshake.refusal`): the handler's
-            # ``server_lost`` says why, as for a failed handshake.
+            # ``server_lost`` (or ``server_failed``, while connecting) says why, as for a failed handshake.
             self.transport.abortConnection()
             return
         self._secure = True
+        if self._connect_tls is not None:
+            self._connect_tls = None
+            self.handler.server_connected(self.transport)
+            return
         self.handler.server_handshake_done()
 
     def dataReceived(self, data: bytes) -> None:
@@ -126,12 +217,16 @@ class ServerConnection(Protocol):
         pass
 
     def connectionLost(self, reason: Failure) -> None:
+        if self._connect_tls is not None:  # connected, but its TLS never came up
+            self.handler.server_failed(self._connect_tls.explain(reason))
+            return
         if self._secure and self.tls is not None:
             try:
                 self.tls.remember_session()
             except Exception:  # a session not kept costs one full handshake; a lost event would leak the flow
                 self._log.failure("keeping the upstream TLS session failed")
-        self.handler.server_lost(reason)
+        if self.handler is not None:
+            self.handler.server_lost(reason)
 
 
 class UpstreamFactory(Factory):
@@ -147,7 +242,7 @@ class UpstreamFactory(Factory):
 
 
 def open_upstream(
-    ctx: ProxyContext, dst: tuple[str, int], handler: Any, tls: Any = None
+    ctx: ProxyContext, dst: tuple[str, int], handler: ConnectHandler | None, tls: Any = None
 ) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
@@ -161,40 +256,8 @@ def open_upstream(
         The shell and the connect Deferred (cancel it to give up). A failure
         to connect reaches the shell's handler as ``server_failed(reason)``.
     """
-    shell = ServerConnection(handler)
-    if tls is not None:
-        shell.handler = _Handshaking(shell, handler, tls)
+    shell = ServerConnection(handler, connect_tls=tls)
     d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
     d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
     return shell, d
 
-
-class _Handshaking:
-    """A shell's handler while its TLS handshake runs; then the real one."""
-
-    def __init__(self, shell: ServerConnection, handler: Any, handshake: Any) -> None:
-        self.shell = shell
-        self.handler = handler
-        self.handshake = handshake
-        self.transport: Any = None
-
-    def server_connected(self, transport: Any) -> None:
-        self.transport = transport
-        self.shell.tls = self.handshake
-        start_tls(transport, self.handshake)
-
-    def server_handshake_done(self) -> None:
-        self.shell.handler = self.handler
-        self.handler.server_connected(self.transport)
-
-    def server_failed(self, reason: str) -> None:
-        self.handler.server_failed(reason)
-
-    def server_data(self, data: bytes) -> None:  # pragma: no cover - TLS reads nothing before the handshake
-        pass
-
-    def server_eof(self) -> None:
-        pass
-
-    def server_lost(self, reason: Failure) -> None:
-        self.handler.server_failed(self.handshake.explain(reason))
