@@ -26,8 +26,9 @@ from twisted.python.failure import Failure
 from tinspect.chain import Tap, TapChain
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
-from tinspect.layers.dispatch import Sniffer
+from tinspect.layers.dispatch import Sniffer, compose
 from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFactory
+from tinspect.net.handoff import Handoff, Upstream
 from tinspect.net.shells import open_upstream
 from tinspect.units import TO_SERVER, BodyChunk, MessageEnd, Request, Response, WebSocketClose, WebSocketMessage
 
@@ -140,7 +141,7 @@ class InterceptedFactory(TCPProxyFactory):
             ctx.close_flow(flow)
             return
         shell, d = open_upstream(ctx, flow.dst, None)
-        Sniffer(ctx, flow, client, shell, lambda: ctx.close_flow(flow), connecting=d)
+        Sniffer(ctx, Handoff(flow, client, Upstream(shell, connecting=d), lambda: ctx.close_flow(flow)))
 
 
 class _Connector(_FakeConnector):
@@ -228,7 +229,7 @@ class Net:
     def __init__(self, taps=(), **settings: Any) -> None:
         self.reactor = _Reactor(self)
         settings.setdefault("allow_clients", ("192.0.2.0/24",))  # CLIENT_ADDR is no private address
-        self.ctx = ProxyContext(TapChain(taps), Settings(**settings), reactor=self.reactor)
+        self.ctx = compose(ProxyContext(TapChain(taps), Settings(**settings), reactor=self.reactor))
         self.dials: list[Dial] = []
         self.peers: list[Peer] = []
 

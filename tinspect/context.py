@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
@@ -129,6 +129,10 @@ class ProxyContext:
         self.metrics = Metrics()
         self.tls: Any = None  # tinspect.layers.tls.layer.Interception, set up when the proxy starts
         self.websocket: Any = None  # tinspect.layers.websocket's autobahn factories, made on first use
+        # The layer a connection goes to when one layer has opened what it carries (TLS decrypted, a
+        # CONNECT tunnel): called with a tinspect.net.handoff.Handoff. Set by the composition root,
+        # tinspect.layers.dispatch.compose (a Sniffer), so that no layer imports the dispatcher.
+        self.next_layer: Callable[[Any], object] | None = None
 
     def admit(self, host: str) -> str | None:
         """Count a new client connection from ``host``, or say why it is refused

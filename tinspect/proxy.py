@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from tinspect.chain import Tap, TapChain
 from tinspect.context import ProxyContext, Settings
+from tinspect.layers.dispatch import compose
 from tinspect.layers.tls.ca import CAError
 from tinspect.layers.udp import ForwardUDP, TransparentUDP
 from tinspect.listen.accept import Destination, ExplicitProxyFactory, TCPProxyFactory
@@ -251,7 +252,7 @@ class Proxy(MultiService):
 
     def __init__(self, taps: Iterable[Tap] = (), settings: Settings | None = None, reactor: Any = None) -> None:
         super().__init__()
-        self.ctx = ProxyContext(TapChain(taps), settings, reactor)
+        self.ctx = compose(ProxyContext(TapChain(taps), settings, reactor))
 
     @property
     def flows(self):

@@ -7,20 +7,34 @@ It is the only module that knows every layer.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
 from twisted.python.failure import Failure
 
 from tinspect.context import ProxyContext
-from tinspect.flow import Flow
 from tinspect.layers.http.h2.layer import H2Layer
 from tinspect.layers.http.http1.layer import Http1Layer
-from tinspect.layers.raw import RawRelay
 from tinspect.layers.sniff import H2, HTTP1, RAW, TLS, classify, server_settings
 from tinspect.layers.tls.layer import TlsLayer
-from tinspect.net.shells import ClientConnection, ServerConnection
+from tinspect.net.handoff import Handoff, relay_raw, take_over
 
-__all__ = ["Sniffer"]
+__all__ = ["Sniffer", "compose"]
+
+
+def compose(ctx: ProxyContext) -> ProxyContext:
+    """Make a `Sniffer` what every layer hands a connection to next (``ctx.next_layer``).
+
+    The composition root: the TLS layer (decrypted) and the explicit proxy (a CONNECT
+    tunnel) hand on what a connection carries without importing this module, which
+    imports them. Whoever builds a `ProxyContext` whose connections are served calls it
+    (`tinspect.proxy.Proxy`, and the tests' in-memory network).
+
+    Returns:
+        ``ctx``.
+    """
+    ctx.next_layer = partial(Sniffer, ctx)
+    return ctx
 
 
 class Sniffer:
@@ -37,162 +51,110 @@ class Sniffer:
     * the server speaking first (SMTP, FTP, SSH banners): raw relay;
     * the client saying nothing for ``sniff_timeout`` seconds: raw relay.
 
+    Until it decides, the sniffer keeps what it learns in the `Handoff` it hands
+    on: the upstream's state and what either side sent.
+
     Args:
         ctx: the proxy context.
-        flow: the connection's flow (``flow.dst`` is where it goes).
-        client: the client's `ClientConnection` shell.
-        server: the upstream `ServerConnection` shell, connecting or connected.
-        on_closed: called once when the connection is done.
-        connecting: the connect Deferred, while the upstream is connecting.
-        server_transport: the upstream transport, when already connected.
-        early: bytes the client already sent (after an explicit CONNECT).
-        server_failure: why the upstream connection failed, if it did.
-        sticky_failure: the upstream is unusable for good (it failed TLS
-            verification): HTTP requests get a 502 page naming
-            ``server_failure`` instead of a new connection.
+        handoff: the connection (``flow.dst`` is where it goes), with the upstream
+            connecting or connected, and what was read before (the bytes a client
+            sent after an explicit CONNECT; the server's after a TLS handshake).
+            A failure in it that is ``sticky`` (the upstream failed TLS
+            verification) gets HTTP requests a 502 page naming it instead of a
+            new connection.
     """
 
-    def __init__(
-        self,
-        ctx: ProxyContext,
-        flow: Flow,
-        client: ClientConnection,
-        server: ServerConnection,
-        on_closed: Callable[[], None],
-        *,
-        connecting: Any = None,
-        server_transport: Any = None,
-        early: bytes = b"",
-        server_failure: str | None = None,
-        sticky_failure: bool = False,
-    ) -> None:
+    def __init__(self, ctx: ProxyContext, handoff: Handoff) -> None:
         self.ctx = ctx
-        self.flow = flow
-        self._client = client
-        self._server = server
-        self._on_closed = on_closed
-        self._connecting = connecting
-        self._server_transport = server_transport
-        self._server_failure = server_failure
-        self._sticky = sticky_failure
-        self._server_early = b""
-        self._server_eof = False
+        self.flow = handoff.flow
+        self._handoff = handoff
+        self._decided = False
         self._lost = False  # the client went away before anything was decided
-        self._buf = early
-        client.handler = self
-        server.handler = self
-        self._timer = ctx.reactor.callLater(ctx.settings.sniff_timeout, self._decide, RAW)
-        if flow.alpn == "h2":
+        self._timer = None
+        if self.flow.alpn == "h2":
             self._decide(H2)  # agreed in TLS; the server may well speak first
-        elif early:
-            self.client_data(b"")
+            return
+        self._timer = ctx.reactor.callLater(ctx.settings.sniff_timeout, self._decide, RAW)
+        take_over(handoff, self, self)
 
     def client_data(self, data: bytes) -> None:
-        self._buf += data
-        kind = classify(self._buf, self.ctx.settings.max_request_line)
+        h = self._handoff
+        h.client_early += data
+        kind = classify(h.client_early, self.ctx.settings.max_request_line)
         if kind is not None:
             self._decide(kind)
 
     def client_eof(self) -> None:
+        self._handoff.client_eof = True
         self._decide(RAW)
-        self._client.handler.client_eof()
 
     def client_lost(self, reason: Failure) -> None:
         self._timer.cancel()
         self._lost = True
-        if self._server_transport is not None:
-            self._server_transport.loseConnection()
-        elif self._connecting is not None:
-            self._connecting.cancel()
+        up = self._handoff.upstream
+        if up.transport is not None:
+            up.transport.loseConnection()
+        elif up.connecting is not None:
+            up.connecting.cancel()
         self.flow.mark_ended("client went away")
-        self._on_closed()
+        self._handoff.on_closed()
 
     def server_connected(self, transport: Any) -> None:
-        self._connecting = None
-        self._server_transport = transport
+        up = self._handoff.upstream
+        up.connecting = None
+        up.transport = transport
 
     def server_failed(self, reason: str) -> None:
         # Keep waiting for the client: an HTTP client then gets a 502 page.
-        self._connecting = None
-        self._server_failure = reason
+        up = self._handoff.upstream
+        up.connecting = None
+        up.failure = reason
 
     def server_data(self, data: bytes) -> None:
         if self._lost:
             return  # the upstream closing after the client left: nothing to relay
-        if self._client.handler is not self:
-            self._server.handler.server_data(data)
-            return
-        self._server_early += data
-        if server_settings(self._server_early) is False:
+        h = self._handoff
+        h.server_early += data
+        if server_settings(h.server_early) is False:
             self._decide(RAW)
         # else an HTTP/2 server's preface, sent at accept: wait for the client's
 
     def server_eof(self) -> None:
         if self._lost:
             return  # the upstream closing after the client left: nothing to relay
-        if self._client.handler is not self:
-            self._server.handler.server_eof()
-            return
-        self._server_eof = True
+        self._handoff.server_eof = True
         self._decide(RAW)
 
     def server_lost(self, reason: Failure) -> None:
         if self._lost:
             return  # the upstream closing after the client left: nothing to relay
-        if self._client.handler is self:  # a reset with no FIN first: not decided yet
-            self._server_eof = True
-            self._decide(RAW)
-        if self._server.handler is not self:
-            self._server.handler.server_lost(reason)
+        # A reset with no FIN first: not decided yet, or the sniffer would not hear it.
+        self._handoff.server_eof = True
+        self._handoff.server_lost = reason
+        self._decide(RAW)
 
     def _decide(self, kind: str) -> None:
-        if self._client.handler is not self:
+        if self._decided:
             return
-        if self._timer.active():
+        self._decided = True
+        if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        client, server = self._client, self._server
-        data, self._buf = self._buf, b""
-        upstream = (server, self._connecting, self._server_transport, self._server_failure)
+        ctx, flow, h = self.ctx, self.flow, self._handoff
         if kind == HTTP1 or kind == H2:
-            sticky = self._server_failure if self._sticky else None
             if kind == HTTP1:
-                Http1Layer(self.ctx, self.flow, client, self._on_closed, upstream=upstream, upstream_error=sticky)
+                layer = Http1Layer(ctx, flow, h.client, h.on_closed, upstream=h.upstream)
             else:
                 # Over TLS the server's ALPN answer says whether it speaks h2;
                 # in cleartext the HTTP/2 layer asks it.
-                h2 = (self.flow.alpn == "h2") if self.flow.tls_version else None
-                H2Layer(self.ctx, self.flow, client, self._on_closed, upstream=upstream, upstream_h2=h2, upstream_error=sticky)
-            if self._server_early:
-                server.handler.server_data(self._server_early)
-            if self._server_eof:
-                server.handler.server_eof()
-            if data:
-                client.handler.client_data(data)
+                h2 = (flow.alpn == "h2") if flow.tls_version else None
+                layer = H2Layer(ctx, flow, h.client, h.on_closed, upstream=h.upstream, upstream_h2=h2)
+            take_over(h, layer)  # the layer's upstream connection is the server shell's handler
             return
-        if kind == TLS and self.ctx.tls is not None and self.flow.tls_version is None:
-            TlsLayer(
-                self.ctx,
-                self.flow,
-                client,
-                server,
-                self._on_closed,
-                connecting=self._connecting,
-                server_transport=self._server_transport,
-                server_failure=self._server_failure,
-            )
-            client.handler.client_data(data)
+        if kind == TLS and ctx.tls is not None and flow.tls_version is None:
+            # The only server bytes held here are an HTTP/2 preface a cleartext server sent at
+            # accept: no part of the TLS that the client starts.
+            h.server_early = b""
+            layer = TlsLayer(ctx, h)
+            take_over(h, layer, layer)
             return
-        self.flow.protocol = "tcp"
-        relay = RawRelay(self.ctx.chain, self.flow, client.transport, on_closed=self._on_closed)
-        client.handler = relay
-        server.handler = relay
-        if self._server_transport is not None:
-            relay.server_connected(self._server_transport)
-        elif self._server_failure is not None:
-            relay.server_failed(self._server_failure)
-        if self._server_early:
-            relay.server_data(self._server_early)
-        if self._server_eof:
-            relay.server_eof()
-        if data:
-            relay.client_data(data)
+        relay_raw(ctx.chain, h)

@@ -73,10 +73,10 @@ from zope.interface import implementer  # noqa: E402
 from tinspect._compat import AutobahnSide, quiet_autobahn_colours  # noqa: E402
 from tinspect.chain import Arm  # noqa: E402
 from tinspect.context import ProxyContext, Settings  # noqa: E402
-from tinspect.flow import Flow  # noqa: E402
 from tinspect.layers.http.grammar import HOP_BY_HOP, list_items, tokens  # noqa: E402
 from tinspect.layers.raw import Leg, PauseReason, SinkPauser  # noqa: E402
 from tinspect.net.addresses import bracket, host_port  # noqa: E402
+from tinspect.net.handoff import Handoff  # noqa: E402
 from tinspect.units import TO_CLIENT, TO_SERVER, Direction, Request, Response, Unit, WebSocketClose, WebSocketMessage  # noqa: E402
 
 quiet_autobahn_colours()
@@ -408,40 +408,31 @@ class WebSocketLayer:
 
     Args:
         ctx: the proxy context.
-        flow: the flow (its protocol becomes ``"websocket"``).
-        client_shell: the client's `ClientConnection`.
-        upstream: the `Http1Upstream` the handshake went over.
+        handoff: both connections from the HTTP/1.1 layer, the upstream
+            connected (the flow's protocol becomes ``"websocket"``), with
+            what the server sent since the request (its ``101`` and any
+            frames after it) and what the client sent after its handshake.
         upgrade: the `Upgrade` whose upstream handshake was sent.
-        on_closed: called once when both connections are gone.
     """
 
     _log = Logger()
 
-    def __init__(
-        self,
-        ctx: ProxyContext,
-        flow: Flow,
-        client_shell: Any,
-        upstream: Any,
-        upgrade: Upgrade,
-        on_closed: Callable[[], None],
-    ) -> None:
+    def __init__(self, ctx: ProxyContext, handoff: Handoff, upgrade: Upgrade) -> None:
         self.ctx = ctx
-        self.flow = flow
-        self._client_shell = client_shell
-        self._server_shell = upstream.shell
-        self.client = Leg(client_shell.transport, "client")
-        self.server = Leg(upstream.leg.transport, "server")
+        self.flow = handoff.flow
+        self._handoff = handoff
+        self.client = Leg(handoff.client.transport, "client")
+        self.server = Leg(handoff.upstream.transport, "server")
         self._upgrade = upgrade
         self._response: Response | None = None
         self._client_bytes = b""
-        self._on_closed = on_closed
+        self._on_closed = handoff.on_closed
         self._closed = False
         self._took_over = False
         self._client_side: _ClientSide | None = None
         self._server_side = upgrade.server_side
         self._close_sent = {TO_SERVER: False, TO_CLIENT: False}
-        chain = ctx.chain
+        chain, flow = ctx.chain, self.flow
         self.arms = {
             TO_SERVER: Arm(
                 chain, flow, TO_SERVER, self._to_server,
@@ -459,20 +450,28 @@ class WebSocketLayer:
             ),
         }
 
-    def open(self, server_bytes: bytes, client_rest: bytes, response: Response) -> str | None:
-        """Finish both handshakes.
+    def open(self, response: Response) -> str | None:
+        """Finish both handshakes, with the bytes both sides sent early (taken
+        off the handoff: only their EOFs are left to replay).
+
+        The old layer lets go of the connections first: autobahn checks the
+        ``101`` and, if it is good, the layer registers its own producers and
+        answers the client at once, while the frames after the ``101`` are
+        read.
 
         Args:
-            server_bytes: what the server sent since the request: its ``101``
-                and any frames after it.
-            client_rest: what the client sent after its handshake.
             response: the ``101`` as it left the taps.
 
         Returns:
-            ``None`` when the server's ``101`` was good and the layer has
-            taken both connections over; otherwise why not (nothing was
-            sent to the client; the caller answers it).
+            ``None`` when the server's ``101`` was good and the layer is
+            ready to take both connections over (`tinspect.net.handoff.take_over`);
+            otherwise why not (nothing was sent to the client; the caller
+            answers it).
         """
+        handoff = self._handoff
+        handoff.release()
+        server_bytes, handoff.server_early = handoff.server_early, b""
+        client_rest, handoff.client_early = handoff.client_early, b""
         self._response = response
         self._client_bytes = self._upgrade.client_head + client_rest
         proto = self._server_side
@@ -496,8 +495,8 @@ class WebSocketLayer:
     # -- handshakes ----------------------------------------------------------
 
     def _server_open(self) -> None:
-        """The server's 101 checked out: take both connections over and
-        complete the client's handshake."""
+        """The server's 101 checked out: take both connections' transports
+        over and complete the client's handshake."""
         self._took_over = True
         try:
             self._take_over()
@@ -511,8 +510,6 @@ class WebSocketLayer:
         flow = self.flow
         flow.protocol = "websocket"
         flow.attach(self.arms, self.abort)
-        self._client_shell.handler = self
-        self._server_shell.handler = self
         client_t = self.client.transport
         server_t = self.server.transport
         server_t.registerProducer(SinkPauser(self.client), True)

@@ -18,6 +18,7 @@ from tinspect.layers.dispatch import Sniffer
 from tinspect.layers.http.explicit import LOCAL_NETWORKS, ClientNetworks
 from tinspect.layers.http.http1.layer import Http1Layer
 from tinspect.net.addresses import format_addr, normalize_host
+from tinspect.net.handoff import Handoff, Upstream
 from tinspect.net.shells import ClientConnection, open_upstream
 from tinspect.net.sockets import SocketError, original_dst
 
@@ -150,7 +151,7 @@ class TCPProxyFactory(_ListenerFactory):
             ctx.close_flow(flow)
             return
         shell, d = open_upstream(ctx, dst, None)
-        Sniffer(ctx, flow, client, shell, lambda: ctx.close_flow(flow), connecting=d)
+        Sniffer(ctx, Handoff(flow, client, Upstream(shell, connecting=d), lambda: ctx.close_flow(flow)))
 
 
 class ExplicitProxyFactory(_ListenerFactory):

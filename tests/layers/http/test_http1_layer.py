@@ -1079,6 +1079,18 @@ def test_client_leaving_mid_connect_cancels_the_connect(make_net):
     assert dial.cancelled
 
 
+def test_a_tunnel_connected_after_the_flow_was_aborted_is_closed_unheard(make_net):
+    """A CONNECT's upstream that comes up after the flow was aborted is closed at once; its end
+    reaches no layer, and nothing is left open."""
+    net = make_net()
+    c = net.explicit()
+    c.send(b"CONNECT 192.0.2.30:5000 HTTP/1.1\r\n\r\n")
+    net.flow.abort("test")
+    s = net.dials[0].accept()
+    assert s.closed and s.take() == b"" and c.take() == b""
+    assert net.leftovers() == CLEAN  # the loss delivered to nobody, without an error
+
+
 def test_explicit_connect_refused_gives_502_and_the_connection_stays_usable(make_net):
     """A refused CONNECT gets a 502 page; the same connection then carries a plain request."""
     net = make_net()

@@ -18,9 +18,9 @@ The sniffer hands a connection here when its first bytes are a TLS record.
    ALPN protocol the server chose, and replays the ClientHello bytes into it
    (Twisted's ``startTLS`` on the accepted transport, then the buffered bytes
    into the TLS layer it added: `tinspect._compat.replay_into_tls`);
-5. when the client handshake completes, sniffs the plaintext with a new
-   `Sniffer`, whose upstream is the TLS connection of step 3: HTTP/1.1 is
-   decoded, anything else relayed raw.
+5. when the client handshake completes, hands the plaintext to
+   ``ctx.next_layer`` (a new `Sniffer`), whose upstream is the TLS
+   connection of step 3: HTTP/1.1 is decoded, anything else relayed raw.
 
 When the upstream cannot be reached or fails verification, the client
 handshake is still completed (with a leaf for the name it asked for) so that
@@ -31,7 +31,7 @@ and with ``--passthrough-rejected`` its host is passed through from then on.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,12 +39,13 @@ from twisted.python.failure import Failure
 from tinspect._compat import replay_into_tls
 from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
-from tinspect.layers.raw import RawRelay, start_tls
+from tinspect.layers.raw import start_tls
 from tinspect.layers.tls.ca import CAError, CertificateAuthority, LeafCertificates
 from tinspect.layers.tls.clienthello import ClientHello, ClientHelloError, ClientHelloReader, NotTLS
 from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.layers.tls.policy import PassthroughPolicy, classify_client_failure
 from tinspect.net.addresses import format_addr
+from tinspect.net.handoff import Handoff, Upstream, relay_raw
 from tinspect.net.timeouts import Deadline
 
 __all__ = ["Interception", "TlsLayer"]
@@ -138,51 +139,33 @@ class Interception:
 class TlsLayer:
     """Intercepts one TLS connection (see the module docstring).
 
+    The sniffer makes it the handler of both shells (`tinspect.net.handoff.take_over`)
+    and replays the client's first bytes into it.
+
     Args:
         ctx: the proxy context (``ctx.tls`` is the `Interception`).
-        flow: the connection's flow.
-        client: the client's `ClientConnection` shell.
-        server: the upstream `ServerConnection` shell (plain TCP).
-        on_closed: called once when the connection is done.
-        connecting: the connect Deferred while the upstream connects.
-        server_transport: the upstream transport, if connected.
-        server_failure: why the upstream connection failed, if it did.
+        handoff: the connection, its upstream plain TCP (connecting, connected
+            or failed). The layer keeps the upstream's state in it, and what the
+            server says before the client's handshake is done, for the layer
+            after it.
     """
 
     _log = Logger()
 
-    def __init__(
-        self,
-        ctx: ProxyContext,
-        flow: Flow,
-        client: Any,
-        server: Any,
-        on_closed: Callable[[], None],
-        *,
-        connecting: Any = None,
-        server_transport: Any = None,
-        server_failure: str | None = None,
-    ) -> None:
+    def __init__(self, ctx: ProxyContext, handoff: Handoff) -> None:
         self.ctx = ctx
         self.tls: Interception = ctx.tls
-        self.flow = flow
-        self._client = client
-        self._server = server
-        self._on_closed = on_closed
-        self._connecting = connecting
-        self._server_transport = server_transport
-        self._failure = server_failure  # why the upstream is unusable
+        self.flow = handoff.flow
+        self._handoff = handoff
+        self._client = handoff.client
+        self._server = handoff.upstream.shell
+        self._up = handoff.upstream  # its failure: why the upstream is unusable
         self._reader = ClientHelloReader()
         self._hello: ClientHello | None = None
         self._upstream_hs: Any = None
         self._client_hs: Any = None
-        self._server_early: list[bytes] = []
-        self._server_eof = False
-        self._server_lost: Failure | None = None
         self._done = False  # handed over, or giving up
         self._closed = False
-        client.handler = self
-        server.handler = self
         self._deadline = Deadline(ctx.reactor, self._timed_out)
         self._deadline.start(ctx.settings.handshake_timeout, "handshake")
 
@@ -243,12 +226,10 @@ class TlsLayer:
         else:
             self.flow.mark_ended("client went away")
         self._close_upstream()
-        self._on_closed()
+        self._handoff.on_closed()
 
     def client_handshake_done(self) -> None:
         """The client accepted our certificate: decode what it says now."""
-        from tinspect.layers.dispatch import Sniffer  # which imports this module
-
         transport = self._client.transport
         handle = transport.getHandle()
         self.flow.tls_version = handle.get_protocol_version_name()
@@ -263,34 +244,23 @@ class TlsLayer:
             version=self.flow.tls_version,
             alpn=self.flow.alpn or "none",
         )
-        sniffer = Sniffer(
-            self.ctx,
-            self.flow,
-            self._client,
-            self._server,
-            self._on_closed,
-            server_transport=self._server_transport if self._failure is None else None,
-            server_failure=self._failure,
-            sticky_failure=self._failure is not None,
-        )
-        for data in self._server_early:
-            sniffer.server_data(data)
-        if self._server_eof:
-            sniffer.server_eof()
-        if self._server_lost is not None:
-            sniffer.server_lost(self._server_lost)
+        up = self._up
+        if up.failure is not None:
+            up.transport = None
+            up.sticky = True
+        self.ctx.next_layer(self._handoff)
 
     # -- upstream side --------------------------------------------------------
 
     def server_connected(self, transport: Any) -> None:
-        self._connecting = None
-        self._server_transport = transport
+        self._up.connecting = None
+        self._up.transport = transport
         if self._hello is not None and self._upstream_hs is None:
             self._start_upstream_tls()
 
     def server_failed(self, reason: str) -> None:
-        self._connecting = None
-        self._failure = reason
+        self._up.connecting = None
+        self._up.failure = reason
         if self._hello is not None:
             self._start_client_tls(())
 
@@ -310,30 +280,30 @@ class TlsLayer:
         self._start_client_tls(summary["names"] if summary else ())
 
     def server_data(self, data: bytes) -> None:
-        self._server_early.append(data)  # before the client handshake is done
+        self._handoff.server_early += data  # before the client handshake is done
 
     def server_eof(self) -> None:
-        self._server_eof = True
+        self._handoff.server_eof = True
 
     def server_lost(self, reason: Failure) -> None:
-        self._server_transport = None
+        self._up.transport = None
         if self._done:
             return
         if self._client_hs is None:
             # No TLS with the server: say why to the client, over TLS.
             hs = self._upstream_hs
-            self._failure = hs.explain(reason) if hs is not None else "the server closed the connection"
+            self._up.failure = hs.explain(reason) if hs is not None else "the server closed the connection"
             self._log.warn(
                 "flow {flow_id}: TLS to upstream {dst} failed: {reason}",
                 flow_id=self.flow.id,
                 dst=format_addr(self.flow.dst),
-                reason=self._failure,
+                reason=self._up.failure,
             )
             if self._hello is not None:
                 self._start_client_tls(())
         else:
-            self._server_eof = True  # the sniffer after the handshake sees the close
-            self._server_lost = reason
+            self._handoff.server_eof = True  # the sniffer after the handshake sees the close
+            self._handoff.server_lost = reason
 
     # -- steps ----------------------------------------------------------------
 
@@ -348,9 +318,9 @@ class TlsLayer:
             self._relay_raw()
             return
         self._client.transport.pauseProducing()  # nothing more until our ServerHello
-        if self._failure is not None:
+        if self._up.failure is not None:
             self._start_client_tls(())
-        elif self._server_transport is not None:
+        elif self._up.transport is not None:
             self._start_upstream_tls()
 
     def _start_upstream_tls(self) -> None:
@@ -359,14 +329,15 @@ class TlsLayer:
         host, port = self.flow.dst[0], self.flow.dst[1]
         self._upstream_hs = hs = self.tls.upstream.creator(hello.sni, offers, ip=host, port=port)
         self._server.tls = hs
-        start_tls(self._server_transport, hs)
+        start_tls(self._up.transport, hs)
 
     def _start_client_tls(self, names) -> None:
         if self._client_hs is not None or self._done:
             return
         hs = self._upstream_hs
-        alpn = hs.negotiated_alpn if (hs is not None and self._failure is None) else None
-        if self._failure is not None:
+        failure = self._up.failure
+        alpn = hs.negotiated_alpn if (hs is not None and failure is None) else None
+        if failure is not None:
             # So that an HTTP client can read the 502 page.
             alpn = next((p for p in (b"http/1.1", b"h2") if p in self._hello.alpn), None)
         try:
@@ -388,16 +359,8 @@ class TlsLayer:
         """Relay the connection untouched, from its first byte."""
         self._done = True
         self._deadline.stop()
-        relay = RawRelay(self.ctx.chain, self.flow, self._client.transport, on_closed=self._on_closed)
-        self._client.handler = relay
-        self._server.handler = relay
-        if self._server_transport is not None:
-            relay.server_connected(self._server_transport)
-            for data in self._server_early:
-                relay.server_data(data)
-        elif self._failure is not None:
-            relay.server_failed(self._failure)
-        relay.client_data(self._reader.received)
+        self._handoff.client_early = self._reader.received
+        relay_raw(self.ctx.chain, self._handoff)
 
     def _timed_out(self, what: str) -> None:
         self._give_up(f"no complete TLS handshake within {self.ctx.settings.handshake_timeout:g} s "
@@ -414,7 +377,8 @@ class TlsLayer:
         self._close_upstream()
 
     def _close_upstream(self) -> None:
-        if self._server_transport is not None:
-            self._server_transport.loseConnection()
-        elif self._connecting is not None:
-            self._connecting.cancel()
+        up = self._up
+        if up.transport is not None:
+            up.transport.loseConnection()
+        elif up.connecting is not None:
+            up.connecting.cancel()

@@ -64,6 +64,7 @@ from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_from
 from tinspect.layers.http.h2.upstream import H1Upstreams, H2Upstream, known_h1_only
 from tinspect.layers.raw import PauseReason
 from tinspect.net.addresses import format_addr
+from tinspect.net.handoff import Upstream
 from tinspect.net.timeouts import Deadline
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
 
@@ -131,13 +132,12 @@ class H2Layer:
         flow: the client connection's flow.
         client: the client's `ClientConnection` shell.
         on_closed: called once when the layer is done with both sides.
-        upstream: the connection to ``flow.dst`` the sniffer opened:
-            ``(shell, connect Deferred, transport or None, failure or None)``.
+        upstream: the connection to ``flow.dst`` the sniffer opened. When its
+            failure is ``sticky`` (it failed TLS verification), every request
+            gets a 502 page saying why.
         upstream_h2: the server agreed on h2 in TLS (``True``), did not
             (``False``: translate to HTTP/1.1), or was not asked (``None``,
             cleartext: probe it).
-        upstream_error: the upstream is unusable for good (it failed TLS
-            verification): every request gets a 502 page saying why.
     """
 
     _log = Logger()
@@ -149,16 +149,14 @@ class H2Layer:
         client: Any,
         on_closed: Callable[[], None],
         *,
-        upstream: tuple[Any, Any, Any, str | None],
+        upstream: Upstream,
         upstream_h2: bool | None,
-        upstream_error: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.flow = flow
         self._shell = client
-        client.handler = self
         self._on_closed = on_closed
-        self._upstream_error = upstream_error
+        self._upstream_error = upstream.failure if upstream.sticky else None
         self.scheme = "https" if flow.tls_version else "http"  # the client's, and the upstream's by default
         settings = ctx.settings
         self._max_body = settings.max_body
@@ -199,14 +197,11 @@ class H2Layer:
         }
         flow.attach(self.arms, self.abort)
         flow.protocol = "h2"
-        shell, connecting, transport, failure = upstream
         if upstream_h2 is False or (upstream_h2 is None and known_h1_only(ctx, flow.dst)):
             self.upstream: Any = H1Upstreams(self, upstream)
             how = "HTTP/1.1 (translated)"
         else:
-            self.upstream = H2Upstream(
-                self, shell, connecting=connecting, transport=transport, failure=failure, probe=upstream_h2 is None
-            )
+            self.upstream = H2Upstream(self, upstream, probe=upstream_h2 is None)
             how = "h2" if upstream_h2 else "h2 if it answers the preface"
         self._log.info("flow {flow_id}: HTTP/2 from the client, to the server: {how}", flow_id=flow.id, how=how)
 

@@ -64,6 +64,7 @@ from tinspect.layers.http.http1.parse import (
 from tinspect.layers.http.http1.upstream import Http1Upstream
 from tinspect.layers.raw import PauseReason
 from tinspect.net.addresses import format_addr
+from tinspect.net.handoff import Upstream
 from tinspect.units import Response
 
 __all__ = ["H2Upstream", "H1Upstreams", "MAX_H1", "remember_h1_only", "known_h1_only"]
@@ -95,29 +96,29 @@ class H2Upstream:
 
     Args:
         layer: the HTTP/2 layer.
-        shell: the upstream `ServerConnection` (its handler becomes this).
-        connecting, transport, failure: its state, as the sniffer knew it.
+        upstream: the connection the sniffer opened (its shell's handler
+            becomes this), as the sniffer knew it.
         probe: the server was not asked for h2 (cleartext): find out first.
     """
 
     _log = Logger()
 
-    def __init__(self, layer: Any, shell: Any, *, connecting: Any, transport: Any, failure: str | None, probe: bool) -> None:
+    def __init__(self, layer: Any, upstream: Upstream, *, probe: bool) -> None:
         self.layer = layer
-        self.shell = shell
+        self.shell = shell = upstream.shell
         shell.handler = self
         settings = layer.ctx.settings
         self.ep = H2Endpoint(new_connection(client_side=True, max_header_list_size=settings.max_header_bytes), self._took)
         self.by_id: dict[int, Any] = {}
         self.waiting: deque = deque()
         self.state = _PROBING if probe else _READY
-        self.connecting = connecting
-        self.failure = failure
+        self.connecting = upstream.connecting
+        self.failure = upstream.failure
         self._probe = b""
         self._timer: Any = None
-        if transport is not None:
-            self.server_connected(transport)
-        elif failure is not None:
+        if upstream.transport is not None:
+            self.server_connected(upstream.transport)
+        elif upstream.failure is not None:
             self.state = _GONE
 
     # -- the layer's interface ------------------------------------------------
@@ -450,8 +451,7 @@ class H1Upstreams:
 
     Args:
         layer: the HTTP/2 layer.
-        first: the connection the sniffer opened, when usable for HTTP/1.1:
-            ``(shell, connecting, transport, failure)``.
+        first: the connection the sniffer opened, when usable for HTTP/1.1.
         dst, scheme: where to connect (a tap routed requests there), and
             whether over TLS; the flow's own destination and scheme by
             default.
@@ -462,7 +462,7 @@ class H1Upstreams:
     def __init__(
         self,
         layer: Any,
-        first: tuple[Any, Any, Any, str | None] | None = None,
+        first: Upstream | None = None,
         *,
         dst: tuple[str, int] | None = None,
         scheme: str | None = None,
@@ -476,15 +476,13 @@ class H1Upstreams:
         self.full: set[Http1Upstream] = set()
         self.waiting: deque = deque()
         self._paused = PauseReason(0)  # why the layer paused its busy connections
-        if first is not None:
-            shell, connecting, transport, failure = first
-            if failure is None:
-                up = Http1Upstream(self, self.dst, shell)
-                up.connecting = connecting
-                self.connections.add(up)
-                self.idle.append(up)
-                if transport is not None:
-                    up.server_connected(transport)
+        if first is not None and first.failure is None:
+            up = Http1Upstream(self, self.dst, first.shell)
+            up.connecting = first.connecting
+            self.connections.add(up)
+            self.idle.append(up)
+            if first.transport is not None:
+                up.server_connected(first.transport)
 
     # -- the layer's interface ------------------------------------------------
 

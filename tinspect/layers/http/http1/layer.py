@@ -46,8 +46,9 @@ server's ``101`` has passed the taps, a `tinspect.layers.websocket.WebSocketLaye
 carries the connection message by message. Any other switch (a ``101`` to
 another upgrade, a 2xx to a CONNECT sent to a transparent destination) goes
 to a `RawRelay`. The explicit proxy's own CONNECT opens a tunnel and hands
-it to the `Sniffer`, so a tunnelled connection is inspected like a
-transparent one.
+it to ``ctx.next_layer`` (a `Sniffer`), so a tunnelled connection is
+inspected like a transparent one. Each switch goes through
+`tinspect.net.handoff.take_over`.
 
 `tinspect.layers.websocket` is imported on the first upgrade request (`_websocket`):
 autobahn and what it brings (cbor2, click, cffi, xml) hold 6 to 8 MiB of
@@ -81,8 +82,9 @@ from tinspect.layers.http.http1.parse import (
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream, UpstreamPauser
 from tinspect.layers.http.http1.write import FramingError, Http1Writer, serialize_response_head
-from tinspect.layers.raw import Leg, PauseReason, RawRelay, SinkPauser, send
+from tinspect.layers.raw import Leg, PauseReason, SinkPauser, send
 from tinspect.net.addresses import format_addr, host_port
+from tinspect.net.handoff import Handoff, Upstream, relay_raw, take_over
 from tinspect.net.shells import open_upstream
 from tinspect.net.timeouts import Deadline
 from tinspect.units import TO_CLIENT, TO_SERVER, BodyChunk, MessageEnd, Request, Response, Unit, error_page
@@ -148,11 +150,9 @@ class Http1Layer:
         explicit: the client treats us as its proxy (absolute-form targets,
             CONNECT, proxy authentication).
         upstream: a connection to ``flow.dst`` opened already (transparent
-            mode): ``(shell, connect Deferred, transport or None, failure
-            or None)``.
-        upstream_error: the upstream is unusable for good (it failed TLS
-            verification): every request is answered with a 502 page
-            saying why, and nothing is sent anywhere.
+            mode). When its failure is ``sticky`` (it failed TLS
+            verification), every request is answered with a 502 page saying
+            why, and nothing is sent anywhere.
     """
 
     _log = Logger()
@@ -165,13 +165,12 @@ class Http1Layer:
         on_closed: Callable[[], None],
         *,
         explicit: bool = False,
-        upstream: tuple[Any, Any, Any, str | None] | None = None,
-        upstream_error: str | None = None,
+        upstream: Upstream | None = None,
     ) -> None:
         self.ctx = ctx
         self.flow = flow
         self.explicit = explicit
-        self._upstream_error = upstream_error
+        self._upstream_error = upstream.failure if upstream is not None and upstream.sticky else None
         self._scheme = "https" if flow.tls_version else "http"
         self._shell = client
         client.handler = self
@@ -221,13 +220,12 @@ class Http1Layer:
         self._stalled = Deadline(ctx.reactor, self._client_stalled)
         client.transport.registerProducer(UpstreamPauser(self), True)
         if upstream is not None:
-            shell, connecting, transport, failure = upstream
-            up = self.upstream = Http1Upstream(self, flow.dst, shell)
-            up.connecting = connecting
-            if transport is not None:
-                up.server_connected(transport)
-            elif failure is not None:
-                up.failure = failure
+            up = self.upstream = Http1Upstream(self, flow.dst, upstream.shell)
+            up.connecting = upstream.connecting
+            if upstream.transport is not None:
+                up.server_connected(upstream.transport)
+            elif upstream.failure is not None:
+                up.failure = upstream.failure
                 up.closed = True
 
     # -- the client side ------------------------------------------------------
@@ -754,23 +752,7 @@ class Http1Layer:
         client_rest = self.reader.switch()
         server_rest = up.reader.switch()
         self._hand_over()
-        client_t = self.client.transport
-        server_t = up.leg.transport
-        client_t.unregisterProducer()
-        server_t.unregisterProducer()
-        self.client.resume(PauseReason.ALL)
-        up.leg.resume(PauseReason.ALL)
-        relay = RawRelay(self.ctx.chain, self.flow, client_t, on_closed=self._on_closed)
-        self.flow.protocol = "tcp"
-        self._shell.handler = relay
-        up.shell.handler = relay
-        relay.server_connected(server_t)
-        if server_rest:
-            relay.server_data(server_rest)
-        if client_rest:
-            relay.client_data(client_rest)
-        if not self.client.read_open:
-            relay.client_eof()
+        relay_raw(self.ctx.chain, self._handoff(up, client_rest, server_rest))
 
     def _open_websocket(self, ex: _Exchange, resp: Response) -> None:
         """The server's 101 passed the taps: WebSocket from now on, if
@@ -783,16 +765,12 @@ class Http1Layer:
         client_rest = self.reader.switch()
         up.reader.switch()
         record, up.record = bytes(up.record), None
-        self.client.transport.unregisterProducer()
-        up.leg.transport.unregisterProducer()
-        self.client.resume(PauseReason.ALL)
-        up.leg.resume(PauseReason.ALL)
-        layer = _websocket().WebSocketLayer(self.ctx, self.flow, self._shell, up, ex.websocket, self._on_closed)
-        failure = layer.open(record, client_rest, resp)
+        handoff = self._handoff(up, client_rest, record)
+        layer = _websocket().WebSocketLayer(self.ctx, handoff, ex.websocket)
+        failure = layer.open(resp)
         if failure is None:
             self._hand_over()
-            if not self.client.read_open:
-                layer.client_eof()
+            take_over(handoff, layer, layer)
             return
         self._log.warn(
             "flow {flow_id}: upstream {dst} WebSocket handshake failed: {reason}",
@@ -822,20 +800,24 @@ class Http1Layer:
 
     def _tunnel_open(self, ex: _Exchange, dst: tuple[str, int], shell: Any, transport: Any) -> None:
         if self._finished or not self.reader.paused:
+            shell.handler = None  # nobody carries this connection: its end goes unheard
             transport.loseConnection()
             return
-        from tinspect.layers.dispatch import Sniffer  # which imports this module
-
         self.flow.dst = dst
         ex.response_started = True
         self._write_client(b"HTTP/1.1 200 Connection established\r\n\r\n")
         early = self.reader.switch()
         self._hand_over()
-        self.client.transport.unregisterProducer()
-        self.client.resume(PauseReason.ALL)
-        Sniffer(self.ctx, self.flow, self._shell, shell, self._on_closed, server_transport=transport, early=early)
-        if not self.client.read_open:
-            self._shell.handler.client_eof()
+        handoff = Handoff(
+            self.flow,
+            self._shell,
+            Upstream(shell, transport=transport),
+            self._on_closed,
+            client_early=early,
+            client_eof=not self.client.read_open,
+            legs=(self.client,),
+        )
+        self.ctx.next_layer(handoff)
 
     def _tunnel_failed(self, ex: _Exchange, dst: tuple[str, int], reason: str) -> None:
         if self._finished or self._exchange is not ex:
@@ -986,6 +968,20 @@ class Http1Layer:
             self.upstream.close()
         self._finish()
 
+    def _handoff(self, up: Http1Upstream, client_rest: bytes, server_rest: bytes) -> Handoff:
+        """Both connections, for the layer that carries them after a protocol switch."""
+        return Handoff(
+            self.flow,
+            self._shell,
+            Upstream(up.shell, transport=up.leg.transport),
+            self._on_closed,
+            client_early=client_rest,
+            server_early=server_rest,
+            client_eof=not self.client.read_open,
+            server_eof=not up.leg.read_open,
+            legs=(self.client, up.leg),
+        )
+
     def _hand_over(self) -> None:
         """Stop acting on the connection: another layer carries it from now on (or it ended: `_finish`)."""
         self._finished = True
@@ -1003,7 +999,9 @@ class Http1Layer:
 
 
 class _Tunnel:
-    """The upstream of an explicit CONNECT until it is up (then the sniffer's)."""
+    """The upstream of an explicit CONNECT until it is up (then the sniffer's): a
+    `tinspect.net.shells.ConnectHandler`, which hears how the connect ends and
+    hands the connection on as soon as it is made."""
 
     def __init__(self, layer: Http1Layer, ex: _Exchange, dst: tuple[str, int]) -> None:
         self.layer = layer
@@ -1019,15 +1017,6 @@ class _Tunnel:
     def server_failed(self, reason: str) -> None:
         self.connecting = None
         self.layer._tunnel_failed(self.ex, self.dst, reason)
-
-    def server_data(self, data: bytes) -> None:  # pragma: no cover - handed over before reading
-        pass
-
-    def server_eof(self) -> None:  # pragma: no cover
-        pass
-
-    def server_lost(self, reason: Failure) -> None:  # pragma: no cover
-        pass
 
 
 def _websocket() -> Any:
