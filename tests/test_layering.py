@@ -14,6 +14,7 @@ SANS_IO = [
     "tinspect/headers.py",
     "tinspect/flow.py",
     "tinspect/layers/sniff.py",
+    "tinspect/layers/http/assemble.py",
     "tinspect/layers/http/explicit.py",
     "tinspect/layers/http/grammar.py",
     "tinspect/layers/http/http1/parse.py",

@@ -43,9 +43,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tinspect.flow import Flow
-from tinspect.units import BodyChunk, Direction, Unit
+from tinspect.units import Direction, Unit
 
-__all__ = ["Tap", "TapChain", "Arm", "TapError", "submit_streaming"]
+__all__ = ["Tap", "TapChain", "Arm", "TapError"]
 
 
 class TapError(Exception):
@@ -524,19 +524,3 @@ class _Waiter:
         else:
             self.arm._resumed(value, self.route, self.unit)
         return None
-
-
-def submit_streaming(arm: Arm, message: Any, buffer: bytearray, limit: int) -> None:
-    """A body a tap asked for whole outgrew ``limit``: submit ``message``
-    streaming after all (``body_too_large`` set), with what was buffered as
-    its first `BodyChunk`; the rest follows as it comes."""
-    Arm._log.info(
-        "flow {flow_id}: {kind} body over {limit} bytes; streaming it instead of buffering",
-        flow_id=arm.flow.id,
-        kind=message.kind,
-        limit=limit,
-    )
-    message.body = None
-    message.body_too_large = True
-    arm.submit(message)
-    arm.submit(BodyChunk(bytes(buffer), direction=arm.direction, message=message))

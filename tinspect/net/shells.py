@@ -16,7 +16,8 @@ both shells on with `tinspect.net.handoff.take_over`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import typing
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
@@ -43,7 +44,7 @@ __all__ = [
 ]
 
 
-class ClientHandler(Protocol):
+class ClientHandler(typing.Protocol):
     """What the handler of a `ClientConnection` answers: the layer carrying it now."""
 
     def client_data(self, data: bytes) -> None:
@@ -56,7 +57,7 @@ class ClientHandler(Protocol):
         """The client connection is gone (``reason`` says how)."""
 
 
-class ClientHandshakeHandler(ClientHandler, Protocol):
+class ClientHandshakeHandler(ClientHandler, typing.Protocol):
     """A client handler that started TLS on the connection (the TLS layer): it hears
     when the handshake completes."""
 
@@ -64,7 +65,7 @@ class ClientHandshakeHandler(ClientHandler, Protocol):
         """The client's TLS handshake with us completed."""
 
 
-class ServerHandler(Protocol):
+class ServerHandler(typing.Protocol):
     """What the handler of a connected `ServerConnection` answers."""
 
     def server_data(self, data: bytes) -> None:
@@ -77,7 +78,7 @@ class ServerHandler(Protocol):
         """The upstream connection is gone (``reason`` says how)."""
 
 
-class ConnectHandler(Protocol):
+class ConnectHandler(typing.Protocol):
     """What hears how the connect of a `ServerConnection` ends (`open_upstream`'s handler).
 
     A layer given a shell that may still be connecting is a `ServerHandler` too; one that
@@ -91,7 +92,7 @@ class ConnectHandler(Protocol):
         """The connect failed (TLS included); ``reason`` is short and plain."""
 
 
-class ServerHandshakeHandler(ServerHandler, Protocol):
+class ServerHandshakeHandler(ServerHandler, typing.Protocol):
     """A server handler that started TLS on a connected shell (the TLS layer)."""
 
     def server_handshake_done(self) -> None:

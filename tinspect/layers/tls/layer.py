@@ -45,7 +45,7 @@ from tinspect.layers.tls.clienthello import ClientHello, ClientHelloError, Clien
 from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.layers.tls.policy import PassthroughPolicy, classify_client_failure
 from tinspect.net.addresses import format_addr
-from tinspect.net.handoff import Handoff, Upstream, relay_raw
+from tinspect.net.handoff import Handoff, relay_raw
 from tinspect.net.timeouts import Deadline
 
 __all__ = ["Interception", "TlsLayer"]

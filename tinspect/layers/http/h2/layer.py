@@ -14,7 +14,9 @@ Each client stream is a `_Stream`. Its request becomes a `Request` unit
 (pseudo-fields on the same unit fields as HTTP/1.1, ``version`` "HTTP/2",
 ``stream_id`` set), then `BodyChunk` units and a `MessageEnd` with the
 trailers, or one unit with the whole body when the stream ended in the same
-read, or when a tap asks for whole bodies (buffered up to ``max_body``).
+read, or when a tap asks for whole bodies (buffered up to ``max_body``):
+one `tinspect.layers.http.assemble.MessageAssembler` per direction of the
+stream decides.
 Responses come back the same way. Units of all streams share the flow's two
 arms, so one direction's units stay in order; `Request.stream_id` (and
 ``message.request`` for the rest) says which stream a unit is on, which is
@@ -55,10 +57,11 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tinspect.chain import Arm, submit_streaming
+from tinspect.chain import Arm
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
 from tinspect.headers import Headers
+from tinspect.layers.http.assemble import MessageAssembler
 from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_whole
 from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_from_block, response_block, trailer_block
 from tinspect.layers.http.h2.upstream import H1Upstreams, H2Upstream, known_h1_only
@@ -79,11 +82,11 @@ class _Stream:
 
     __slots__ = (
         "cid", "request", "response", "via", "up_id", "h1", "held", "held_size", "held_trailers",
-        "req_buffer", "resp_buffer", "req_trailers", "resp_trailers", "owed_client", "owed_server",
+        "upload", "download", "req_trailers", "resp_trailers", "owed_client", "owed_server",
         "request_done", "answered", "response_started", "response_ending", "response_done", "closed",
     )
 
-    def __init__(self, cid: int) -> None:
+    def __init__(self, cid: int, upload: MessageAssembler, download: MessageAssembler) -> None:
         self.cid = cid
         self.request: Request | None = None
         self.response: Response | None = None
@@ -93,10 +96,10 @@ class _Stream:
         self.held: list | None = None  # request body before the upstream stream exists
         self.held_size = 0
         self.held_trailers: Headers | None = None
-        self.req_buffer: bytearray | None = None
-        self.resp_buffer: bytearray | None = None
-        self.req_trailers: Headers | None = None
-        self.resp_trailers: Headers | None = None
+        self.upload = upload  # the request to the taps
+        self.download = download  # the response to the taps
+        self.req_trailers: list | None = None  # trailer fields come before the stream's end
+        self.resp_trailers: list | None = None
         self.owed_client = 0  # request bytes received and not yet acknowledged
         self.owed_server = 0  # response bytes, likewise
         self.request_done = False
@@ -160,6 +163,7 @@ class H2Layer:
         self.scheme = "https" if flow.tls_version else "http"  # the client's, and the upstream's by default
         settings = ctx.settings
         self._max_body = settings.max_body
+        self._body_log = self._log  # for every stream's assemblers: each `self._log` makes a new Logger
         conn = new_connection(client_side=False, max_header_list_size=settings.max_header_bytes)
         self.client = H2Endpoint(conn, self._client_took)
         self.client.attach(client.transport, "client")
@@ -273,7 +277,7 @@ class H2Layer:
             elif kind is TrailersReceived:
                 st = streams.get(event.stream_id)
                 if st is not None:
-                    st.req_trailers = Headers(event.headers)
+                    st.req_trailers = event.headers
             elif kind is StreamReset:
                 self._client_reset(event.stream_id, event.error_code)
             elif kind is ConnectionTerminated:
@@ -293,52 +297,44 @@ class H2Layer:
             return
         if not req.authority:
             req.authority = format_addr(self.flow.dst)
-        st = self.streams[cid] = _Stream(cid)
+        arms = self.arms
+        upload = MessageAssembler(arms[TO_SERVER], self._max_body, self._body_log)
+        download = MessageAssembler(arms[TO_CLIENT], self._max_body, self._body_log)
+        st = self.streams[cid] = _Stream(cid, upload, download)
         self._idle.suspend()
         st.request = req
         if event.stream_ended is not None:
-            req.body = b""
             st.request_done = True
+            upload.whole(req, b"", None)
         elif whole is not None:
             body, trailers, credit, _ = whole
-            req.body = body
-            req.trailers = Headers(trailers) if trailers else None
             st.request_done = True
             if credit:
                 self.client.conn.acknowledge_received_data(credit, cid)
-        elif self.ctx.chain.wants_whole_body(req, self.flow):
-            st.req_buffer = bytearray()
-            return
-        self.arms[TO_SERVER].submit(req)
+            upload.whole(req, body, trailers)
+        elif upload.head(req):
+            return  # buffered for a tap
         if st.request_done:
             self._await_answers()
 
     def _request_data(self, st: _Stream, data: bytes, credit: int) -> None:
-        buffer = st.req_buffer
-        if st.answered or buffer is not None or not data:
+        upload = st.upload
+        buffering = upload.buffering
+        if st.answered or buffering or not data:
+            # Acknowledged at once: dropped (answered), buffered for a tap, or empty.
             self.client.conn.acknowledge_received_data(credit, st.cid)
-            if buffer is not None:
-                buffer += data
-                if len(buffer) > self._max_body:
-                    st.req_buffer = None
-                    submit_streaming(self.arms[TO_SERVER], st.request, buffer, self._max_body)
+            if buffering:
+                upload.data(st.request, data)
             return
         st.owed_client += credit
-        self.arms[TO_SERVER].submit(BodyChunk(data, direction=TO_SERVER, message=st.request))
+        upload.data(st.request, data)
 
     def _request_end(self, st: _Stream) -> None:
         st.request_done = True
         if st.answered:
             self._maybe_done(st)
             return
-        req = st.request
-        if st.req_buffer is not None:
-            req.body = bytes(st.req_buffer)
-            req.trailers = st.req_trailers
-            st.req_buffer = None
-            self.arms[TO_SERVER].submit(req)
-        else:
-            self.arms[TO_SERVER].submit(MessageEnd(st.req_trailers, direction=TO_SERVER, message=req))
+        st.upload.end(st.request, st.req_trailers)
         self._await_answers()
 
     def _client_reset(self, cid: int, code: int) -> None:
@@ -460,19 +456,22 @@ class H2Layer:
 
     # -- from the server ------------------------------------------------------
 
-    def upstream_response(self, st: _Stream, resp: Response) -> None:
+    def upstream_response(
+        self, st: _Stream, resp: Response, body: bytes | None = None, trailers: list | None = None
+    ) -> None:
+        """``st``'s response head (``body`` ``None``: the body follows, `upstream_body`
+        and `upstream_end`), or the whole response when it came in one read."""
         self._answers.kick()
         if st.closed or st.answered:
             return
-        arm = self.arms[TO_CLIENT]
         if resp.interim:
-            arm.submit(resp)
+            self.arms[TO_CLIENT].submit(resp)
             return
         st.response = resp
-        if resp.body is None and self.ctx.chain.wants_whole_body(resp, self.flow):
-            st.resp_buffer = bytearray()
-            return
-        arm.submit(resp)
+        if body is None:
+            st.download.head(resp)
+        else:
+            st.download.whole(resp, body, trailers)
 
     def upstream_body(self, st: _Stream, data: bytes, credit: int) -> None:
         self._answers.kick()
@@ -481,30 +480,18 @@ class H2Layer:
             self._via(st).credit(st)
             return
         st.owed_server += credit
-        buffer = st.resp_buffer
-        if buffer is not None:
-            self._via(st).credit(st)
-            buffer += data
-            if len(buffer) > self._max_body:
-                st.resp_buffer = None
-                submit_streaming(self.arms[TO_CLIENT], st.response, buffer, self._max_body)
-            return
-        self.arms[TO_CLIENT].submit(BodyChunk(data, direction=TO_CLIENT, message=st.response))
+        download = st.download
+        if download.buffering:
+            self._via(st).credit(st)  # taken at once: a tap waits for the whole body
+        download.data(st.response, data)
 
-    def upstream_end(self, st: _Stream, trailers: Headers | None) -> None:
+    def upstream_end(self, st: _Stream, trailers: list | None) -> None:
         self._answers.kick()
         if not st.request_done:
             st.answered = True  # the server is done: the rest of the upload goes nowhere
         if st.closed or st.response is None:
             return
-        resp = st.response
-        if st.resp_buffer is not None:
-            resp.body = bytes(st.resp_buffer)
-            resp.trailers = trailers
-            st.resp_buffer = None
-            self.arms[TO_CLIENT].submit(resp)
-        else:
-            self.arms[TO_CLIENT].submit(MessageEnd(trailers, direction=TO_CLIENT, message=resp))
+        st.download.end(st.response, trailers)
 
     def upstream_failed(self, st: _Stream, reason: str, code: int | None, status: int | None = None) -> None:
         """The server leg cannot carry ``st`` (any more): a page with

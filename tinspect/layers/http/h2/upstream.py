@@ -379,18 +379,18 @@ class H2Upstream:
                 except H2FieldError as e:
                     self._stream_broken(st, str(e))
                     continue
+                body = trailers = None
                 if event.stream_ended is not None:
-                    resp.body = b""
+                    body = b""
                     by_id.pop(event.stream_id, None)  # so its StreamEnded is skipped
                 else:
                     whole = take_whole(events, i, event.stream_id)
                     if whole is not None:
-                        resp.body, trailers, credit, i = whole
-                        resp.trailers = Headers(trailers) if trailers else None
+                        body, trailers, credit, i = whole
                         if credit:
                             self.ep.conn.acknowledge_received_data(credit, event.stream_id)
                         by_id.pop(event.stream_id, None)
-                layer.upstream_response(st, resp)
+                layer.upstream_response(st, resp, body, trailers)
             elif kind is StreamEnded:
                 st = by_id.pop(event.stream_id, None)
                 if st is not None:
@@ -398,7 +398,7 @@ class H2Upstream:
             elif kind is TrailersReceived:
                 st = by_id.get(event.stream_id)
                 if st is not None:
-                    st.resp_trailers = Headers(event.headers)
+                    st.resp_trailers = event.headers
             elif kind is InformationalResponseReceived:
                 st = by_id.get(event.stream_id)
                 if st is not None:
@@ -706,14 +706,13 @@ class H1Upstreams:
                     up.keep_alive = False
                 whole = take_body(queue)
                 if whole is not None:
-                    resp.body, trailers = whole
-                    resp.trailers = Headers(trailers) if trailers else None
-                    layer.upstream_response(st, resp)
+                    body, trailers = whole
+                    layer.upstream_response(st, resp, body, trailers)
                     self._done(up, st)
                     return
                 layer.upstream_response(st, resp)
             elif kind is EndOfMessage:
-                layer.upstream_end(st, Headers(event.trailers) if event.trailers else None)
+                layer.upstream_end(st, event.trailers)
                 self._done(up, st)
                 return
             elif kind is ConnectionClosed:

@@ -20,7 +20,8 @@ overlap (a server may answer before the upload ends).
 When a message arrives whole in one read (a GET, a small response), its unit
 carries the whole ``body`` and no `BodyChunk`/`MessageEnd` follow: one unit
 through the taps instead of three. A tap that asks for whole bodies
-(`Tap.wants_whole_body`) gets the same, buffered up to ``max_body``.
+(`Tap.wants_whole_body`) gets the same, buffered up to ``max_body``. One
+`tinspect.layers.http.assemble.MessageAssembler` each way decides which.
 
 The upstream connection is kept across requests (keep-alive) while the
 server allows it and the destination stays the same; in transparent mode the
@@ -64,10 +65,11 @@ from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tinspect.chain import Arm, submit_streaming
+from tinspect.chain import Arm
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
 from tinspect.headers import Headers
+from tinspect.layers.http.assemble import MessageAssembler
 from tinspect.layers.http.explicit import proxy_request
 from tinspect.layers.http.http1.parse import (
     BodyData,
@@ -107,7 +109,6 @@ class _Exchange:
         "client_version",
         "keep_alive",
         "expect_continue",
-        "buffer",
         "upstream",
         "sent",
         "answered",
@@ -125,7 +126,6 @@ class _Exchange:
         self.client_version = client_version
         self.keep_alive = keep_alive
         self.expect_continue = False
-        self.buffer: bytearray | None = None  # whole-body buffering of the request
         self.upstream: Http1Upstream | None = None
         self.sent = False  # the request head went upstream
         self.answered = False  # a tap or the proxy answered; the server's answer does not count
@@ -177,7 +177,6 @@ class Http1Layer:
         self.client = Leg(client.transport, "client")
         self._on_closed = on_closed
         settings = ctx.settings
-        self._max_body = settings.max_body
         self.reader = Http1Reader(
             "request",
             max_start_line=settings.max_request_line,
@@ -211,6 +210,10 @@ class Http1Layer:
                 on_drop=self._dropped,
             ),
         }
+        # One message at a time each way: the current exchange's request and response.
+        log = self._log
+        self._requests = MessageAssembler(self.arms[TO_SERVER], settings.max_body, log)
+        self._responses = MessageAssembler(self.arms[TO_CLIENT], settings.max_body, log)
         flow.attach(self.arms, self.abort)
         flow.protocol = "http/1.1"
         self._deadline = Deadline(ctx.reactor, self._timed_out, self._upstream_paused)
@@ -339,37 +342,26 @@ class Http1Layer:
             req.authority = host.decode("latin-1") if host else format_addr(self.flow.dst)
         whole = take_body(self._queue)
         if whole is not None:
-            req.body, trailers = whole
-            req.trailers = Headers(trailers) if trailers else None
             ex.request_done = True
         if refusal is not None:
             ex.discard = True
             self._answer(ex, refusal)
             return
-        if whole is None:
-            req.body = None
-            if self.ctx.chain.wants_whole_body(req, self.flow):
-                ex.buffer = bytearray()
-                if (fields.raw(b"expect") or b"").lower() == b"100-continue" and version != "HTTP/1.0":
-                    # The server will not see the head before the body: say
-                    # "go on" ourselves, or the client waits for nothing.
-                    fields.remove(b"expect")
-                    self._write_client(_CONTINUE)
-                return
-        self.arms[TO_SERVER].submit(req)
+        if whole is not None:
+            body, trailers = whole
+            self._requests.whole(req, body, trailers)
+        elif self._requests.head(req):
+            if (fields.raw(b"expect") or b"").lower() == b"100-continue" and version != "HTTP/1.0":
+                # The server will not see the head before the body: say
+                # "go on" ourselves, or the client waits for nothing.
+                fields.remove(b"expect")
+                self._write_client(_CONTINUE)
 
     def _request_body(self, data: bytes) -> None:
         ex = self._exchange
         if ex is None or ex.discard:
             return
-        buffer = ex.buffer
-        if buffer is not None:
-            buffer += data
-            if len(buffer) > self._max_body:
-                submit_streaming(self.arms[TO_SERVER], ex.request, buffer, self._max_body)
-                ex.buffer = None
-            return
-        self.arms[TO_SERVER].submit(BodyChunk(data, direction=TO_SERVER, message=ex.request))
+        self._requests.data(ex.request, data)
 
     def _request_end(self, trailers: list) -> None:
         ex = self._exchange
@@ -377,15 +369,7 @@ class Http1Layer:
             return
         ex.request_done = True
         if not ex.discard:
-            req = ex.request
-            if ex.buffer is not None:
-                req.body = bytes(ex.buffer)
-                req.trailers = Headers(trailers) if trailers else None
-                ex.buffer = None
-                self.arms[TO_SERVER].submit(req)
-            else:
-                end = MessageEnd(Headers(trailers) if trailers else None, direction=TO_SERVER, message=req)
-                self.arms[TO_SERVER].submit(end)
+            self._requests.end(ex.request, trailers)
         self._maybe_done(ex)
 
     # -- explicit proxy -------------------------------------------------------
@@ -550,12 +534,11 @@ class Http1Layer:
             self._finish()
 
     def _response_events(self, up: Http1Upstream, events: list) -> None:
-        if len(events) == 1 and type(events[0]) is BodyData and up.buffer is None and up.message is not None:
+        if len(events) == 1 and type(events[0]) is BodyData and up.message is not None:
             # The common case while a body streams: no queue to build.
-            self.arms[TO_CLIENT].submit(BodyChunk(events[0].data, direction=TO_CLIENT, message=up.message))
+            self._responses.data(up.message, events[0].data)
             return
         queue = deque(events)
-        arm = self.arms[TO_CLIENT]
         while queue:
             event = queue.popleft()
             kind = type(event)
@@ -567,29 +550,13 @@ class Http1Layer:
                 self._response_head(ex, up, event, queue)
             elif kind is BodyData:
                 resp = up.message
-                if resp is None:
-                    continue
-                buffer = up.buffer
-                if buffer is not None:
-                    buffer += event.data
-                    if len(buffer) > self._max_body:
-                        up.buffer = None
-                        submit_streaming(arm, resp, buffer, self._max_body)
-                    continue
-                arm.submit(BodyChunk(event.data, direction=TO_CLIENT, message=resp))
+                if resp is not None:
+                    self._responses.data(resp, event.data)
             elif kind is EndOfMessage:
                 resp = up.message
                 up.message = None
-                if resp is None:
-                    continue
-                trailers = Headers(event.trailers) if event.trailers else None
-                if up.buffer is not None:
-                    resp.body = bytes(up.buffer)
-                    up.buffer = None
-                    resp.trailers = trailers
-                    arm.submit(resp)
-                else:
-                    arm.submit(MessageEnd(trailers, direction=TO_CLIENT, message=resp))
+                if resp is not None:
+                    self._responses.end(resp, event.trailers)
             elif kind is ConnectionClosed:
                 up.keep_alive = False
 
@@ -624,15 +591,11 @@ class Http1Layer:
             up.keep_alive = False
         whole = take_body(queue)
         if whole is not None:
-            resp.body, trailers = whole
-            resp.trailers = Headers(trailers) if trailers else None
-            arm.submit(resp)
+            body, trailers = whole
+            self._responses.whole(resp, body, trailers)
             return
         up.message = resp
-        if self.ctx.chain.wants_whole_body(resp, self.flow):
-            up.buffer = bytearray()  # filled by _response_events, submitted at the end
-            return
-        arm.submit(resp)
+        self._responses.head(resp)
 
     # -- towards the client ---------------------------------------------------
 

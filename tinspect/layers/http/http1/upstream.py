@@ -35,7 +35,7 @@ class Http1Upstream:
 
     __slots__ = (
         "layer", "dst", "shell", "leg", "reader", "writer", "pending", "failure",
-        "closed", "keep_alive", "connecting", "message", "buffer", "record",
+        "closed", "keep_alive", "connecting", "message", "record",
     )
 
     def __init__(self, layer: Any, dst: tuple[str, int], shell: Any = None) -> None:
@@ -53,7 +53,6 @@ class Http1Upstream:
         self.keep_alive = True
         self.connecting: Any = None  # the connect Deferred, to cancel
         self.message: Response | None = None  # the response whose body is being read
-        self.buffer: bytearray | None = None  # its body, while a tap wants it whole
         self.record: bytearray | None = None  # raw bytes read, while a WebSocket handshake waits
 
     @classmethod
