@@ -69,8 +69,8 @@ def test_default_block():
     ("block colour=red", "is not a condition"),
     ("block host=a host=b", "host= given twice"),
     ("block url=(", "not a regular expression"),
-    ("passthrough url=/x", "passthrough takes host= only"),
-    ("passthrough host=a method=GET", "passthrough takes host= only"),
+    ("passthrough url=/x", "passthrough takes host=, list= and domains= only"),
+    ("passthrough host=a method=GET", "passthrough takes host=, list= and domains= only"),
     ('block host="unterminated', "No closing quotation"),
     ("block host=", "host= needs a value"),
 ])
@@ -91,3 +91,78 @@ def test_any_text_parses_or_raises_rules_error(text):
 def test_a_trailing_dot_does_not_escape_a_rule(rules):
     assert rules.request("GET", "www.casino.example.", "https://www.casino.example./").action == BLOCK
     assert rules.tls_passthrough("online.bank.example.") is not None
+
+
+# -- lists -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def lists(tmp_path):
+    """A blocklist tree beside the rules file: categories games and bank, and a plain ads.txt."""
+    for category, domains, urls in [("games", "casino.example\npoker.example\n", "portal.example/play\n"),
+                                    ("bank", "bank.example\n", "mixed.example/\n")]:
+        (tmp_path / "blacklists" / category).mkdir(parents=True)
+        (tmp_path / "blacklists" / category / "domains").write_text(domains)
+        (tmp_path / "blacklists" / category / "urls").write_text(urls)
+    (tmp_path / "ads.txt").write_text("# ads\nads.example\n")
+
+    def parse(text):
+        return Rules.parse(text, str(tmp_path / "rules.txt"))
+
+    return parse
+
+
+def test_a_rule_names_category_directories_and_plain_lists(lists):
+    """list= and domains=: the host, a parent domain or a URL prefix listed; the decision names the list."""
+    rules = lists("allow host=ok.casino.example\n"
+                  "block list=blacklists/games,blacklists/bank\n"
+                  "block domains=ads.txt method=GET\n")
+    decision = rules.request("GET", "www.casino.example", "https://www.casino.example/")
+    assert (decision.action, decision.rule.where, decision.category) == (BLOCK, rules.rules[1].where, "games")
+    assert decision.why.endswith("block list=blacklists/games,blacklists/bank (list games)")
+    assert rules.request("GET", "bank.example", "https://bank.example/").category == "bank"
+    assert rules.request("GET", "portal.example", "http://portal.example/play/1").category == "games"
+    assert rules.request("GET", "portal.example", "http://portal.example/news").action == ALLOW
+    assert rules.request("GET", "ok.casino.example", "https://ok.casino.example/").action == ALLOW  # first match
+    assert rules.request("GET", "x.ads.example", "http://x.ads.example/").category == "ads"
+    assert rules.request("POST", "x.ads.example", "http://x.ads.example/").action == ALLOW  # and method=GET
+    assert rules.request("CONNECT", "portal.example", "portal.example:443").action == ALLOW  # no path, no URL
+    default = rules.request("GET", "elsewhere.example", "https://elsewhere.example/")
+    assert default.category is None and default.why == "no rule matched: the default"
+
+
+def test_a_list_named_twice_is_read_once(lists):
+    """Two rules naming one list share it; Rules.lists has each list once."""
+    rules = lists("allow list=blacklists/games method=HEAD\nblock list=blacklists/games\nblock domains=ads.txt\n")
+    assert rules.rules[0].lists[0] is rules.rules[1].lists[0]
+    assert sorted(lst.name for lst in rules.lists) == ["ads", "games"]
+
+
+def test_responses_by_type_and_list(lists):
+    """A type= rule with a list decides responses from listed hosts only."""
+    rules = lists("block type=video/* list=blacklists/games\n")
+    assert rules.response("GET", "casino.example", "http://casino.example/a", "video/mp4").category == "games"
+    assert rules.response("GET", "school.example", "http://school.example/a", "video/mp4") is None
+
+
+def test_tls_passthrough_by_list(lists):
+    """passthrough list=: by domains entries; a block list's host, or one with urls entries, is decrypted."""
+    rules = lists("block list=blacklists/games\npassthrough list=blacklists/bank\npassthrough host=*\n")
+    assert rules.tls_passthrough("online.bank.example").where == rules.rules[1].where
+    assert rules.tls_passthrough("www.casino.example") is None  # blocked: intercept to show the page
+    assert rules.tls_passthrough("portal.example") is None  # its /play is blocked: the path must be seen
+    assert rules.tls_passthrough("mixed.example").where == rules.rules[2].where  # bank's urls: not passthrough
+    assert rules.tls_passthrough("elsewhere.example").where == rules.rules[2].where
+
+
+@pytest.mark.parametrize("text, words", [
+    ("block list=blacklists/nothing", "cannot read it: No such file or directory"),
+    ("block list=ads.txt", "is not a directory (a plain list of domains goes in domains=)"),
+    ("block list=.", "holds neither a domains nor a urls file"),
+    ("block domains=blacklists/games", "cannot read it: Is a directory"),
+    ("passthrough list=blacklists/bank url=/x", "passthrough takes host=, list= and domains= only"),
+])
+def test_a_list_that_cannot_be_read_names_the_line(lists, text, words):
+    """A missing or misplaced list is a RulesError naming the rules file's line and the list."""
+    with pytest.raises(RulesError) as e:
+        lists("# fine\n" + text)
+    assert ":2: " in str(e.value) and words in str(e.value)

@@ -1,0 +1,276 @@
+"""Domain and URL lists at scale: the category lists of blocklists, as a compact index.
+
+The filter's ``list=`` and ``domains=`` conditions (`tinspect.taplib.filtering`)
+name lists in the layout of the common blocklists (UT1, Shalla, squidGuard's): a
+directory per category holding a ``domains`` file and a ``urls`` file, one entry
+a line, ``#`` starting a comment; or a plain file of domains. A domain entry
+matches the domain and all its subdomains (``casino.example`` matches
+``www.casino.example``); a ``urls`` entry (``host/path``) matches a request to
+that host, or a subdomain of it, whose path starts with that path.
+
+Theory of operation. A list of two million domains held as Python strings in a
+set would cost some 150 MiB per process. Instead each domain (lowercased,
+trailing dots removed, IDNA left as written) is hashed to 64 bits with
+BLAKE2b, a hash that is the same in every process and every run (Python's
+``hash()`` is salted per process), and the hashes are kept sorted: 8 bytes an
+entry, in 256 ``array('Q')`` by the hash's top byte, each searched with
+`bisect`. A request's host matches when it or one of its parent domains is
+listed: `Query` takes the host apart once (``a.b.c.d``, ``b.c.d``, ``c.d``,
+``d``: the one place that knows a domain covers its subdomains) for all the
+lists a request is asked of.
+
+Hashing four names with BLAKE2b would be most of a lookup's cost, and most
+lookups are misses. So each list also keeps a bitmap of about 16 bits per
+entry, the bit of each entry's CRC-32 set: a name whose bit is clear is not
+listed (CRC-32 costs a tenth of BLAKE2b), and only a name whose bit is set
+(about 6% of unlisted names, and the listed ones) is hashed and searched. The
+bitmap only saves work: what matches is decided by the 64-bit hash.
+
+Building sorts two million 64-bit integers without holding them all as
+Python ints at once (that alone would be 80 MiB), and without a second copy
+of the index: the hashes are appended as bytes to the 256 buckets as the file
+is read, then each bucket in turn becomes ints, is sorted and deduplicated,
+and takes the place of its bytes. Reading and hashing stay in C
+(``bytes.split``, ``map``) as far as they can. Measured with ``bench/micro_domains.py`` (numbers in
+docs/performance.md).
+
+Two different names with the same 64-bit hash are the price of the compact
+form: with N entries, a host of four labels that is not listed matches by
+accident with probability about 4 × N / 2**64 per lookup (4e-13 for two
+million entries), a false block at worst; a listed name is never missed.
+(That two of the two million entries share a hash is likelier, about 1e-7,
+and harmless: they are both listed.)
+
+`urls` entries are far fewer than domains (thousands, not millions): a dict
+from the entry's host to its sorted path prefixes (bytes).
+
+Nothing here touches Twisted: `DomainList.build` is pure, and the readers
+only read the files they are given, so a tap may build lists in a thread
+(blocking, seconds for millions of entries) and swap them in when done.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import hashlib
+import re
+import stat
+import sys
+from array import array
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from zlib import crc32
+
+__all__ = ["DomainList", "ListError", "Query", "read_category", "read_domains"]
+
+_blake2b8 = functools.partial(hashlib.blake2b, digest_size=8)
+_digest = hashlib.blake2b.digest
+_COMMENT = re.compile(rb"#[^\n]*")
+_SCHEME = re.compile(rb"^[a-z][a-z0-9+.-]*://")
+_CHUNK = 1 << 20  # bytes read at once: whole lines, about 60,000 domains
+_BITS_PER_ENTRY = 16  # the prefilter: 6% of unlisted names get past it
+
+
+class ListError(ValueError):
+    """A list that cannot be used (a category directory without its files)."""
+
+
+def _entries(chunk: bytes) -> list[bytes]:
+    """The entries of whole lines of a list: comments removed, lowercased."""
+    if b"#" in chunk:
+        chunk = _COMMENT.sub(b"", chunk)
+    return chunk.lower().split()
+
+
+class Query:
+    """What a request asks the lists: its host and, for ``urls`` entries, its path.
+
+    The host is taken apart once, however many lists are asked: its name and
+    each parent domain (`suffixes`), their CRC-32s, and their 64-bit hashes
+    when a list needs them. An IP address is looked up whole: its "parent
+    domains" mean nothing.
+
+    Args:
+        host: the request's host (or the TLS SNI), without port or brackets.
+        path: the request's path and query, for ``urls`` entries; ``None`` when
+            there is none (a TLS decision, a CONNECT).
+    """
+
+    __slots__ = ("suffixes", "crcs", "path", "_hashes")
+
+    def __init__(self, host: str, path: str | None = None) -> None:
+        name = host.encode("utf-8", "surrogatepass").lower().rstrip(b".")
+        if name[-1:].isdigit() or b":" in name:  # an IPv4 address (no TLD is all digits) or IPv6
+            self.suffixes = [name]
+        else:
+            self.suffixes, start = [], 0
+            while start >= 0:  # start is -1 once find() finds no further dot
+                self.suffixes.append(name[start:])
+                start = name.find(b".", start) + 1 or -1
+        self.crcs = list(map(crc32, self.suffixes))
+        self.path = path.encode("utf-8", "surrogatepass").lower() if path is not None else None
+        self._hashes: list[int | None] = [None] * len(self.suffixes)
+
+    def hash(self, i: int) -> int:
+        """The 64-bit hash of ``suffixes[i]`` (big-endian, so the digests sort like the ints)."""
+        h = self._hashes[i]
+        if h is None:
+            h = self._hashes[i] = int.from_bytes(_digest(_blake2b8(self.suffixes[i])), "big")
+        return h
+
+
+class DomainList:
+    """One list (a category): the hashes of its domains and its URL prefixes.
+
+    Immutable once built, so one may be built in a thread and used in another.
+
+    Attributes:
+        name: the category (the directory's name, or the plain file's stem);
+            what a match reports.
+        source: where it was read from, for messages.
+    """
+
+    def __init__(self, name: str, buckets: list[array], bits: bytearray, urls: dict[bytes, tuple[bytes, ...]],
+                 source: str = "") -> None:
+        self.name = name
+        self.source = source
+        self._buckets = buckets
+        self._bits = bits
+        self._mask = len(bits) * 8 - 1
+        self._urls = urls
+
+    @classmethod
+    def build(cls, name: str, domains: Iterable[bytes] = (), urls: Iterable[bytes] = (),
+              source: str = "") -> DomainList:
+        """Build a list from the text of its files.
+
+        Args:
+            name: the category, reported with every match.
+            domains: the ``domains`` file's bytes in pieces of whole lines (a
+                file's lines, or the bigger pieces `read_domains` reads).
+            urls: the same for the ``urls`` file (``host/path`` a line).
+            source: where it came from, for messages.
+        """
+        return cls(name, *_index(domains), _url_prefixes(urls), source)
+
+    def __len__(self) -> int:
+        """How many different entries, domains and URLs."""
+        return sum(map(len, self._buckets)) + sum(map(len, self._urls.values()))
+
+    def __repr__(self) -> str:
+        return f"<DomainList {self.name} ({sum(map(len, self._buckets))} domains, {len(self._urls)} URL hosts)>"
+
+    def has_domain(self, query: Query) -> bool:
+        """Whether the host or one of its parent domains is a ``domains`` entry."""
+        bits, mask = self._bits, self._mask
+        for i, crc in enumerate(query.crcs):
+            crc &= mask
+            if bits[crc >> 3] >> (crc & 7) & 1:  # perhaps listed: ask the index
+                h = query.hash(i)
+                bucket = self._buckets[h >> 56]
+                j = bisect.bisect_left(bucket, h)
+                if j < len(bucket) and bucket[j] == h:
+                    return True
+        return False
+
+    def has_url(self, query: Query) -> bool:
+        """Whether a ``urls`` entry is a prefix of the request's host (or a parent
+        domain of it) and path."""
+        if not self._urls or query.path is None:
+            return False
+        path = query.path
+        return any(_under(path, prefix) for name in query.suffixes for prefix in self._urls.get(name, ()))
+
+    def match(self, query: Query) -> bool:
+        """Whether the request is listed, by its domain or by its URL."""
+        return self.has_domain(query) or self.has_url(query)
+
+    def may_match(self, query: Query) -> bool:
+        """Whether some request to this host could be listed (for decisions made before
+        the path is known: the host is listed, or has ``urls`` entries)."""
+        return self.has_domain(query) or any(name in self._urls for name in query.suffixes)
+
+
+def _under(path: bytes, prefix: bytes) -> bool:
+    """Whether ``path`` starts with ``prefix`` at a boundary: ``/ads`` covers ``/ads``,
+    ``/ads/x``, ``/ads.html`` and ``/ads?x``, not ``/adsorption``."""
+    end = len(prefix)
+    return path.startswith(prefix) and (prefix.endswith(b"/") or not path[end:end + 1].isalnum())
+
+
+def _index(pieces: Iterable[bytes]) -> tuple[list[array], bytearray]:
+    """The distinct hashes of the entries in ``pieces``, sorted in 256 ``array('Q')``
+    by their top byte, and the prefilter's bitmap of their CRC-32s."""
+    buckets = [bytearray() for _ in range(256)]
+    crcs = array("I")
+    for piece in pieces:
+        entries = [entry.rstrip(b".") for entry in _entries(piece)]
+        crcs.extend(map(crc32, entries))
+        for digest in map(_digest, map(_blake2b8, entries)):
+            buckets[digest[0]] += digest
+    size = 1 << max(9, (len(crcs) * _BITS_PER_ENTRY - 1).bit_length())  # a power of two: a mask picks the bit
+    bits, mask = bytearray(size >> 3), size - 1
+    for crc in crcs:
+        crc &= mask
+        bits[crc >> 3] |= 1 << (crc & 7)
+    del crcs
+    index = []
+    for top in range(256):
+        bucket = array("Q")
+        bucket.frombytes(buckets[top])
+        buckets[top] = bytearray()  # each sorted bucket takes the place of its bytes
+        if sys.byteorder == "little":
+            bucket.byteswap()  # the digests are big-endian
+        index.append(array("Q", sorted(set(bucket))))
+    return index, bits
+
+
+def _url_prefixes(pieces: Iterable[bytes]) -> dict[bytes, tuple[bytes, ...]]:
+    """The ``urls`` entries, by their host: their path prefixes, sorted."""
+    paths: dict[bytes, set[bytes]] = {}
+    for piece in pieces:
+        for entry in _entries(piece):
+            host, slash, path = _SCHEME.sub(b"", entry).partition(b"/")
+            host = host.rstrip(b".")
+            if host:
+                paths.setdefault(host, set()).add(slash + path or b"/")
+    return {host: tuple(sorted(p)) for host, p in paths.items()}
+
+
+def _pieces(path: Path) -> Iterator[bytes]:
+    """A file's bytes in pieces of whole lines, about `_CHUNK` bytes each."""
+    with path.open("rb") as f:
+        tail = b""
+        while chunk := f.read(_CHUNK):
+            chunk = tail + chunk
+            cut = chunk.rfind(b"\n") + 1
+            tail = chunk[cut:]
+            yield chunk[:cut]
+        yield tail
+
+
+def read_category(directory: Path) -> DomainList:
+    """Read a category directory: its ``domains`` and ``urls`` files (either may be missing).
+
+    Raises:
+        ListError: neither file is there.
+        OSError: a file cannot be read.
+    """
+    domains, urls = directory / "domains", directory / "urls"
+    if not stat.S_ISDIR(directory.stat().st_mode):  # (OSError when it is not there)
+        raise ListError(f"{directory} is not a directory (a plain list of domains goes in domains=)")
+    if not domains.is_file() and not urls.is_file():
+        raise ListError(f"{directory} holds neither a domains nor a urls file")
+    return DomainList.build(directory.resolve().name,
+                            _pieces(domains) if domains.is_file() else (),
+                            _pieces(urls) if urls.is_file() else (), str(directory))
+
+
+def read_domains(path: Path) -> DomainList:
+    """Read a plain list of domains (one a line); its category is the file's stem (``ads.txt``: ads).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    return DomainList.build(path.stem, _pieces(path), source=str(path))
