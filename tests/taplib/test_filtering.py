@@ -1,12 +1,21 @@
-"""Filter rules (tinspect.taplib.filtering): parsing, first match wins, requests / responses / TLS."""
+"""Filter rules (tinspect.taplib.filtering): parsing, first match wins, requests / responses / TLS, lists;
+and the filter tap's reload, which loads them in a thread and swaps."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 
+from taps.filter import FilterTap
+from tinspect.flow import Flow
 from tinspect.taplib.filtering import ALLOW, BLOCK, Rules, RulesError
+from tinspect.units import Request, Response
 
 RULES = """
 # a comment
@@ -166,3 +175,98 @@ def test_a_list_that_cannot_be_read_names_the_line(lists, text, words):
     with pytest.raises(RulesError) as e:
         lists("# fine\n" + text)
     assert ":2: " in str(e.value) and words in str(e.value)
+
+
+# -- the filter tap's reload -------------------------------------------------------------------------
+
+FLOW = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+
+
+def ask(tap, host):
+    """The status the tap answers a GET for http://HOST/ with (200: passed on to the server)."""
+    out = tap.handle(Request("GET", "/", authority=host), FLOW)
+    return out.status if isinstance(out, Response) else 200
+
+
+@pytest.fixture
+def log_events():
+    """Every log event emitted during the test."""
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    """Rules.parse waits for ``gate`` (in the reload's thread); ``entered`` is set when it starts waiting."""
+    entered, gate, calls = threading.Event(), threading.Event(), []
+    parse = Rules.parse
+
+    def slow(cls, *args, **kwargs):
+        calls.append(threading.current_thread())
+        entered.set()
+        assert gate.wait(10)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(Rules, "parse", classmethod(slow))
+    return entered, gate, calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_decides_with_the_old_rules_until_the_new_ones_are_built(tmp_path, lists, gated, log_events):
+    """SIGHUP's reload reads rules and lists in a thread; requests meanwhile get the old rules, then the new."""
+    rules = tmp_path / "rules.txt"
+    rules.write_text("block domains=ads.txt\n")
+    entered, gate, calls = gated
+    gate.set()
+    tap = FilterTap(str(rules))
+    gate.clear()
+    entered.clear()
+    assert (ask(tap, "ads.example"), ask(tap, "casino.example")) == (403, 200)
+    rules.write_text("block list=blacklists/games\n")
+    done = tap.reload()
+    assert entered.wait(10)
+    assert calls[-1] is not threading.current_thread()  # not in the reactor's thread
+    assert (ask(tap, "ads.example"), ask(tap, "casino.example")) == (403, 200)  # served meanwhile, old rules
+    gate.set()
+    await done
+    assert (ask(tap, "ads.example"), ask(tap, "www.casino.example")) == (200, 403)
+    reloaded = [e for e in log_events if "reloaded" in e.get("log_format", "")]
+    assert len(reloaded) == 1 and reloaded[0]["entries"] == 3  # two domains and a URL
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_that_fails_to_load_keeps_the_old_rules(tmp_path, lists, log_events):
+    """A list gone missing: the reload is refused, logged with the line and the list; the old rules stay."""
+    rules = tmp_path / "rules.txt"
+    rules.write_text("block list=blacklists/games\n")
+    tap = FilterTap(str(rules))
+    for name in ("domains", "urls"):
+        (tmp_path / "blacklists" / "games" / name).unlink()
+    await tap.reload()
+    assert ask(tap, "casino.example") == 403
+    (refused,) = [e for e in log_events if "not reloaded" in e.get("log_format", "")]
+    assert "rules.txt:1: list=" in refused["error"] and "holds neither a domains nor a urls file" in refused["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloads_asked_for_during_a_load_make_one_more_load(tmp_path, gated):
+    """Two SIGHUPs during a load: one more load after it, which sees the last file; every caller is told."""
+    entered, gate, calls = gated
+    rules = tmp_path / "rules.txt"
+    rules.write_text("allow host=*\n")
+    gate.set()
+    tap = FilterTap(str(rules))
+    gate.clear()
+    entered.clear()
+    first = tap.reload()
+    assert entered.wait(10)
+    rules.write_text("block host=a.example\n")
+    second, third = tap.reload(), tap.reload()
+    gate.set()
+    await first
+    await second
+    await third
+    assert len(calls) == 3  # start, the first reload, and one for both later ones
+    assert ask(tap, "a.example") == 403
