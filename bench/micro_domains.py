@@ -4,16 +4,18 @@ Run from the repository root::
 
     python bench/micro_domains.py                  # 2,000,000 domains (about a minute)
     python bench/micro_domains.py --domains 20000
+    python bench/micro_domains.py --urls 100000    # and a urls file
 
 It writes a synthetic category directory (``games/domains`` in a temporary
 directory: different names of random labels of 3 to 14 letters and digits,
 about 8 on average, a third of the names with a subdomain, TLDs weighted
-towards .com, a few comments and blank lines), then, in a fresh Python
+towards .com, a few comments and blank lines; with ``--urls``, a ``urls``
+file of other hosts with a path of two segments each), then, in a fresh Python
 process that has imported tinspect (as the proxy has), reads it with `tinspect.taplib.domains.read_category` and
 reports the time it took, the RSS it added once loaded (steady) and at its
 highest (peak, from the kernel's ``VmHWM`` reset just before), and the
-microseconds of CPU per lookup (a `Query` and `DomainList.has_domain`, as
-the filter does per request; CPU time, so that other work on the machine
+microseconds of CPU per lookup (a `Query` and `DomainList.match`, as the
+filter does per request; CPU time, so that other work on the machine
 counts less) of host names with four labels: listed (a listed domain with
 labels in front) and not listed (under ``.invalid``), over 20,000 different
 names each, best of five.
@@ -42,8 +44,9 @@ def label(rng: random.Random) -> str:
     return bytes(rng.choices(ALPHABET, k=rng.randint(3, 8) + rng.randint(0, 6))).decode()
 
 
-def write_category(directory: Path, n: int, seed: int = 1) -> list[str]:
-    """Write ``n`` different domains to ``directory/domains``; return a sample of them for lookups."""
+def write_category(directory: Path, n: int, urls: int = 0, seed: int = 1) -> list[str]:
+    """Write ``n`` different domains to ``directory/domains`` (and ``urls`` URLs to
+    ``directory/urls``); return a sample of the domains for lookups."""
     rng = random.Random(seed)
     directory.mkdir(parents=True)
     sample, seen = [], set()
@@ -61,6 +64,10 @@ def write_category(directory: Path, n: int, seed: int = 1) -> list[str]:
                 sample.append(name)
             if i % 100000 == 99999:
                 f.write("# another part of the list\n")
+    if urls:
+        with (directory / "urls").open("w") as f:
+            for _ in range(urls):
+                f.write(f"{label(rng)}{label(rng)}.{rng.choice(TLDS)}/{label(rng)}/{label(rng)}\n")
     return sample
 
 
@@ -99,12 +106,12 @@ def child(directory: Path, listed: list[str]) -> dict:
     rng = random.Random(2)
     hits = [four_labels(name, rng) for name in listed]
     misses = [f"www.{label(rng)}.{label(rng)}.invalid" for _ in range(HOSTS)]  # a TLD the list never has
-    assert all(category.has_domain(Query(h)) for h in hits) and not any(category.has_domain(Query(h)) for h in misses)
+    assert all(category.match(Query(h, "/")) for h in hits) and not any(category.match(Query(h, "/")) for h in misses)
 
     def per_lookup(hosts: list[str]) -> float:
         def run():
             for host in hosts:
-                category.has_domain(Query(host))
+                category.match(Query(host, "/index.html"))
         return min(timeit.repeat(run, number=1, repeat=5, timer=time.process_time)) / len(hosts) * 1e6
 
     return {"entries": len(category), "seconds": seconds, "cpu": cpu_seconds,
@@ -116,6 +123,7 @@ def main() -> None:
     """Write the list, measure in a child process, print one line per figure."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--domains", type=int, default=2_000_000, help="how many domains (default 2,000,000)")
+    parser.add_argument("--urls", type=int, default=0, help="how many URLs in a urls file beside them (default none)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -124,15 +132,16 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         games = Path(tmp) / "games"
-        sample = write_category(games, args.domains)
+        sample = write_category(games, args.domains, args.urls)
         (Path(tmp) / "sample.json").write_text(json.dumps(sample))
-        size = (games / "domains").stat().st_size
+        size = sum(f.stat().st_size for f in games.iterdir())
         out = subprocess.run([sys.executable, __file__, "--child", str(games)], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"the measuring process failed:\n{out.stderr}")
     got = json.loads(out.stdout)
     print(f"python {sys.version.split()[0]}")
-    print(f"{args.domains:,} domains ({size / 2**20:.1f} MiB file, {got['entries']:,} distinct), one category")
+    urls = f" and {args.urls:,} URLs" if args.urls else ""
+    print(f"{args.domains:,} domains{urls} ({size / 2**20:.1f} MiB, {got['entries']:,} distinct), one category")
     print(f"{'load (read, hash, sort)':40s} {got['seconds']:8.2f} s")
     print(f"{'load, CPU time':40s} {got['cpu']:8.2f} s")
     print(f"{'RSS added, steady':40s} {got['steady']:8.1f} MiB")

@@ -56,7 +56,7 @@ def test_entries_are_counted_once(games):
     """Duplicates (after normalising) are stored once."""
     assert len(DomainList.build("d", [b"a.example\nA.example.\na.example\n", b"b.example\n"])) == 2
     assert len(games) == 4
-    assert "games (4 domains, 0 URL hosts)" in repr(games)
+    assert "games (4 domains, 0 URLs)" in repr(games)
 
 
 def test_a_list_read_as_lines_or_as_one_piece_is_the_same():
@@ -71,6 +71,15 @@ def test_an_empty_list_matches_nothing():
     """A list with no entries (only comments) answers no."""
     empty = DomainList.build("none", [b"# nothing yet\n\n"])
     assert len(empty) == 0 and not empty.match(Query("example.com", "/"))
+
+
+def test_a_big_list_finds_every_entry_and_no_other():
+    """30,000 entries (enough for the index to be cut in slices): each found, with subdomains; others not."""
+    names = [f"site{i}.example" for i in range(30000)]
+    lst = DomainList.build("big", ["".join(f"{n}\n" for n in names).encode()])
+    assert len(lst) == 30000
+    assert all(lst.has_domain(Query(f"www.{n}")) for n in names)
+    assert not any(lst.has_domain(Query(f"site{i}.example")) for i in range(30000, 40000))
 
 
 URLS = b"""# urls

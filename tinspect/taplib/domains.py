@@ -13,8 +13,9 @@ set would cost some 150 MiB per process. Instead each domain (lowercased,
 trailing dots removed, IDNA left as written) is hashed to 64 bits with
 BLAKE2b, a hash that is the same in every process and every run (Python's
 ``hash()`` is salted per process), and the hashes are kept sorted: 8 bytes an
-entry, in 256 ``array('Q')`` by the hash's top byte, each searched with
-`bisect`. A request's host matches when it or one of its parent domains is
+entry, in 256 ``array('Q')`` by the hash's top byte, with a small table of
+where each bucket's slices by the next bits start, so that `bisect` probes
+about five entries, not thirteen. A request's host matches when it or one of its parent domains is
 listed: `Query` takes the host apart once (``a.b.c.d``, ``b.c.d``, ``c.d``,
 ``d``: the one place that knows a domain covers its subdomains) for all the
 lists a request is asked of.
@@ -23,7 +24,7 @@ Hashing four names with BLAKE2b would be most of a lookup's cost, and most
 lookups are misses. So each list also keeps a bitmap of about 16 bits per
 entry, the bit of each entry's CRC-32 set: a name whose bit is clear is not
 listed (CRC-32 costs a tenth of BLAKE2b), and only a name whose bit is set
-(about 6% of unlisted names, and the listed ones) is hashed and searched. The
+(at most 6% of unlisted names, and the listed ones) is hashed and searched. The
 bitmap only saves work: what matches is decided by the 64-bit hash.
 
 Building sorts two million 64-bit integers without holding them all as
@@ -31,8 +32,8 @@ Python ints at once (that alone would be 80 MiB), and without a second copy
 of the index: the hashes are appended as bytes to the 256 buckets as the file
 is read, then each bucket in turn becomes ints, is sorted and deduplicated,
 and takes the place of its bytes. Reading and hashing stay in C
-(``bytes.split``, ``map``) as far as they can. Measured with ``bench/micro_domains.py`` (numbers in
-docs/performance.md).
+(``bytes.split``, ``map``) as far as they can. Measured with
+``bench/micro_domains.py`` (numbers in docs/builtin-taps.md, Blocklists).
 
 Two different names with the same 64-bit hash are the price of the compact
 form: with N entries, a host of four labels that is not listed matches by
@@ -41,8 +42,9 @@ million entries), a false block at worst; a listed name is never missed.
 (That two of the two million entries share a hash is likelier, about 1e-7,
 and harmless: they are both listed.)
 
-`urls` entries are far fewer than domains (thousands, not millions): a dict
-from the entry's host to its sorted path prefixes (bytes).
+`urls` entries are far fewer than domains (thousands, not millions): each
+host's path prefixes are a record in one blob of text, found by the host's
+CRC-32 (`_Urls`).
 
 Nothing here touches Twisted: `DomainList.build` is pure, and the readers
 only read the files they are given, so a tap may build lists in a thread
@@ -54,6 +56,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import itertools
 import re
 import stat
 import sys
@@ -69,7 +72,7 @@ _digest = hashlib.blake2b.digest
 _COMMENT = re.compile(rb"#[^\n]*")
 _SCHEME = re.compile(rb"^[a-z][a-z0-9+.-]*://")
 _CHUNK = 1 << 20  # bytes read at once: whole lines, about 60,000 domains
-_BITS_PER_ENTRY = 16  # the prefilter: 6% of unlisted names get past it
+_BITS_PER_ENTRY = 16  # the prefilter, at least: at most 6% of unlisted names get past it
 _BIT = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -127,7 +130,7 @@ class DomainList:
         source: where it was read from, for messages.
     """
 
-    def __init__(self, name: str, domains: _Domains, urls: dict[bytes, tuple[bytes, ...]], source: str = "") -> None:
+    def __init__(self, name: str, domains: _Domains, urls: _Urls, source: str = "") -> None:
         self.name = name
         self.source = source
         self._domains = domains
@@ -145,14 +148,14 @@ class DomainList:
             urls: the same for the ``urls`` file (``host/path`` a line).
             source: where it came from, for messages.
         """
-        return cls(name, _Domains(domains), _url_prefixes(urls), source)
+        return cls(name, _Domains(domains), _Urls(urls), source)
 
     def __len__(self) -> int:
         """How many different entries, domains and URLs."""
-        return len(self._domains) + sum(map(len, self._urls.values()))
+        return len(self._domains) + len(self._urls)
 
     def __repr__(self) -> str:
-        return f"<DomainList {self.name} ({len(self._domains)} domains, {len(self._urls)} URL hosts)>"
+        return f"<DomainList {self.name} ({len(self._domains)} domains, {len(self._urls)} URLs)>"
 
     def has_domain(self, query: Query) -> bool:
         """Whether the host or one of its parent domains is a ``domains`` entry."""
@@ -161,10 +164,10 @@ class DomainList:
     def has_url(self, query: Query) -> bool:
         """Whether a ``urls`` entry is a prefix of the request's host (or a parent
         domain of it) and path."""
-        if not self._urls or query.path is None:
+        if query.path is None or not self._urls:
             return False
-        path = query.path
-        return any(_under(path, prefix) for name in query.suffixes for prefix in self._urls.get(name, ()))
+        prefixes = self._urls.prefixes(query)
+        return bool(prefixes) and any(_under(query.path, prefix) for prefix in prefixes)
 
     def match(self, query: Query) -> bool:
         """Whether the request is listed, by its domain or by its URL."""
@@ -173,7 +176,7 @@ class DomainList:
     def may_match(self, query: Query) -> bool:
         """Whether some request to this host could be listed (for decisions made before
         the path is known: the host is listed, or has ``urls`` entries)."""
-        return self._domains.has(query) or any(name in self._urls for name in query.suffixes)
+        return self._domains.has(query) or bool(self._urls.prefixes(query))
 
 
 def _under(path: bytes, prefix: bytes) -> bool:
@@ -200,11 +203,8 @@ class _Domains:
             crcs.extend(map(crc32, entries))
             for digest in map(_digest, map(_blake2b8, entries)):
                 buckets[digest[0]] += digest
-        size = 1 << max(9, (len(crcs) * _BITS_PER_ENTRY - 1).bit_length())  # a power of two: a mask picks the bit
-        self._bits, self._mask = bytearray(size >> 3), size - 1
-        for crc in crcs:
-            self._bits[(crc & self._mask) >> 3] |= _BIT[crc & 7]
-        slice_bits = min(8, (len(crcs) >> 11).bit_length())  # about 8 entries a slice, at most 256 slices
+        self._bits, self._mask = _bitmap(crcs)
+        slice_bits = min(10, (len(crcs) >> 11).bit_length())  # about 8 entries a slice, at most 1024 slices
         self._slices, self._shift = 1 << slice_bits, 56 - slice_bits
         del crcs
         self._buckets: list[array] = []
@@ -239,16 +239,68 @@ class _Domains:
         return False
 
 
-def _url_prefixes(pieces: Iterable[bytes]) -> dict[bytes, tuple[bytes, ...]]:
-    """The ``urls`` entries, by their host: their path prefixes, sorted."""
-    paths: dict[bytes, set[bytes]] = {}
-    for piece in pieces:
-        for entry in _entries(piece):
-            host, slash, path = _SCHEME.sub(b"", entry).partition(b"/")
-            host = host.rstrip(b".")
-            if host:
-                paths.setdefault(host, set()).add(slash + path or b"/")
-    return {host: tuple(sorted(p)) for host, p in paths.items()}
+class _Urls:
+    """A list's ``urls`` entries: each host's path prefixes, in one blob of text.
+
+    A record per host (the host and its prefixes, tab-separated), sorted by the
+    host's CRC-32, with the CRC-32s and the records' offsets in two
+    ``array('I')`` and a bitmap of the CRC-32s in front: some 10 bytes a host
+    beside the text. (A dict from host to prefixes held 100,000 entries in 24
+    to 45 MiB, as Python objects and the holes they leave; this, in 7.6.)
+
+    Args:
+        pieces: the ``urls`` file's bytes, in pieces of whole lines.
+    """
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        records = set()  # CRC-32 (4 bytes, big-endian: sorts as the number), host, tab, prefix: one object each
+        for piece in pieces:
+            for entry in _entries(piece):
+                host, slash, path = _SCHEME.sub(b"", entry).partition(b"/")
+                host = host.rstrip(b".")
+                if host:
+                    records.add(crc32(host).to_bytes(4, "big") + host + b"\t" + (slash + path or b"/"))
+        self._count = len(records)
+        self._crcs, self._offsets, text = array("I"), array("I"), []
+        size = 0
+        for key, group in itertools.groupby(sorted(records), key=lambda r: r[:r.index(b"\t")]):
+            record = b"\t".join([key[4:], *(r[len(key) + 1:] for r in group)])
+            self._crcs.append(int.from_bytes(key[:4], "big"))
+            self._offsets.append(size)
+            text.append(record)
+            size += len(record)
+        del records
+        self._offsets.append(size)
+        self._text = b"".join(text)
+        self._bits, self._mask = _bitmap(self._crcs)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def prefixes(self, query: Query) -> list[bytes]:
+        """The path prefixes of the query's host and its parent domains."""
+        found: list[bytes] = []
+        bits, mask = self._bits, self._mask
+        for i, crc in enumerate(query.crcs):
+            if bits[(crc & mask) >> 3] & _BIT[crc & 7]:  # perhaps listed: look for its record
+                crcs, name = self._crcs, query.suffixes[i]
+                j = bisect.bisect_left(crcs, crc)
+                while j < len(crcs) and crcs[j] == crc:  # (two hosts may share a CRC-32)
+                    host, *paths = self._text[self._offsets[j]:self._offsets[j + 1]].split(b"\t")
+                    if host == name:
+                        found += paths
+                    j += 1
+        return found
+
+
+def _bitmap(crcs: array) -> tuple[bytearray, int]:
+    """The prefilter: a bitmap of at least `_BITS_PER_ENTRY` bits an entry (a power of
+    two, so a mask picks the bit) with each CRC-32's bit set, and that mask."""
+    size = 1 << max(9, (len(crcs) * _BITS_PER_ENTRY - 1).bit_length())
+    bits, mask, bit = bytearray(size >> 3), size - 1, _BIT  # (locals: this runs per entry)
+    for crc in crcs:
+        bits[(crc & mask) >> 3] |= bit[crc & 7]
+    return bits, mask
 
 
 def _pieces(path: Path) -> Iterator[bytes]:
