@@ -3,13 +3,15 @@
 For schools and companies: rules (`tinspect.taplib.filtering`) from a file decide
 each request (HTTP/1.1, HTTP/2 and WebSocket upgrades alike), each response
 by its content type, and each TLS connection (``passthrough``: relayed
-untouched, never decrypted). A blocked request never reaches the server; it
-is answered with the block page; a blocked response is replaced by it (its
-body is never sent; one too large to hold is cut off instead). Every
-decision is logged with the flow id, the URL and the rule. ``kill -HUP``
-reloads the rules file and the page: new decisions use them, open
-connections stay; a file with a mistake is refused (logged) and the old
-rules stay.
+untouched, never decrypted); rules may name blocklists of millions of
+domains (`tinspect.taplib.domains`). A blocked request never reaches the
+server; it is answered with the block page; a blocked response is replaced by
+it (its body is never sent; one too large to hold is cut off instead). Every
+decision is logged with the flow id, the URL and the rule (and the list that
+matched). ``kill -HUP`` reloads the rules file, its lists and the page: they
+are read in a thread while the old rules go on deciding (a big list takes
+seconds), then swapped in; open connections stay; a file with a mistake is
+refused (logged) and the old rules stay.
 
 Options:
     rules: path of the rules file (required).
@@ -23,8 +25,11 @@ from __future__ import annotations
 
 import html
 import string
+import time
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from tinspect import Flow, Headers, Request, Response, Tap, Unit, reason_phrase
@@ -59,9 +64,12 @@ class FilterTap(Tap):
             raise ValueError(f"status must be an error status (400-599), not {status!r}")
         self.default = default
         self.rules, self.page = self._load()  # ValueError: the proxy does not start with bad rules
+        self._loading: Deferred | None = None  # a reload in its thread
+        self._waiting: list[Deferred] = []  # reloads asked for meanwhile: one more load serves them all
         on_sighup(self.reload)
 
     def _load(self) -> tuple[Rules, string.Template]:
+        """Read the rules, their lists and the page (blocking: in a thread for a reload)."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as e:
@@ -75,13 +83,45 @@ class FilterTap(Tap):
                 raise RulesError(f"{self.page_path}: cannot read the block page: {e.strerror}") from None
         return rules, string.Template(page)
 
-    def reload(self) -> None:
-        try:
-            self.rules, self.page = self._load()
-        except RulesError as e:
-            self.log.error("filter: not reloaded, the old rules stay: {error}", error=str(e))
-            return
-        self.log.info("filter: reloaded {n} rules from {path}", n=len(self.rules.rules), path=str(self.path))
+    def reload(self) -> Deferred:
+        """Read the files again in a thread, the old rules deciding meanwhile, and swap.
+
+        Returns:
+            A Deferred that fires (with None) once the files as they are now
+            decide, or were refused: a reload asked for during another one
+            waits for the next load, which starts when that one ends.
+        """
+        done: Deferred = Deferred()
+        self._waiting.append(done)
+        if self._loading is None:
+            self._start_loading()
+        return done
+
+    def _start_loading(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        started = time.monotonic()
+        self._loading = deferToThread(self._load)  # Rules.parse and the lists touch nothing shared
+        self._loading.addCallbacks(self._swap, self._refused, callbackArgs=(started,))
+        self._loading.addCallback(self._loaded, waiting)
+
+    def _swap(self, loaded: tuple[Rules, string.Template], started: float) -> None:
+        self.rules, self.page = loaded  # in the reactor thread: every decision sees old or new, whole
+        self.log.info("filter: reloaded {n} rules from {path} ({entries} list entries, {seconds:.1f} s)",
+                      n=len(self.rules.rules), path=str(self.path),
+                      entries=sum(len(lst) for lst in self.rules.lists), seconds=time.monotonic() - started)
+
+    def _refused(self, failure) -> None:
+        if failure.check(RulesError):
+            self.log.error("filter: not reloaded, the old rules stay: {error}", error=str(failure.value))
+        else:
+            self.log.failure("filter: not reloaded, the old rules stay", failure)
+
+    def _loaded(self, _: None, waiting: list[Deferred]) -> None:
+        self._loading = None
+        for done in waiting:
+            done.callback(None)
+        if self._waiting:
+            self._start_loading()
 
     def tls_passthrough(self, name: str, flow: Flow) -> bool:
         rule = self.rules.tls_passthrough(name)

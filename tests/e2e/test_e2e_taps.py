@@ -203,6 +203,36 @@ def test_filter_reloads_on_sighup_without_dropping_connections(lab, site, filter
     assert len(set(re.findall(r"flow (\d+): filter", log))) == 1, log  # one connection throughout
 
 
+def test_filter_blocks_by_a_category_directory_and_reloads_it_on_sighup(lab, site, filtered, tmp_path):
+    """list=DIR (UT1 layout): its domains with their subdomains and its urls prefixes are blocked, naming the
+    category; other hosts and paths pass; SIGHUP reads the list again."""
+    games = tmp_path / "blacklists" / "games"
+    games.mkdir(parents=True)
+    (games / "domains").write_text("# games\ncasino.test\nPOKER.test.\n")
+    (games / "urls").write_text("server.test/secret\n")
+    p, path = filtered("block list=blacklists/games\n")
+
+    def status(name, target="/"):
+        out = curl(lab, "--resolve", f"{name}:80:{SERVER4}", "-w", "\n%{http_code}", f"http://{name}{target}")
+        return out.stdout.rpartition("\n")[2]
+
+    assert (status("www.casino.test"), status("poker.test"), status("casino.test")) == ("403", "403", "403")
+    assert (status(SERVER_NAME), status(SERVER_NAME, "/secret"), status(SERVER_NAME, "/secretary")) == \
+        ("200", "403", "404")
+    assert [r for _, r, _ in site.access_log()] == ["GET / HTTP/1.1", "GET /secretary HTTP/1.1"]
+    with (games / "domains").open("a") as f:
+        f.write("server.test\n")
+    os.kill(p.proc.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "filter: reloaded" not in p.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert status(SERVER_NAME) == "403"
+    log = p.log()
+    assert re.search(rf"filter: block GET http://www\.casino\.test/ \(rule {re.escape(str(path))}:1: "
+                     r"block list=blacklists/games \(list games\)\)", log), log
+    assert re.search(r"filter: reloaded 1 rules from .* \(4 list entries, \d+\.\d s\)", log), log
+
+
 def test_a_config_file_runs_the_proxy_and_the_command_line_overrides_it(lab, web, proxy, tmp_path):
     """twistd tinspect --config tinspect.toml: listeners, taps and tap options from the file."""
     config = tmp_path / "tinspect.toml"

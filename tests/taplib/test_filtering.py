@@ -1,12 +1,21 @@
-"""Filter rules (tinspect.taplib.filtering): parsing, first match wins, requests / responses / TLS."""
+"""Filter rules (tinspect.taplib.filtering): parsing, first match wins, requests / responses / TLS, lists;
+and the filter tap's reload, which loads them in a thread and swaps."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 
+from taps.filter import FilterTap
+from tinspect.flow import Flow
 from tinspect.taplib.filtering import ALLOW, BLOCK, Rules, RulesError
+from tinspect.units import Request, Response
 
 RULES = """
 # a comment
@@ -69,8 +78,8 @@ def test_default_block():
     ("block colour=red", "is not a condition"),
     ("block host=a host=b", "host= given twice"),
     ("block url=(", "not a regular expression"),
-    ("passthrough url=/x", "passthrough takes host= only"),
-    ("passthrough host=a method=GET", "passthrough takes host= only"),
+    ("passthrough url=/x", "passthrough takes host=, list= and domains= only"),
+    ("passthrough host=a method=GET", "passthrough takes host=, list= and domains= only"),
     ('block host="unterminated', "No closing quotation"),
     ("block host=", "host= needs a value"),
 ])
@@ -91,3 +100,173 @@ def test_any_text_parses_or_raises_rules_error(text):
 def test_a_trailing_dot_does_not_escape_a_rule(rules):
     assert rules.request("GET", "www.casino.example.", "https://www.casino.example./").action == BLOCK
     assert rules.tls_passthrough("online.bank.example.") is not None
+
+
+# -- lists -------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def lists(tmp_path):
+    """A blocklist tree beside the rules file: categories games and bank, and a plain ads.txt."""
+    for category, domains, urls in [("games", "casino.example\npoker.example\n", "portal.example/play\n"),
+                                    ("bank", "bank.example\n", "mixed.example/\n")]:
+        (tmp_path / "blacklists" / category).mkdir(parents=True)
+        (tmp_path / "blacklists" / category / "domains").write_text(domains)
+        (tmp_path / "blacklists" / category / "urls").write_text(urls)
+    (tmp_path / "ads.txt").write_text("# ads\nads.example\n")
+
+    def parse(text):
+        return Rules.parse(text, str(tmp_path / "rules.txt"))
+
+    return parse
+
+
+def test_a_rule_names_category_directories_and_plain_lists(lists):
+    """list= and domains=: the host, a parent domain or a URL prefix listed; the decision names the list."""
+    rules = lists("allow host=ok.casino.example\n"
+                  "block list=blacklists/games,blacklists/bank\n"
+                  "block domains=ads.txt method=GET\n")
+    decision = rules.request("GET", "www.casino.example", "https://www.casino.example/")
+    assert (decision.action, decision.rule.where, decision.category) == (BLOCK, rules.rules[1].where, "games")
+    assert decision.why.endswith("block list=blacklists/games,blacklists/bank (list games)")
+    assert rules.request("GET", "bank.example", "https://bank.example/").category == "bank"
+    assert rules.request("GET", "portal.example", "http://portal.example/play/1").category == "games"
+    assert rules.request("GET", "portal.example", "http://portal.example/news").action == ALLOW
+    assert rules.request("GET", "ok.casino.example", "https://ok.casino.example/").action == ALLOW  # first match
+    assert rules.request("GET", "x.ads.example", "http://x.ads.example/").category == "ads"
+    assert rules.request("POST", "x.ads.example", "http://x.ads.example/").action == ALLOW  # and method=GET
+    assert rules.request("CONNECT", "portal.example", "portal.example:443").action == ALLOW  # no path, no URL
+    default = rules.request("GET", "elsewhere.example", "https://elsewhere.example/")
+    assert default.category is None and default.why == "no rule matched: the default"
+
+
+def test_a_list_named_twice_is_read_once(lists):
+    """Two rules naming one list share it; Rules.lists has each list once."""
+    rules = lists("allow list=blacklists/games method=HEAD\nblock list=blacklists/games\nblock domains=ads.txt\n")
+    assert rules.rules[0].lists[0] is rules.rules[1].lists[0]
+    assert sorted(lst.name for lst in rules.lists) == ["ads", "games"]
+
+
+def test_responses_by_type_and_list(lists):
+    """A type= rule with a list decides responses from listed hosts only."""
+    rules = lists("block type=video/* list=blacklists/games\n")
+    assert rules.response("GET", "casino.example", "http://casino.example/a", "video/mp4").category == "games"
+    assert rules.response("GET", "school.example", "http://school.example/a", "video/mp4") is None
+
+
+def test_tls_passthrough_by_list(lists):
+    """passthrough list=: by domains entries; a block list's host, or one with urls entries, is decrypted."""
+    rules = lists("block list=blacklists/games\npassthrough list=blacklists/bank\npassthrough host=*\n")
+    assert rules.tls_passthrough("online.bank.example").where == rules.rules[1].where
+    assert rules.tls_passthrough("www.casino.example") is None  # blocked: intercept to show the page
+    assert rules.tls_passthrough("portal.example") is None  # its /play is blocked: the path must be seen
+    assert rules.tls_passthrough("mixed.example").where == rules.rules[2].where  # bank's urls: not passthrough
+    assert rules.tls_passthrough("elsewhere.example").where == rules.rules[2].where
+
+
+@pytest.mark.parametrize("text, words", [
+    ("block list=blacklists/nothing", "cannot read it: No such file or directory"),
+    ("block list=ads.txt", "is not a directory (a plain list of domains goes in domains=)"),
+    ("block list=.", "holds neither a domains nor a urls file"),
+    ("block domains=blacklists/games", "cannot read it: Is a directory"),
+    ("passthrough list=blacklists/bank url=/x", "passthrough takes host=, list= and domains= only"),
+])
+def test_a_list_that_cannot_be_read_names_the_line(lists, text, words):
+    """A missing or misplaced list is a RulesError naming the rules file's line and the list."""
+    with pytest.raises(RulesError) as e:
+        lists("# fine\n" + text)
+    assert ":2: " in str(e.value) and words in str(e.value)
+
+
+# -- the filter tap's reload -------------------------------------------------------------------------
+
+FLOW = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+
+
+def ask(tap, host):
+    """The status the tap answers a GET for http://HOST/ with (200: passed on to the server)."""
+    out = tap.handle(Request("GET", "/", authority=host), FLOW)
+    return out.status if isinstance(out, Response) else 200
+
+
+@pytest.fixture
+def log_events():
+    """Every log event emitted during the test."""
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    """Rules.parse waits for ``gate`` (in the reload's thread); ``entered`` is set when it starts waiting."""
+    entered, gate, calls = threading.Event(), threading.Event(), []
+    parse = Rules.parse
+
+    def slow(cls, *args, **kwargs):
+        calls.append(threading.current_thread())
+        entered.set()
+        assert gate.wait(10)
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(Rules, "parse", classmethod(slow))
+    return entered, gate, calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_decides_with_the_old_rules_until_the_new_ones_are_built(tmp_path, lists, gated, log_events):
+    """SIGHUP's reload reads rules and lists in a thread; requests meanwhile get the old rules, then the new."""
+    rules = tmp_path / "rules.txt"
+    rules.write_text("block domains=ads.txt\n")
+    entered, gate, calls = gated
+    gate.set()
+    tap = FilterTap(str(rules))
+    gate.clear()
+    entered.clear()
+    assert (ask(tap, "ads.example"), ask(tap, "casino.example")) == (403, 200)
+    rules.write_text("block list=blacklists/games\n")
+    done = tap.reload()
+    assert entered.wait(10)
+    assert calls[-1] is not threading.current_thread()  # not in the reactor's thread
+    assert (ask(tap, "ads.example"), ask(tap, "casino.example")) == (403, 200)  # served meanwhile, old rules
+    gate.set()
+    await done
+    assert (ask(tap, "ads.example"), ask(tap, "www.casino.example")) == (200, 403)
+    reloaded = [e for e in log_events if "reloaded" in e.get("log_format", "")]
+    assert len(reloaded) == 1 and reloaded[0]["entries"] == 3  # two domains and a URL
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_that_fails_to_load_keeps_the_old_rules(tmp_path, lists, log_events):
+    """A list gone missing: the reload is refused, logged with the line and the list; the old rules stay."""
+    rules = tmp_path / "rules.txt"
+    rules.write_text("block list=blacklists/games\n")
+    tap = FilterTap(str(rules))
+    for name in ("domains", "urls"):
+        (tmp_path / "blacklists" / "games" / name).unlink()
+    await tap.reload()
+    assert ask(tap, "casino.example") == 403
+    (refused,) = [e for e in log_events if "not reloaded" in e.get("log_format", "")]
+    assert "rules.txt:1: list=" in refused["error"] and "holds neither a domains nor a urls file" in refused["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_reloads_asked_for_during_a_load_make_one_more_load(tmp_path, gated):
+    """Two SIGHUPs during a load: one more load after it, which sees the last file; every caller is told."""
+    entered, gate, calls = gated
+    rules = tmp_path / "rules.txt"
+    rules.write_text("allow host=*\n")
+    gate.set()
+    tap = FilterTap(str(rules))
+    gate.clear()
+    entered.clear()
+    first = tap.reload()
+    assert entered.wait(10)
+    rules.write_text("block host=a.example\n")
+    second, third = tap.reload(), tap.reload()
+    gate.set()
+    await first
+    await second
+    await third
+    assert len(calls) == 3  # start, the first reload, and one for both later ones
+    assert ask(tap, "a.example") == 403
