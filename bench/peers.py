@@ -2,7 +2,7 @@
 
 Every client checks what it got and prints one JSON object on stdout::
 
-    {"ok": true, "ops": N, "seconds": S, "bytes": B, "lat_us": [p50, p99], ...}
+    {"ok": true, "ops": N, "seconds": S, "bytes": B, "lat_us": [p50, p99, p99.9], ...}
 
 or ``{"ok": false, "error": "..."}`` (exit status 1) at the first wrong answer,
 so a wrong answer is never mistaken for a measurement.
@@ -29,6 +29,21 @@ Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
   close that does not follow the closing handshake within
   ``--close-timeout`` is reported as ``close_problem`` (a failure with
   ``--strict-close``).
+* ``many SCHEME``: many connections at once, held idle (http, https, ws
+  or wss). Opens ``--connections`` connections, at most ``--handshakes``
+  being set up at a time, each making one exchange (``GET --path`` on a
+  keep-alive HTTP/1.1 connection, its status and body size checked, ALPN
+  http/1.1 over TLS; or one WebSocket message of ``--size`` bytes and its
+  echo), and keeps them all open; WebSocket connections ping every
+  ``--ping-interval`` seconds (a pong missing for ``--ping-timeout`` closes
+  one, as the ``websockets`` library does). With every connection open,
+  idle for ``--hold`` seconds and, with ``--wait``, once a line has come on
+  standard input after the ``{"phase": "open", ...}`` line it prints, each
+  connection makes a second exchange; then all close. Reports the time
+  to open them all, the per-connection open latency (connect, handshakes,
+  first exchange) and how many answered the second time (``ok`` only when
+  all opened and all answered; the figures are there either way, with the
+  commonest errors). Raises its own limit on open files to fit.
 * ``bulkserver PORT FILE SIZE``: sends SIZE bytes of FILE (the sparse, zero
   filled download file) with sendfile to each client as soon as it
   connects, then closes: a server that speaks first, fast enough that the
@@ -51,7 +66,8 @@ Subcommands (``python3 bench/peers.py SUBCOMMAND --help``):
   the protocol agreed with the client, and copies the decrypted bytes (no
   session resumption, so it is no reference for new-connection lanes).
   What Python, Twisted and pyOpenSSL cost on this machine for moving the
-  bytes alone, before tinspect does any work.
+  bytes alone, before tinspect does any work. It raises its soft limit on
+  open files to the hard one, as tinspect does (two per connection).
 """
 
 from __future__ import annotations
@@ -68,7 +84,7 @@ import time
 
 
 def _percentiles(samples: list[float]) -> list[float] | None:
-    """p50 and p99 of ``samples`` (nearest rank), or None when empty."""
+    """p50, p99 and p99.9 of ``samples`` (nearest rank), or None when empty."""
     if not samples:
         return None
     s = sorted(samples)
@@ -76,7 +92,7 @@ def _percentiles(samples: list[float]) -> list[float] | None:
     def rank(p: float) -> float:
         return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))]
 
-    return [rank(50), rank(99)]
+    return [rank(50), rank(99), rank(99.9)]
 
 
 def _emit(result: dict) -> int:
@@ -307,6 +323,192 @@ def cmd_ws(args: argparse.Namespace) -> int:
     return _emit(result)
 
 
+# --- many idle connections at once -----------------------------------------------------
+
+
+def raise_open_files(wanted: int) -> None:
+    """Raise this process's limit on open files towards ``wanted`` (for the connections it holds, or that
+    the processes it starts inherit): the hard limit too when it is lower and we may, as root with
+    CAP_SYS_RESOURCE; without it (some containers), the soft limit goes as far as the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, PermissionError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+class _HttpConnection:
+    """One keep-alive HTTP/1.1 connection of `many`: one GET at a time, its response read whole."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes,
+                 expect: int) -> None:
+        self.reader, self.writer, self.request, self.expect = reader, writer, request, expect
+
+    async def exchange(self) -> None:
+        """Send the GET and check the response: status 200 and a body of ``expect`` bytes, by its
+        Content-Length (the connection stays usable for the next one)."""
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ", 2)
+        if len(status) < 2 or status[1] != b"200":
+            raise ValueError(f"status line {lines[0][:80]!r}")
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if length != self.expect:
+            raise ValueError(f"Content-Length {length}, expected {self.expect}")
+        await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except Exception:  # noqa: BLE001 - closing is not measured; a peer gone first is fine
+            pass
+
+
+class _WsConnection:
+    """One WebSocket connection of `many`: each exchange sends a message and checks its echo."""
+
+    def __init__(self, ws, index: int, size: int) -> None:
+        self.ws, self.index, self.size, self.seq = ws, index, size, 0
+
+    async def exchange(self) -> None:
+        message = f"{self.index}:{self.seq}:".encode().ljust(self.size, b".")
+        self.seq += 1
+        await self.ws.send(message)
+        echo = await self.ws.recv()
+        if echo != message:
+            raise ValueError(f"echo differs from what was sent (sent {len(message)} bytes, got {len(echo)})")
+
+    async def close(self) -> None:
+        try:
+            await self.ws.close()
+        except Exception:  # noqa: BLE001 - closing is not measured
+            pass
+
+
+async def _many_client(args: argparse.Namespace) -> dict:
+    # Theory of operation: open --connections connections with at most
+    # --handshakes of them being set up at a time (TCP, TLS, the WebSocket
+    # upgrade, then one exchange each: the proxy sees clients arriving, not
+    # one burst of SYNs), hold them all, then ask every one for a second
+    # exchange and count those that answer. With --wait the client stops
+    # between the two, after printing a line of JSON (the phase "open"), and
+    # goes on when a line arrives on standard input: bench/run reads the
+    # proxy's memory in that pause, with every connection open and idle.
+    raise_open_files(args.connections + 256)
+    secure = args.scheme in ("https", "wss")
+    ctx = _client_context(args.ca, ["http/1.1"] if args.scheme == "https" else None) if secure else None
+    request = f"GET {args.path} HTTP/1.1\r\nHost: {args.name}\r\n\r\n".encode()
+    gate = asyncio.Semaphore(args.handshakes)
+    conns: list = []
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+
+    def failed(stage: str, e: BaseException) -> None:
+        key = f"{stage}: {type(e).__name__}" + (f": {e}"[:200] if str(e) else "")
+        errors[key] = errors.get(key, 0) + 1
+
+    async def connect(index: int, stage: list[str]):
+        """A connection, up to its first exchange; ``stage`` says how far it got, for the error."""
+        if args.scheme in ("ws", "wss"):
+            stage[0] = "WebSocket connection"
+            from websockets.asyncio.client import connect as ws_connect
+
+            ws = await ws_connect(f"{args.scheme}://{args.name}:{args.port}{args.path}", host=args.host,
+                                  port=args.port, compression=None, max_size=None, proxy=None,
+                                  ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
+                                  open_timeout=None, close_timeout=args.close_timeout,
+                                  **({"ssl": ctx} if secure else {}))
+            if ws.protocol.extensions:
+                raise ValueError(f"extensions negotiated: {[e.name for e in ws.protocol.extensions]}")
+            return _WsConnection(ws, index, args.size)
+        stage[0] = "TCP connect"
+        reader, writer = await asyncio.open_connection(args.host, args.port)
+        if secure:
+            stage[0] = "TLS handshake"
+            await writer.start_tls(ctx, server_hostname=args.name)
+            alpn = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+            if alpn != "http/1.1":
+                writer.close()
+                raise ValueError(f"ALPN {alpn!r}, expected 'http/1.1'")
+        return _HttpConnection(reader, writer, request, args.expect)
+
+    async def open_one(index: int) -> None:
+        async with gate:
+            t0 = time.perf_counter()
+            stage = ["connection"]
+            try:
+                conn = await asyncio.wait_for(connect(index, stage), args.timeout)
+            except Exception as e:  # noqa: BLE001 - counted, and the run reports it
+                failed(stage[0], e)
+                return
+            try:
+                await asyncio.wait_for(conn.exchange(), args.timeout)
+            except Exception as e:  # noqa: BLE001
+                failed("first exchange", e)
+                await close_all([conn])
+                return
+            latencies.append((time.perf_counter() - t0) * 1e6)
+            conns.append(conn)
+
+    async def close_all(some: list) -> None:
+        closing = [asyncio.ensure_future(conn.close()) for conn in some]
+        if closing:
+            await asyncio.wait(closing, timeout=args.close_timeout)
+
+    async def again(conn) -> bool:
+        async with gate:
+            try:
+                await asyncio.wait_for(conn.exchange(), args.timeout)
+                return True
+            except Exception as e:  # noqa: BLE001
+                failed("second exchange", e)
+                return False
+
+    start = time.monotonic()
+    await asyncio.gather(*(open_one(i) for i in range(args.connections)))
+    open_s = time.monotonic() - start
+    opened = len(conns)
+    result = {"connections": args.connections, "opened": opened, "open_s": open_s,
+              "lat_us": _percentiles(latencies)}
+    if args.hold:
+        await asyncio.sleep(args.hold)
+    if args.wait:
+        print(json.dumps({"phase": "open", **result}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    answers = await asyncio.gather(*(again(conn) for conn in conns))
+    result["answered"] = sum(answers)
+    await close_all(conns)
+    result["ok"] = opened == args.connections and result["answered"] == opened
+    result["ops"] = opened
+    result["seconds"] = open_s
+    if errors:
+        common = sorted(errors.items(), key=lambda item: -item[1])[:3]
+        result["errors"] = "; ".join(f"{n} × {what}" for what, n in common)
+    if not result["ok"]:
+        result["error"] = (f"{opened} of {args.connections} connections opened, {result['answered']} answered "
+                           f"the second {'message' if args.scheme in ('ws', 'wss') else 'request'}"
+                           + (f"; {result['errors']}" if errors else ""))
+    return result
+
+
+def cmd_many(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(_many_client(args))
+    except Exception as e:  # noqa: BLE001
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return _emit(result)
+
+
 # --- raw TCP bulk source and reader -----------------------------------------------------
 
 
@@ -343,6 +545,9 @@ def cmd_bare_relay(args: argparse.Namespace) -> int:
     from twisted.internet import ssl as tssl
     from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
 
+    import resource
+
+    raise_open_files(resource.getrlimit(resource.RLIMIT_NOFILE)[1])  # two per connection: all there are
     server_tls = upstream_ca = None
     if args.tls:
         from cryptography import x509
@@ -492,6 +697,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--timeout", type=float, default=10)
 
+    p = sub.add_parser("many", help="hold many idle keep-alive connections, then ask each once more")
+    p.add_argument("scheme", choices=["http", "https", "ws", "wss"])
+    p.add_argument("--host", required=True, help="address to connect to")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", required=True, help="Host, SNI and the name the certificate must carry")
+    p.add_argument("--ca", help="CA bundle to verify the server against (https, wss)")
+    p.add_argument("--path", default="/1k", help="the GET's target, or the WebSocket URL's path")
+    p.add_argument("--expect", type=int, default=1024, help="HTTP: body size of each response")
+    p.add_argument("--size", type=int, default=64, help="WebSocket: message size")
+    p.add_argument("--connections", type=int, required=True)
+    p.add_argument("--handshakes", type=int, default=200, help="connections being opened at once, at most")
+    p.add_argument("--hold", type=float, default=0, help="seconds to hold every connection idle once all are open")
+    p.add_argument("--wait", action="store_true",
+                   help="once all are open (and held), print {\"phase\": \"open\", ...} and wait for a line on "
+                        "standard input before the second exchange")
+    p.add_argument("--ping-interval", type=float, default=30, help="WebSocket: seconds between the client's pings")
+    p.add_argument("--ping-timeout", type=float, default=20,
+                   help="WebSocket: a pong not back within this many seconds closes the connection (1011)")
+    p.add_argument("--close-timeout", type=float, default=2, help="seconds to wait for the connections to close")
+    p.add_argument("--timeout", type=float, default=60, help="seconds each open, and each exchange, may take")
+
     p = sub.add_parser("bulkserver", help="send SIZE bytes of FILE to each client at once, then close")
     p.add_argument("port", type=int)
     p.add_argument("file")
@@ -517,8 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "wsserver":
         asyncio.run(_ws_server(args.port, args.tls))
         return 0
-    return {"tlsnew": cmd_tlsnew, "ws": cmd_ws, "tcpread": cmd_tcpread, "bulkserver": cmd_bulkserver,
-            "bare-relay": cmd_bare_relay}[args.cmd](args)
+    return {"tlsnew": cmd_tlsnew, "ws": cmd_ws, "many": cmd_many, "tcpread": cmd_tcpread,
+            "bulkserver": cmd_bulkserver, "bare-relay": cmd_bare_relay}[args.cmd](args)
 
 
 if __name__ == "__main__":
