@@ -83,6 +83,26 @@ import threading
 import time
 
 
+def checked_length(head: bytes, expect: int) -> int:
+    """The Content-Length of a response head that must be a 200 with an ``expect``-byte body.
+
+    Raises:
+        ValueError: another status, or another length.
+    """
+    lines = head.split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or status[1] != b"200":
+        raise ValueError(f"status line {lines[0][:80]!r}")
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    if length != expect:
+        raise ValueError(f"Content-Length {length}, expected {expect}")
+    return length
+
+
 def _percentiles(samples: list[float]) -> list[float] | None:
     """p50, p99 and p99.9 of ``samples`` (nearest rank), or None when empty."""
     if not samples:
@@ -161,17 +181,7 @@ def cmd_tlsnew(args: argparse.Namespace) -> int:
                         raise ValueError(f"connection closed after {len(response)} bytes, before the response head")
                     response += data
                 head, _, body = response.partition(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                status = lines[0].split(b" ", 2)
-                if len(status) < 2 or status[1] != b"200":
-                    raise ValueError(f"status line {lines[0][:80]!r}")
-                length = None
-                for line in lines[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value.strip())
-                if length != args.expect:
-                    raise ValueError(f"Content-Length {length}, expected {args.expect}")
+                length = checked_length(head, args.expect)
                 while len(body) < length:
                     data = tls.recv(65536)
                     if not data:
@@ -353,18 +363,7 @@ class _HttpConnection:
         Content-Length (the connection stays usable for the next one)."""
         self.writer.write(self.request)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = lines[0].split(b" ", 2)
-        if len(status) < 2 or status[1] != b"200":
-            raise ValueError(f"status line {lines[0][:80]!r}")
-        length = None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-        if length != self.expect:
-            raise ValueError(f"Content-Length {length}, expected {self.expect}")
-        await self.reader.readexactly(length)
+        await self.reader.readexactly(checked_length(head, self.expect))
 
     async def close(self) -> None:
         self.writer.close()

@@ -118,3 +118,15 @@ def make_net():
         except Exception:  # best effort: the test itself has already judged
             pass
     txaio.config.loop = old_loop
+
+
+@pytest.fixture
+def log_events():
+    """Every log event emitted during the test, as dicts."""
+    from twisted.internet.testing import EventLoggingObserver
+    from twisted.logger import globalLogPublisher
+
+    observer = EventLoggingObserver()
+    globalLogPublisher.addObserver(observer)
+    yield observer
+    globalLogPublisher.removeObserver(observer)

@@ -9,8 +9,6 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
 
 from taps.filter import FilterTap
 from tinspect.flow import Flow
@@ -186,15 +184,6 @@ def ask(tap, host):
     """The status the tap answers a GET for http://HOST/ with (200: passed on to the server)."""
     out = tap.handle(Request("GET", "/", authority=host), FLOW)
     return out.status if isinstance(out, Response) else 200
-
-
-@pytest.fixture
-def log_events():
-    """Every log event emitted during the test."""
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 @pytest.fixture

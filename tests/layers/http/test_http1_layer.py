@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import base64
 
-import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
 
 from tests.memnet import Record, describe
 from tinspect.chain import Tap
@@ -24,15 +21,6 @@ from tinspect.layers.raw import RawRelay
 from tinspect.units import BodyChunk, MessageEnd, Request, Response
 
 CLEAN = {"flows": {}, "open": [], "timers": []}
-
-
-@pytest.fixture
-def log_events():
-    """Every log event emitted during the test, as dicts."""
-    observer = EventLoggingObserver()
-    globalLogPublisher.addObserver(observer)
-    yield observer
-    globalLogPublisher.removeObserver(observer)
 
 
 def transparent(net):

@@ -157,7 +157,6 @@ class H2Layer:
     ) -> None:
         self.ctx = ctx
         self.flow = flow
-        self._shell = client
         self._on_closed = on_closed
         self._upstream_error = upstream.failure if upstream.sticky else None
         self.scheme = "https" if flow.tls_version else "http"  # the client's, and the upstream's by default
