@@ -7,14 +7,16 @@ import subprocess
 import sys
 
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.endpoints import _parse
+from twisted.internet.protocol import Factory, Protocol
 
 import tinspect.listen.endpoints
 from tests.conftest import REPO
-from tinspect.listen.endpoints import TProxyServerEndpoint, server_endpoint
+from tinspect.listen.endpoints import BACKLOG, TProxyServerEndpoint, server_endpoint
 from tinspect.listen.spec import split_endpoint
 
 
@@ -83,3 +85,24 @@ def test_a_listener_of_our_own_type_does_not_load_every_endpoint_plugin(tmp_path
     result = (tmp_path / "result").read_text()
     assert "LISTENING True" in result, (tmp_path / "log").read_text()
     assert "AUTOBAHN False" in result
+
+
+@pytest.mark.parametrize("text", ["tcp:0:interface=127.0.0.1", "tcpshared:0:interface=127.0.0.1", "tcp6:0:interface=\\:\\:1"])
+@pytest_twisted.inlineCallbacks
+def test_listeners_queue_a_burst_of_connections(text):
+    """A listener's accept queue is the kernel's maximum (somaxconn), not Twisted's 50, so a
+    burst of connections while the reactor is busy is queued instead of dropped."""
+    port = yield server_endpoint(reactor, text).listen(Factory.forProtocol(Protocol))
+    try:
+        ss = subprocess.run(["ss", "-Hltn", f"sport = :{port.getHost().port}"], capture_output=True, text=True,
+                            check=True).stdout.split()
+        # ss prints State Recv-Q Send-Q ...: for a listener Send-Q is its backlog, as the kernel capped it.
+        somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+        assert int(ss[2]) == min(BACKLOG, somaxconn) > 50
+    finally:
+        yield port.stopListening()
+
+
+def test_a_string_keeps_its_own_backlog():
+    """An endpoint string that names a backlog keeps it."""
+    assert server_endpoint(reactor, "tcp:3128:backlog=7")._backlog == 7

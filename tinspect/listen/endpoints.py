@@ -34,7 +34,13 @@ from zope.interface import implementer
 from tinspect.listen.spec import split_endpoint
 from tinspect.net.sockets import SocketError, transparent_socket
 
-__all__ = ["TProxyServerEndpoint", "TProxyServerParser", "SharedTCPServerParser", "server_endpoint"]
+__all__ = ["BACKLOG", "TProxyServerEndpoint", "TProxyServerParser", "SharedTCPServerParser", "server_endpoint"]
+
+# The listen backlog of every stream listener unless its string says otherwise. Twisted's
+# default of 50 overflows when a school's worth of clients connect at once while the
+# reactor is busy (SYNs dropped, clients retrying after a second or more); the kernel caps
+# this at net.core.somaxconn.
+BACKLOG = socket.SOMAXCONN
 
 
 @implementer(IStreamServerEndpoint)
@@ -50,7 +56,7 @@ class TProxyServerEndpoint:
         transparent: set IP_TRANSPARENT (``False`` for `SharedTCPServerParser`).
     """
 
-    def __init__(self, reactor, port: int, interface: str = "", backlog: int = 50, reuse_port: bool = False,
+    def __init__(self, reactor, port: int, interface: str = "", backlog: int = BACKLOG, reuse_port: bool = False,
                  transparent: bool = True):
         self._reactor = reactor
         self.port = port
@@ -95,7 +101,7 @@ class TProxyServerParser:
 
     prefix = "tproxy"
 
-    def parseStreamServer(self, reactor, port, interface="", backlog="50", reuseport="no"):
+    def parseStreamServer(self, reactor, port, interface="", backlog=str(BACKLOG), reuseport="no"):
         """Build a `TProxyServerEndpoint` from the endpoint string's fields."""
         return TProxyServerEndpoint(
             reactor,
@@ -114,7 +120,7 @@ class SharedTCPServerParser:
 
     prefix = "tcpshared"
 
-    def parseStreamServer(self, reactor, port, interface="", backlog="50"):
+    def parseStreamServer(self, reactor, port, interface="", backlog=str(BACKLOG)):
         """Build a non-transparent, port-sharing `TProxyServerEndpoint`."""
         return TProxyServerEndpoint(reactor, int(port), interface, int(backlog), reuse_port=True, transparent=False)
 
@@ -125,7 +131,7 @@ class _TCP6ServerParser:
 
     prefix = "tcp6"
 
-    def parseStreamServer(self, reactor, port, backlog="50", interface="::"):
+    def parseStreamServer(self, reactor, port, backlog=str(BACKLOG), interface="::"):
         return TCP6ServerEndpoint(reactor, int(port), int(backlog), interface)
 
 
@@ -144,6 +150,8 @@ def server_endpoint(reactor, text: str):
     kind, _, rest = text.partition(":")
     parser = _OWN.get(kind)
     if parser is None:
+        if kind in ("tcp", "ssl") and "backlog=" not in rest:
+            text += f":backlog={BACKLOG}"
         return serverFromString(reactor, text)
     try:
         args, kwargs = split_endpoint(rest)

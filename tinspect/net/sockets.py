@@ -57,7 +57,7 @@ def transparent_socket(
     host: str,
     port: int,
     *,
-    backlog: int = 50,
+    backlog: int = socket.SOMAXCONN,
     reuse_port: bool = False,
     recv_orig_dst: bool = False,
     transparent: bool = True,
