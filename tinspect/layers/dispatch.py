@@ -18,6 +18,7 @@ from tinspect.layers.http.http1.layer import Http1Layer
 from tinspect.layers.sniff import H2, HTTP1, RAW, TLS, classify, server_settings
 from tinspect.layers.tls.layer import TlsLayer
 from tinspect.net.handoff import Handoff, relay_raw, take_over
+from tinspect.net.sockets import pending_bytes
 
 __all__ = ["Sniffer", "compose"]
 
@@ -49,7 +50,8 @@ class Sniffer:
       `TlsLayer` (which sniffs again once it is decrypted), anything else to
       the `RawRelay`;
     * the server speaking first (SMTP, FTP, SSH banners): raw relay;
-    * the client saying nothing for ``sniff_timeout`` seconds: raw relay.
+    * the client saying nothing for ``sniff_timeout`` seconds (nothing unread
+      in its socket either): raw relay.
 
     Until it decides, the sniffer keeps what it learns in the `Handoff` it hands
     on: the upstream's state and what either side sent.
@@ -74,7 +76,7 @@ class Sniffer:
         if self.flow.alpn == "h2":
             self._decide(H2)  # agreed in TLS; the server may well speak first
             return
-        self._timer = ctx.reactor.callLater(ctx.settings.sniff_timeout, self._decide, RAW)
+        self._timer = ctx.reactor.callLater(ctx.settings.sniff_timeout, self._silent)
         take_over(handoff, self, self)
 
     def client_data(self, data: bytes) -> None:
@@ -131,6 +133,17 @@ class Sniffer:
         # A reset with no FIN first: not decided yet, or the sniffer would not hear it.
         self._handoff.server_eof = True
         self._handoff.server_lost = reason
+        self._decide(RAW)
+
+    def _silent(self) -> None:
+        # A busy reactor runs due timers before it reads sockets that became readable
+        # meanwhile: when thousands of clients connect at once, a ClientHello that came in
+        # time can still be unread here. Relaying that connection raw would let a client
+        # the proxy must inspect pass uninspected and unlogged, so bytes waiting in the
+        # socket mean the client spoke: wait for the read to classify them.
+        if pending_bytes(self._handoff.client.transport):
+            self._timer = self.ctx.reactor.callLater(self.ctx.settings.sniff_timeout, self._silent)
+            return
         self._decide(RAW)
 
     def _decide(self, kind: str) -> None:

@@ -18,9 +18,12 @@ Setting ``IP_TRANSPARENT`` needs CAP_NET_ADMIN (root).
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import socket
 import struct
+import termios
+from typing import Any
 
 from tinspect.net.addresses import format_addr, normalize_host
 
@@ -191,6 +194,21 @@ def raise_fd_limit(wanted: int) -> tuple[int, int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft, hard
+
+
+def pending_bytes(transport: Any) -> int:
+    """How many bytes wait unread in a TCP transport's socket (0 when it has none
+    or is not a socket: a TLS transport's records are counted by the layer under it).
+
+    A timer and a socket that became readable in the same reactor turn race: the
+    reactor runs due timers before it reads. This tells a timer that the peer did
+    speak in time.
+    """
+    try:
+        fd = transport.getHandle().fileno()
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError, TypeError, ValueError):
+        return 0
 
 
 def is_local_address(host: str) -> bool:

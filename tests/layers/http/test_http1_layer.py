@@ -10,6 +10,7 @@ refuses them; time only moves with ``net.reactor.advance``.
 from __future__ import annotations
 
 import base64
+import socket
 
 from twisted.internet.defer import Deferred
 
@@ -1305,6 +1306,43 @@ def test_silent_client_is_relayed_raw_after_the_sniff_timeout(make_net):
     assert c.take() == b"HTTP/1.1 200 OK\r\n\r\n"
     c.close()
     assert net.leftovers() == CLEAN
+
+
+def test_bytes_unread_at_the_sniff_timeout_are_waited_for(make_net):
+    """A client whose first bytes wait unread in its socket when the sniff timer runs (a busy
+    reactor runs timers before reads) is classified from them, not relayed raw uninspected."""
+    net = make_net(sniff_timeout=0.5)
+    c, s = transparent(net)
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.send(b"GET / HTTP/1.1\r\n")  # arrived in time, not read yet
+        c.transport.getHandle = lambda: ours
+        net.reactor.advance(0.5)
+        assert isinstance(c.proto.handler, Sniffer)
+        c.send(ours.recv(100) + b"Host: a.example\r\n\r\n")  # the reactor's read, at last
+        assert s.take() == get(b"/")
+        assert net.flow.protocol == "http/1.1"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_silent_client_with_an_empty_socket_is_relayed_raw(make_net):
+    """With nothing waiting in the socket either, the sniff timeout relays the client raw."""
+    net = make_net(sniff_timeout=0.5)
+    c, s = transparent(net)
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.send(b"\x00")
+        c.transport.getHandle = lambda: ours
+        net.reactor.advance(0.5)
+        assert isinstance(c.proto.handler, Sniffer)
+        ours.recv(1)  # read, but not enough to classify; then silence
+        net.reactor.advance(0.5)
+        assert isinstance(c.proto.handler, RawRelay)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_request_split_across_reads_is_still_http(make_net):
