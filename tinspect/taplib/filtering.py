@@ -1,8 +1,15 @@
 """Filter rules: which requests, responses and TLS connections to allow, block or pass through.
 
 Sans-IO: the ``filter`` tap (`taps.filter`) reads a rules file and asks
-these objects. One rule per line, ``#`` starts a comment, the first rule
-that matches decides::
+these objects, with the client's address and the time. One rule per line,
+``#`` starts a comment, the first rule that matches decides::
+
+    # definitions (anywhere in the file; `tinspect.taplib.conditions`)
+    timezone Europe/London
+    group    pupils  192.0.2.0/25,2001:db8:10::/64
+    group    tablets 192.0.2.200/29 ca=no        # devices without our CA
+    group    staff   192.0.2.128/26
+    window   school  mon-fri 08:00-16:00
 
     # ACTION  CONDITIONS (all must hold)
     block       host=*.casino.example
@@ -11,8 +18,10 @@ that matches decides::
     block       url=^https?://[^/]+/ads/ method=GET,HEAD
     block       type=video/*                  # by the response's Content-Type
     block       host=*.example.net url=/login
-    block       list=/var/lib/blacklists/games,/var/lib/blacklists/gambling
+    block       group=pupils,tablets time=school list=/var/lib/blacklists/games,/var/lib/blacklists/social
+    block       group=staff list=/var/lib/blacklists/malware
     block       domains=ads.txt               # next to the rules file
+    block       host=*.pinned.example tls=alert
 
 Conditions:
     host=GLOB     the request's host (the SNI for TLS decisions), without
@@ -31,16 +40,25 @@ Conditions:
     domains=FILES comma-separated plain lists of domains, one a line: the
                   host or a parent domain is listed (the category is the
                   file's stem: ``ads.txt`` is ``ads``).
+    group=NAMES   the client is in one of these groups (a client is in the
+                  first group, in the file's order, holding its address).
+    time=NAMES    now is in one of these windows, in the ``timezone``.
+
+Option: ``tls=alert`` on a block rule refuses a blocked TLS connection with
+an alert even when the client's group has the CA (pinned apps); a group with
+``ca=no`` gets an alert for every blocked TLS connection.
 
 A relative path in ``list=`` or ``domains=`` is relative to the rules file's
 directory. Each list is read once however many rules name it.
 
-Actions: ``allow``, ``block``, ``passthrough`` (with ``host``, ``list`` and
-``domains`` only: it is decided from the ClientHello, before anything is
-decrypted, so ``urls`` entries do not make a connection pass through; to
-HTTP requests it means allow). A value with spaces goes in double quotes.
-Requests and responses no rule matches get the default (allow, unless the
-tap is told otherwise).
+Actions: ``allow``, ``block``, ``passthrough`` (with ``host``, ``list``,
+``domains``, ``group`` and ``time`` only: it is decided from the
+ClientHello, before anything is decrypted, so ``urls`` entries do not make a
+connection pass through; to HTTP requests it means allow). A value with
+spaces goes in double quotes. Requests and responses no rule matches get the
+default (allow, unless the tap is told otherwise). `Rules.hello` says what
+the ClientHello alone decides: pass through, block (before any certificate
+is made), or neither (each request is decided as it comes).
 """
 
 from __future__ import annotations
