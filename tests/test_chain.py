@@ -378,4 +378,3 @@ def test_tls_block_takes_the_first_answer_and_skips_a_tap_that_raises(logged_fai
                      ("alert", "blocked.example", False)]
     assert len(logged_failures) == 1
     assert TapChain([Logged("plain", [])]).tls_block("a.example", flow, True) is None
-

@@ -691,4 +691,3 @@ def test_an_alert_record_refuses_a_client_hello(version, description, reason):
     with pytest.raises(ssl.SSLError) as e:
         client.do_handshake()
     assert e.value.reason == reason
-

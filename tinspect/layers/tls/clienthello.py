@@ -518,4 +518,3 @@ def alert_record(description: int) -> bytes:
     ClientHello carry. OpenSSL reports ``tlsv1 alert access denied``.
     """
     return struct.pack("!BHHBB", _CONTENT_ALERT, 0x0303, 2, _FATAL, description)
-

@@ -451,4 +451,3 @@ class _Discarded:
 
     def server_lost(self, reason: Failure) -> None:
         pass
-
