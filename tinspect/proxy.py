@@ -280,6 +280,7 @@ class Proxy(MultiService):
                 theirs (`serve_worker_metrics`): a scrape gets the sum.
         """
         self.ctx.chain.measure()
+        self.ctx.metrics.measure()
         _MetricsListener(self.ctx, endpoint, tuple(workers)).setServiceParent(self)
         return self
 
@@ -287,6 +288,7 @@ class Proxy(MultiService):
         """As an extra worker of ``--workers``: serve the counters on the Unix
         socket ``path`` for worker 0's ``--metrics`` to sum."""
         self.ctx.chain.measure()
+        self.ctx.metrics.measure()
         _WorkerMetrics(self.ctx, path).setServiceParent(self)
         return self
 

@@ -86,6 +86,10 @@ class _Handshake:
     def __init__(self, refusal) -> None:
         self._refusal = refusal
         self.remembered = 0
+        self.counted: list[bool] = []
+
+    def count(self, ok: bool) -> None:
+        self.counted.append(ok)
 
     def refusal(self):
         return self._refusal
@@ -107,7 +111,7 @@ class _Events:
 
 def test_a_refused_upstream_handshake_is_aborted_before_the_handler_hears_of_it():
     """A completed handshake the policy refuses (a resumed session for another name) is cut: the
-    handler sees only the loss, and the session is not kept; an accepted one goes on and is kept."""
+    handler sees only the loss, and the session is not kept (nor counted ok); an accepted one goes on and is kept."""
     from twisted.internet.testing import StringTransport
 
     for refusal, events, remembered in (("name mismatch", ["lost"], 0), (None, ["done", "lost"], 1)):
@@ -119,6 +123,7 @@ def test_a_refused_upstream_handshake_is_aborted_before_the_handler_hears_of_it(
         assert (transport.disconnecting or transport.disconnected) == (refusal is not None)
         shell.connectionLost(None)
         assert handler.events == events and hs.remembered == remembered
+        assert hs.counted == [refusal is None]
 
 
 class _Connecting:

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from tinspect.context import ProxyContext
 from tinspect.layers.raw import start_tls
-from tinspect.net.upstream import connect, describe_failure
+from tinspect.net.upstream import connect, connect_failure_kind, describe_failure
 
 __all__ = [
     "ClientConnection",
@@ -202,6 +202,8 @@ class ServerConnection(Protocol):
             self.transport.abortConnection()
             return
         self._secure = True
+        if self.tls is not None:
+            self.tls.count(True)
         if self._connect_tls is not None:
             self._connect_tls = None
             self.handler.server_connected(self.transport)
@@ -218,6 +220,8 @@ class ServerConnection(Protocol):
         pass
 
     def connectionLost(self, reason: Failure) -> None:
+        if self.tls is not None and not self._secure:  # TLS started and never came up (or was refused)
+            self.tls.count(False)
         if self._connect_tls is not None:  # connected, but its TLS never came up
             self.handler.server_failed(self._connect_tls.explain(reason))
             return
@@ -259,6 +263,13 @@ def open_upstream(
     """
     shell = ServerConnection(handler, connect_tls=tls)
     d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
-    d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
+    d.addErrback(_connect_failed, ctx, shell)
     return shell, d
+
+
+def _connect_failed(failure: Failure, ctx: ProxyContext, shell: ServerConnection) -> None:
+    kind = connect_failure_kind(failure)
+    if kind is not None:
+        ctx.metrics.connect_failures[kind] += 1
+    shell.handler.server_failed(describe_failure(failure))
 

@@ -12,12 +12,12 @@ import ipaddress
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-__all__ = ["connect", "describe_failure"]
+__all__ = ["connect", "connect_failure_kind", "describe_failure"]
 
 
 def connect(reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float) -> Deferred:
@@ -58,3 +58,24 @@ def describe_failure(failure: Failure) -> str:
     if failure.check(error.ConnectError):
         return failure.getErrorMessage().strip().rstrip(".") or "cannot connect"
     return failure.getErrorMessage()
+
+
+def connect_failure_kind(failure: Failure) -> str | None:
+    """A short, bounded label for a failed connect (the metrics' ``reason``), or
+    ``None`` for a connect we cancelled ourselves (the client went away)."""
+    if failure.check(error.ConnectingCancelledError, CancelledError):
+        return None
+    for kind, cls in _FAILURE_KINDS:
+        if failure.check(cls):
+            return kind
+    return "other"
+
+
+# Most specific first: TimeoutError and the rest are ConnectErrors.
+_FAILURE_KINDS = (
+    ("refused", error.ConnectionRefusedError),
+    ("timeout", error.TimeoutError),
+    ("dns", error.DNSLookupError),
+    ("no_route", error.NoRouteError),
+    ("reset", error.ConnectionLost),
+)

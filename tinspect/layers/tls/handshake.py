@@ -207,6 +207,7 @@ class UpstreamTLS:
             ValueError: ``ca_file`` cannot be read or holds no certificate.
         """
         self.insecure = insecure
+        self.handshakes: collections.Counter[tuple[str, str, str]] = collections.Counter()  # see _Creator.count
         self._sessions: collections.OrderedDict[tuple, SSL.Session] = collections.OrderedDict()
         self._session_cache_size = session_cache_size
         self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, UpstreamHandshake] = weakref.WeakKeyDictionary()
@@ -304,6 +305,14 @@ class _Creator:
     def negotiated_alpn(self) -> bytes | None:
         """The ALPN protocol selected in the handshake, or ``None``."""
         return (self.connection.get_alpn_proto_negotiated() or None) if self.connection else None
+
+    def count(self, ok: bool) -> None:
+        """Count this handshake's end in the owner's ``handshakes`` (for the metrics),
+        by outcome, TLS version and ALPN protocol ("none" where there is none)."""
+        conn = self.connection
+        version = (conn.get_protocol_version_name() if ok and conn is not None else None) or "none"
+        alpn = self.negotiated_alpn if ok else None
+        self._owner.handshakes["ok" if ok else "failed", version, alpn.decode("ascii", "replace") if alpn else "none"] += 1
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -464,6 +473,7 @@ class ClientFacingTLS:
             context_cache_size: Per-leaf contexts kept (about 23 KB each).
         """
         self.leaves = leaves
+        self.handshakes: collections.Counter[tuple[str, str, str]] = collections.Counter()  # see _Creator.count
         self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, ClientFacingHandshake] = weakref.WeakKeyDictionary()
         # id(leaf) -> (leaf, context); holding the leaf keeps its id unique.
         self._contexts: collections.OrderedDict[int, tuple[x509.Certificate, SSL.Context]] = collections.OrderedDict()

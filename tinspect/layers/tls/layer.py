@@ -210,6 +210,8 @@ class TlsLayer:
         self._deadline.stop()
         failure = classify_client_failure(reason)
         name = self._name()
+        if self._client_hs is not None:
+            self._client_hs.count(False)
         if self._client_hs is not None and failure.rejected_certificate:
             learned = self.tls.passthrough.record_rejection(name) if self._hello and self._hello.sni else False
             self._log.warn(
@@ -241,6 +243,7 @@ class TlsLayer:
         self.flow.tls_version = handle.get_protocol_version_name()
         protocol = handle.get_alpn_proto_negotiated()
         self.flow.alpn = protocol.decode("ascii", "replace") if protocol else None
+        self._client_hs.count(True)
         self._done = True
         self._deadline.stop()
         self._log.info(

@@ -84,6 +84,7 @@ class _Stream:
         "cid", "request", "response", "via", "up_id", "h1", "held", "held_size", "held_trailers",
         "upload", "download", "req_trailers", "resp_trailers", "owed_client", "owed_server",
         "request_done", "answered", "response_started", "response_ending", "response_done", "closed",
+        "started",
     )
 
     def __init__(self, cid: int, upload: MessageAssembler, download: MessageAssembler) -> None:
@@ -108,6 +109,7 @@ class _Stream:
         self.response_ending = False
         self.response_done = False
         self.closed = False
+        self.started = 0.0  # Metrics.clock at the request head, with --metrics; 0.0: not timed
 
     def hold(self, data: bytes) -> None:
         if self.held is None:
@@ -300,6 +302,9 @@ class H2Layer:
         upload = MessageAssembler(arms[TO_SERVER], self._max_body, self._body_log)
         download = MessageAssembler(arms[TO_CLIENT], self._max_body, self._body_log)
         st = self.streams[cid] = _Stream(cid, upload, download)
+        clock = self.ctx.metrics.clock
+        if clock is not None:
+            st.started = clock()
         self._idle.suspend()
         st.request = req
         if event.stream_ended is not None:
@@ -579,6 +584,8 @@ class H2Layer:
             return False
         st.response_started = True
         st.response = resp
+        if st.started:
+            self.ctx.metrics.response_started("h2", st.started)
         if end:
             self._response_sent(st)
         elif body is not None:
@@ -590,6 +597,8 @@ class H2Layer:
     def _response_sent(self, st: _Stream) -> None:
         st.response_ending = False
         st.response_done = True
+        if st.started:
+            self.ctx.metrics.response_ended("h2", st.started)
         if not st.request_done:
             # Answered before the upload ended: nobody wants the rest of it.
             self.client.reset(st.cid, ErrorCodes.NO_ERROR)

@@ -119,6 +119,7 @@ class _Exchange:
         "response_done",
         "switching",
         "websocket",
+        "started",
     )
 
     def __init__(self, request: Request, client_version: str, keep_alive: bool) -> None:
@@ -136,6 +137,8 @@ class _Exchange:
         self.response_done = False
         self.switching = False  # upgrade or CONNECT: the readers pause after it
         self.websocket: Upgrade | None = None  # a WebSocket handshake we terminate
+        self.started = 0.0  # Metrics.clock at the request head, with --metrics; 0.0: not timed
+        # (first byte: the response head written to the client; total: its end written)
 
 
 class Http1Layer:
@@ -319,6 +322,9 @@ class Http1Layer:
         fields = Headers(head.headers)
         req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
         ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
+        clock = self.ctx.metrics.clock
+        if clock is not None:
+            ex.started = clock()
         self._deadline.suspend()
         ex.switching = head.switching
         if head.switching and head.method == b"GET":
@@ -623,6 +629,8 @@ class Http1Layer:
                 self._open_websocket(ex, unit)
                 return
             ex.response_started = True
+            if ex.started:
+                self.ctx.metrics.response_started("http1", ex.started)
             keep = ex.keep_alive and not self._client_eof and ex.request_done
             parts = self.writer.response(
                 unit, method=ex.request.method, client_version=ex.client_version, keep_alive=keep
@@ -682,6 +690,8 @@ class Http1Layer:
 
     def _response_done(self, ex: _Exchange) -> None:
         ex.response_done = True
+        if ex.started:
+            self.ctx.metrics.response_ended("http1", ex.started)
         if self.writer.close_after or self._client_eof or not ex.request_done:
             self._close()
             return
@@ -732,6 +742,9 @@ class Http1Layer:
         layer = _websocket().WebSocketLayer(self.ctx, handoff, ex.websocket)
         failure = layer.open(resp)
         if failure is None:
+            if ex.started:  # the exchange is the handshake: its response is the 101, head only
+                self.ctx.metrics.response_started("websocket", ex.started)
+                self.ctx.metrics.response_ended("websocket", ex.started)
             self._hand_over()
             take_over(handoff, layer, layer)
             return
