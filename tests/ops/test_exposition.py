@@ -72,3 +72,75 @@ def test_the_sum_of_any_workers_counters_is_their_arithmetic_sum(workers):
     got = samples(merge([text(w) for w in workers]))
     for key in {k for w in workers for k in w}:
         assert got[("t_total", (("k", key),))] == sum(w.get(key, 0) for w in workers)
+
+
+HISTOGRAM_A = """# HELP h_seconds T.
+# TYPE h_seconds histogram
+h_seconds_bucket{protocol="http1",le="0.1"} 1
+h_seconds_bucket{protocol="http1",le="1"} 2
+h_seconds_bucket{protocol="http1",le="+Inf"} 2
+h_seconds_sum{protocol="http1"} 0.5
+h_seconds_count{protocol="http1"} 2
+"""
+
+HISTOGRAM_B = """# HELP h_seconds T.
+# TYPE h_seconds histogram
+h_seconds_bucket{protocol="websocket",le="0.1"} 0
+h_seconds_bucket{protocol="websocket",le="+Inf"} 3
+h_seconds_sum{protocol="websocket"} 9.0
+h_seconds_count{protocol="websocket"} 3
+h_seconds_bucket{protocol="http1",le="1.0"} 5
+h_seconds_bucket{protocol="http1",le="0.1"} 1
+h_seconds_bucket{protocol="http1",le="+Inf"} 5
+h_seconds_sum{protocol="http1"} 0.25
+h_seconds_count{protocol="http1"} 5
+"""
+
+
+def test_histogram_buckets_add_up_by_bound_not_by_spelling():
+    """le="1" and le="1.0" are one bucket; every bucket, _sum and _count is the workers' sum."""
+    got = samples(merge([HISTOGRAM_A, HISTOGRAM_B]))
+    http1 = ("protocol", "http1")
+    assert got[("h_seconds_bucket", (("le", "0.1"), http1))] == 2
+    assert got[("h_seconds_bucket", (("le", "1.0"), http1))] == 7
+    assert got[("h_seconds_bucket", (("le", "+Inf"), http1))] == 7
+    assert got[("h_seconds_count", (http1,))] == 7 and got[("h_seconds_sum", (http1,))] == 0.75
+    assert got[("h_seconds_count", (("protocol", "websocket"),))] == 3
+
+
+def test_a_merged_histogram_is_written_series_by_series_in_bucket_order():
+    """Each series' buckets ascend to +Inf, then _sum and _count follow, whatever order the workers used."""
+    lines = [line for line in merge([HISTOGRAM_A, HISTOGRAM_B]).splitlines() if not line.startswith("#")]
+    assert lines == [
+        'h_seconds_bucket{protocol="http1",le="0.1"} 2',
+        'h_seconds_bucket{protocol="http1",le="1.0"} 7',
+        'h_seconds_bucket{protocol="http1",le="+Inf"} 7',
+        'h_seconds_sum{protocol="http1"} 0.75',
+        'h_seconds_count{protocol="http1"} 7',
+        'h_seconds_bucket{protocol="websocket",le="0.1"} 0',
+        'h_seconds_bucket{protocol="websocket",le="+Inf"} 3',
+        'h_seconds_sum{protocol="websocket"} 9.0',
+        'h_seconds_count{protocol="websocket"} 3',
+    ]
+
+
+def test_a_bucket_bound_that_is_not_a_number_is_refused():
+    """A histogram bucket whose le is not a number is an error, not a bucket of its own."""
+    with pytest.raises(ExpositionError):
+        merge([HISTOGRAM_A.replace('le="0.1"', 'le="fast"')])
+
+
+@given(st.lists(st.lists(st.floats(0, 100), max_size=20), min_size=1, max_size=4))
+def test_merged_renders_are_the_histogram_of_all_observations(workers):
+    """Summing workers' rendered histograms equals one histogram that saw every observation."""
+    from tinspect.ops.metrics import Histogram
+
+    def render(observations):
+        h = Histogram("protocol")
+        for value in observations:
+            h.observe("h2", value)
+        return "# HELP x_seconds X.\n# TYPE x_seconds histogram\n" + "".join(f"{s}\n" for s in h.samples("x_seconds"))
+
+    merged = [line for line in merge([render(w) for w in workers]).splitlines() if "_sum" not in line]
+    whole = [line for line in render([v for w in workers for v in w]).splitlines() if "_sum" not in line]
+    assert merged == whole

@@ -60,3 +60,41 @@ def test_the_exposition_parses_and_follows_prometheus_naming():
     rss = families["process_resident_memory_bytes"].samples[0].value
     assert 10 * 2**20 < rss < 2**33  # bytes, not pages or KiB
     assert families["process_open_fds"].samples[0].value >= 3
+
+
+def test_latency_histograms_are_cumulative_and_parse():
+    """Observations land in the first bucket that holds them; buckets are cumulative up to +Inf == _count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ctx = ProxyContext(TapChain([]), reactor=object())
+    metrics = ctx.metrics
+    assert metrics.clock is None  # off until --metrics: the layers time nothing
+    metrics.measure()
+    now = metrics.clock()
+    metrics.first_byte.observe("http1", 0.003)
+    metrics.first_byte.observe("http1", 120.0)
+    metrics.response_ended("h2", now)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(ctx))}
+    first = families["tinspect_http_response_first_byte_seconds"]
+    assert first.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in first.samples
+               if s.name.endswith("_bucket") and s.labels["protocol"] == "http1"}
+    assert buckets["0.0025"] == 0 and buckets["0.005"] == 1 and buckets["60.0"] == 1 and buckets["+Inf"] == 2
+    count = [s.value for s in first.samples if s.name.endswith("_count")]
+    assert count == [2]
+    total = families["tinspect_http_response_seconds"]
+    assert {s.labels["protocol"] for s in total.samples} == {"h2"}
+
+
+def test_connect_failures_are_labelled_by_a_small_set_of_reasons():
+    """Refused, timed out, unresolvable connects get their own label; our own cancel is not a failure."""
+    from twisted.internet import error
+    from twisted.python.failure import Failure
+
+    from tinspect.net.upstream import connect_failure_kind
+
+    assert connect_failure_kind(Failure(error.ConnectionRefusedError())) == "refused"
+    assert connect_failure_kind(Failure(error.TCPTimedOutError())) == "timeout"
+    assert connect_failure_kind(Failure(error.DNSLookupError())) == "dns"
+    assert connect_failure_kind(Failure(error.ConnectError("odd"))) == "other"
+    assert connect_failure_kind(Failure(error.ConnectingCancelledError(None))) is None

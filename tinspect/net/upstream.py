@@ -74,7 +74,8 @@ def connect_failure_kind(failure: Failure) -> str | None:
 # Most specific first: TimeoutError and the rest are ConnectErrors.
 _FAILURE_KINDS = (
     ("refused", error.ConnectionRefusedError),
-    ("timeout", error.TimeoutError),
+    ("timeout", error.TimeoutError),  # ours: connect_timeout passed
+    ("timeout", error.TCPTimedOutError),  # the kernel's: no answer to its SYNs
     ("dns", error.DNSLookupError),
     ("no_route", error.NoRouteError),
     ("reset", error.ConnectionLost),
