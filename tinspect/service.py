@@ -268,7 +268,7 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         proxy.listen_udp(spec.text)
     if options["workers"] > 1:
         argvs = [worker_argv(sys.argv, options["argv"], n, metrics_socket=path) for n, path in enumerate(sockets, 1)]
-        Workers(proxy.ctx.reactor, argvs).setServiceParent(proxy)
+        Workers(proxy.ctx.reactor, argvs, proxy.ctx.metrics).setServiceParent(proxy)
     return proxy
 
 

@@ -16,6 +16,7 @@ from tests.conftest import DUAL, REPO
 from tinspect.lab.netlab import SERVER_NAME
 from tinspect.listen.spec import SpecError
 from tinspect.listen.workers import MAX_RESTART_DELAY, STABLE, Workers, shared_endpoint, worker_argv
+from tinspect.ops.metrics import Metrics
 
 
 @pytest.mark.parametrize(
@@ -93,9 +94,11 @@ def _die(reactor):
 
 
 def test_a_worker_that_dies_is_started_again_later_each_time_it_dies_young():
-    """1 s, then 2 s, 4 s... up to the cap while it keeps dying; a worker that had run a while restarts after 1 s."""
+    """1 s, then 2 s, 4 s... up to the cap while it keeps dying (each restart counted); a worker that had run a
+    while restarts after 1 s."""
     reactor = _Spawner()
-    workers = Workers(reactor, [["python3", "-c", "worker 1"]])
+    metrics = Metrics()
+    workers = Workers(reactor, [["python3", "-c", "worker 1"]], metrics)
     workers.startService()
     assert len(reactor.spawned) == 1
     waits = []
@@ -108,6 +111,7 @@ def test_a_worker_that_dies_is_started_again_later_each_time_it_dies_young():
             waited += 0.5
         waits.append(waited)
     assert waits == [1, 2, 4, 8, 16, 32, MAX_RESTART_DELAY, MAX_RESTART_DELAY, MAX_RESTART_DELAY]
+    assert metrics.worker_restarts == 9  # tinspect_worker_restarts_total
     reactor.advance(STABLE)
     _die(reactor)
     reactor.advance(1)

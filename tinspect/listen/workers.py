@@ -119,13 +119,16 @@ class Workers(Service):
     Args:
         reactor: the reactor.
         argvs: one command line per extra worker (`worker_argv`).
+        metrics: the `tinspect.ops.metrics.Metrics` whose ``worker_restarts``
+            counts the workers that exited and are started again.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, argvs: list[list[str]]) -> None:
+    def __init__(self, reactor: Any, argvs: list[list[str]], metrics: Any = None) -> None:
         self.reactor = reactor
         self.argvs = argvs
+        self.metrics = metrics
         self.running_workers: dict[int, tuple[_Worker, Any]] = {}
         self._delays: dict[int, float] = {}  # worker n -> the pause before its next restart
         self._restarts: dict[int, Any] = {}  # worker n -> the pending restart's DelayedCall
@@ -165,6 +168,8 @@ class Workers(Service):
         self._delays[n] = min(delay * 2, MAX_RESTART_DELAY)
         self._log.error("worker {n} exited: {reason}; starting it again in {delay:g} s",
                         n=n, reason=reason.getErrorMessage(), delay=delay)
+        if self.metrics is not None:
+            self.metrics.worker_restarts += 1
         self._restarts[n] = self.reactor.callLater(delay, self._start, n)
 
     def stopService(self) -> defer.Deferred:

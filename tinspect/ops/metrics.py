@@ -114,6 +114,7 @@ class Metrics:
         self.flows = Counter()  # closed flows, by protocol
         self.errors = Counter()  # closed flows with an error, by kind
         self.connect_failures = Counter()  # upstream connects that failed, by reason label
+        self.worker_restarts = 0  # --workers that exited and were started again (worker 0 counts)
         self.clock: Callable[[], float] | None = None
         self.first_byte = Histogram("protocol")  # request head in -> response head back, per protocol
         self.response = Histogram("protocol")  # request head in -> response complete, per protocol
@@ -156,6 +157,8 @@ class Metrics:
                _labelled("protocol", self.flows))
         family("tinspect_flow_errors_total", "counter", "Flows that ended with an error, by kind.",
                _labelled("kind", self.errors))
+        family("tinspect_worker_restarts_total", "counter", "Workers (--workers) that exited and were started again.",
+               [("", self.worker_restarts)])
         family("tinspect_upstream_connect_failures_total", "counter",
                "Upstream TCP connects that failed, by reason.", _labelled("reason", self.connect_failures))
         for name, histogram, help_text in (
