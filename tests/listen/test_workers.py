@@ -159,7 +159,8 @@ def test_two_workers_share_the_tproxy_port_and_the_ca(lab, https, proxy, pki):
 
 @pytest.mark.netns
 def test_one_scrape_sums_the_counters_of_every_worker(lab, https, proxy, pki):
-    """With --workers 2 and --metrics, worker 0's /metrics counts the connections both workers took."""
+    """With --workers 2 and --metrics, worker 0's /metrics counts the connections (and the timed exchanges)
+    both workers took."""
     from prometheus_client.parser import text_string_to_metric_families
 
     lab.tproxy(8080, dports=[443])
@@ -183,3 +184,10 @@ def test_one_scrape_sums_the_counters_of_every_worker(lab, https, proxy, pki):
     assert values["tinspect_workers_reporting"] == 2
     assert values["tinspect_connections_total"] == 16, text
     assert values["process_open_fds"] > 0
+    buckets: dict[str, float] = {}  # le -> the count over every protocol (curl picks h2 or HTTP/1.1)
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if s.name == "tinspect_http_response_seconds_bucket":
+                buckets[s.labels["le"]] = buckets.get(s.labels["le"], 0) + s.value
+    counts = list(buckets.values())
+    assert list(buckets)[-1] == "+Inf" and counts == sorted(counts) and counts[-1] == 16, buckets  # both workers' exchanges
