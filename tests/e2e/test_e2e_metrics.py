@@ -88,7 +88,7 @@ def test_a_scrape_after_real_traffic_has_latency_tls_and_connect_failure_familie
 
 
 def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_real_proxy_exposes(scraped):
-    """Every tinspect_/process_ name in docs/prometheus and docs/grafana is a sample (or declared) name of a real scrape."""
+    """Every tinspect_/process_ name in docs/prometheus and docs/grafana is sampled or declared by a real scrape."""
     text, _ = scraped
     exposed = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     for line in text.splitlines():  # a labelled counter with no series yet is still declared by its TYPE line

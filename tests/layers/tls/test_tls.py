@@ -839,3 +839,20 @@ def test_a_resumed_session_is_refused_for_a_name_its_certificate_lacks(upstream_
         problem = planted.verification_error()
         assert problem is not None and "b.example" in problem
         assert planted.refusal() == (None if insecure else problem)
+
+
+def test_handshake_ends_are_counted_by_outcome_version_and_alpn(upstream_ca, tmp_path):
+    """count() files an ok handshake under its version and ALPN, a failed one under "none" (for the metrics)."""
+    root, pem = upstream_ca
+    tls = UpstreamTLS(pem)
+    connect, _ = upstream_server(*root.issue(["a.example"]), alpn_choice=b"h2")
+    good, errors = upstream_handshake(tls, connect, alpn=[b"h2"])
+    assert errors == {}
+    good.count(True)
+    other = RootCA("Other Root").write(tmp_path / "other.pem")
+    distrusting = UpstreamTLS(other)
+    bad, errors = upstream_handshake(distrusting, connect)
+    assert "client" in errors
+    bad.count(False)
+    assert dict(tls.handshakes) == {("ok", "TLSv1.3", "h2"): 1}
+    assert dict(distrusting.handshakes) == {("failed", "none", "none"): 1}

@@ -311,8 +311,8 @@ class _Creator:
         by outcome, TLS version and ALPN protocol ("none" where there is none)."""
         conn = self.connection
         version = (conn.get_protocol_version_name() if ok and conn is not None else None) or "none"
-        alpn = self.negotiated_alpn if ok else None
-        self._owner.handshakes["ok" if ok else "failed", version, alpn.decode("ascii", "replace") if alpn else "none"] += 1
+        alpn = (self.negotiated_alpn if ok else None) or b"none"
+        self._owner.handshakes["ok" if ok else "failed", version, alpn.decode("ascii", "replace")] += 1
 
 
 @implementer(IOpenSSLClientConnectionCreator)
