@@ -99,6 +99,19 @@ class TlsFacts(Tap):
         return unit
 
 
+class TimingFacts(Tap):
+    """Logs, as each flow closes, the steps of its `Timings` that happened, in time order."""
+
+    kinds = ()
+    log = Logger(namespace="tests.timingfacts")
+
+    def flow_closed(self, flow):
+        t = flow.timings
+        steps = ("accepted", "upstream_connected", "upstream_tls_done", "client_tls_done", "ended")
+        stamped = sorted((getattr(t, name), i, name) for i, name in enumerate(steps) if getattr(t, name) is not None)
+        self.log.info("timings: {order}", order=",".join(name for _, _, name in stamped))
+
+
 class WsInject(Tap):
     """On the text message ``inject?`` going to the server, sends ``injected`` to the client first."""
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 from tinspect.net.addresses import format_addr
 from tinspect.units import Direction, Unit
 
-__all__ = ["Flow", "FlowArm", "FlowClosed"]
+__all__ = ["Flow", "FlowArm", "FlowClosed", "Timings"]
 
 _ids = itertools.count(1)
 
@@ -42,6 +42,39 @@ class FlowArm(Protocol):
         """Run a tap's own ``unit`` through the taps after ``after`` (a `tinspect.chain.Tap`)."""
 
 
+class Timings:
+    """When each step of a flow happened: ``time.time()`` stamps, ``None`` until (or unless) it did.
+
+    The layers stamp these as plain attribute stores, so keeping them costs
+    nothing measurable; the console and the metrics read them. A step that
+    did not happen (no TLS, an upstream never reached) stays ``None``.
+
+    Attributes:
+        accepted: the client's connection was accepted (the flow's ``started``).
+        upstream_connected: the TCP connection to the server (or the first one
+            of an explicit proxy's flow) was made.
+        client_tls_done: the TLS handshake with the client completed.
+        upstream_tls_done: the TLS handshake with the server completed (the
+            first one, when a flow opens several).
+        ended: the flow ended (the flow's ``ended``).
+        now: the clock the layers stamp with (the flow's).
+    """
+
+    __slots__ = ("accepted", "upstream_connected", "client_tls_done", "upstream_tls_done", "ended", "now")
+
+    def __init__(self, accepted: float, now: Callable[[], float] = time.time) -> None:
+        self.accepted = accepted
+        self.upstream_connected: float | None = None
+        self.client_tls_done: float | None = None
+        self.upstream_tls_done: float | None = None
+        self.ended: float | None = None
+        self.now = now
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__[:-1])
+        return f"Timings({fields})"
+
+
 class Flow:
     """Context of one proxied connection or UDP session.
 
@@ -59,6 +92,8 @@ class Flow:
         sni, alpn, tls_version, upstream_cert: TLS facts, ``None`` for
             plain connections.
         started, ended: ``time.time()`` stamps; ``ended`` is ``None`` while open.
+        timings: the `Timings` of the flow's steps (accept, upstream connect,
+            each TLS handshake, end).
         error: why the flow ended abnormally, or ``None``.
         state: free per-flow storage for taps; key it by your tap's name.
     """
@@ -87,6 +122,7 @@ class Flow:
         self.upstream_cert: dict[str, Any] | None = None
         self.started = clock()
         self.ended: float | None = None
+        self.timings = Timings(self.started, clock)
         self.error: str | None = None
         self.state: dict[str, Any] = {}
         self._clock = clock
@@ -151,7 +187,7 @@ class Flow:
     def mark_ended(self, error: str | None = None) -> None:
         """Stamp the end time, keeping the first error given."""
         if self.ended is None:
-            self.ended = self._clock()
+            self.ended = self.timings.ended = self._clock()
         if error and self.error is None:
             self.error = error
 

@@ -34,6 +34,16 @@ def test_https_is_intercepted_with_a_leaf_from_our_ca(lab, https, tls_proxy, pki
                      r"issuer=Lab server CA", log), log
 
 
+def test_flow_timings_stamp_each_step_in_order(lab, https, tls_proxy, pki):
+    """An intercepted HTTPS flow's timings hold accept, upstream connect, both handshakes and the end, in order."""
+    p = tls_proxy(taps=("tests.lab_taps:TimingFacts",))
+    out = curl(lab, "--http1.1", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
+    assert out.returncode == 0, out.stderr
+    time.sleep(0.2)
+    log = p.log()
+    assert "timings: accepted,upstream_connected,upstream_tls_done,client_tls_done,ended" in log, log
+
+
 def test_client_without_sni_gets_a_leaf_for_the_ip(lab, https, tls_proxy, pki):
     """A TLS client that sends no SNI (curl to an IP) gets a leaf for the original destination IP."""
     tls_proxy()

@@ -177,18 +177,26 @@ class ServerConnection(Protocol):
         handler: the layer that gets the events (may be set later).
         connect_tls: the `UpstreamHandshake` to run before the connection
             counts as made.
+        timings: the flow's `tinspect.flow.Timings`, whose ``upstream_connected``
+            and ``upstream_tls_done`` the shell stamps (the first time only).
     """
 
     tls: Any = None
     _secure = False
     _log = Logger()
 
-    def __init__(self, handler: ServerHandler | ConnectHandler | None, connect_tls: Any = None) -> None:
+    def __init__(
+        self, handler: ServerHandler | ConnectHandler | None, connect_tls: Any = None, timings: Any = None
+    ) -> None:
         self.handler = handler
         self._connect_tls = connect_tls
+        self._timings = timings
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        timings = self._timings
+        if timings is not None and timings.upstream_connected is None:
+            timings.upstream_connected = timings.now()
         if self._connect_tls is not None:
             self.tls = self._connect_tls
             start_tls(self.transport, self.tls)
@@ -202,6 +210,9 @@ class ServerConnection(Protocol):
             self.transport.abortConnection()
             return
         self._secure = True
+        timings = self._timings
+        if timings is not None and timings.upstream_tls_done is None:
+            timings.upstream_tls_done = timings.now()
         if self.tls is not None:
             self.tls.count(True)
         if self._connect_tls is not None:
@@ -247,7 +258,11 @@ class UpstreamFactory(Factory):
 
 
 def open_upstream(
-    ctx: ProxyContext, dst: tuple[str, int], handler: ConnectHandler | None, tls: Any = None
+    ctx: ProxyContext,
+    dst: tuple[str, int],
+    handler: ConnectHandler | None,
+    tls: Any = None,
+    timings: Any = None,
 ) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
@@ -256,12 +271,14 @@ def open_upstream(
         tls: a `tinspect.layers.tls.handshake.UpstreamHandshake`: ``handler`` then hears
             ``server_connected`` once TLS is up and verified, and
             ``server_failed`` with the reason when it is not.
+        timings: the flow's `tinspect.flow.Timings`, stamped as the connection
+            (and its TLS) comes up.
 
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
         to connect reaches the shell's handler as ``server_failed(reason)``.
     """
-    shell = ServerConnection(handler, connect_tls=tls)
+    shell = ServerConnection(handler, connect_tls=tls, timings=timings)
     d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
     d.addErrback(_connect_failed, ctx, shell)
     return shell, d

@@ -244,6 +244,7 @@ class TlsLayer:
         protocol = handle.get_alpn_proto_negotiated()
         self.flow.alpn = protocol.decode("ascii", "replace") if protocol else None
         self._client_hs.count(True)
+        self.flow.timings.client_tls_done = self.flow.timings.now()
         self._done = True
         self._deadline.stop()
         self._log.info(
