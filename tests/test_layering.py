@@ -29,6 +29,7 @@ SANS_IO = [
     "tinspect/net/timeouts.py",
     "tinspect/ops/metrics.py",
     "tinspect/ops/exposition.py",
+    "tinspect/taplib/cachekeys.py",
     "tinspect/taplib/conditions.py",
     "tinspect/taplib/domains.py",
     "tinspect/taplib/filtering.py",
