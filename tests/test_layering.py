@@ -45,6 +45,7 @@ NOT_PARSERS = {
     "tinspect/lab/command.py": "runs a lab",
     "tinspect/lab/netlab.py": "runs namespaces and processes",
     "tinspect/layers/tls/ca.py": "reads and writes the CA's files",
+    "tinspect/taplib/cachedir.py": "reads and removes a cache directory's files",
     "tinspect/taplib/jsonlog.py": "appends to a file of its own",
     "tinspect/taplib/loader.py": "imports taps by name",
     "tinspect/ops/unit.py": "writes the systemd unit and its files",
