@@ -192,21 +192,20 @@ class CacheTap(Tap):
             self.log.info("flow {flow_id}: cache: {url} is being fetched; the cache answers when it is stored",
                           flow_id=flow.id, url=req.url)
             return self._route(req, key)
-        self.misses += 1
         if req.method == "GET" and not ranged and fill is None:
             lock = self._lock(key)
+            if lock is not None and self._adopt(key):  # stored by another worker since we looked
+                os.close(lock)
+                return self._hit(req, key, flow)
             if lock is None:
                 self.log.info("flow {flow_id}: cache: another worker is fetching {url}; streamed through, not kept",
                               flow_id=flow.id, url=req.url)
-                return req
-            if self._adopt(key):  # stored by another worker since we looked
-                os.close(lock)
-                self.misses -= 1
-                return self._hit(req, key, flow)
-            self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
-            fill.tracked = flow.state.setdefault("cache", {})
-            fill.tracked[id(req)] = fill
-            self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+            else:
+                self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
+                fill.tracked = flow.state.setdefault("cache", {})
+                fill.tracked[id(req)] = fill
+                self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+        self.misses += 1
         return req
 
     def _lock(self, key: str) -> int | None:
