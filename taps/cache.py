@@ -67,9 +67,9 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
 from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
-from tinspect.taplib.cachekeys import DEFAULT_EXCLUDE, DEFAULT_PATTERNS, KEY, cache_key, wanted
+from tinspect.taplib import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
 
-__all__ = ["CacheTap", "DEFAULT_EXCLUDE", "DEFAULT_PATTERNS", "KEY_HEADER"]
+__all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 
 KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
 WAIT_LIMIT = 120  # seconds a request waits for another's fetch before going to the server itself
@@ -117,8 +117,8 @@ class CacheTap(Tap):
     list_options = frozenset({"patterns", "exclude"})
     log = Logger(namespace="tinspect.tap.cache")
 
-    def __init__(self, dir: str, patterns: str | list[str] = DEFAULT_PATTERNS,
-                 exclude: str | list[str] = DEFAULT_EXCLUDE, max_size: str | int = "10G") -> None:
+    def __init__(self, dir: str, patterns: str | list[str] = CACHE_PATTERNS,
+                 exclude: str | list[str] = CACHE_EXCLUDE, max_size: str | int = "10G") -> None:
         self.patterns = _compile("patterns", patterns)
         self.exclude = _compile("exclude", exclude)
         self.max_size = _size(max_size)
@@ -168,7 +168,7 @@ class CacheTap(Tap):
         return unit
 
     def _request(self, req: Request, flow: Flow) -> Any:
-        if req.method not in ("GET", "HEAD") or not wanted(req.url, self.patterns, self.exclude):
+        if req.method not in ("GET", "HEAD") or not cacheable(req.url, self.patterns, self.exclude):
             return req
         key, digest = cache_key(req.url)
         if key in self.index or self._adopt(key):
@@ -429,7 +429,7 @@ class _Objects(Resource):
         key = (request.getHeader(KEY_HEADER) or b"").decode("ascii", "replace").strip()
         path = self.tap.objects / key
         fill = self.tap._fills.get(key)
-        if KEY.fullmatch(key) and not path.exists() and fill is not None:
+        if CACHE_KEY.fullmatch(key) and not path.exists() and fill is not None:
             gone = request.notifyFinish()  # fires (as an error) if the client goes away meanwhile
             gone.addErrback(lambda _: None)
             waiting: Deferred = Deferred()
@@ -456,7 +456,7 @@ class _Objects(Resource):
 
     def _serve(self, request: Any, key: str) -> Any:
         path = self.tap.objects / key
-        if not KEY.fullmatch(key) or not path.exists():
+        if not CACHE_KEY.fullmatch(key) or not path.exists():
             request.setResponseCode(404)
             return b"not in the cache\n"
         try:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinspect.taplib.cachekeys import DEFAULT_EXCLUDE, DEFAULT_PATTERNS, KEY, cache_key, wanted
+from tinspect.taplib.cachekeys import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
 
-PATTERNS = [re.compile(p) for p in DEFAULT_PATTERNS]
-EXCLUDE = [re.compile(p) for p in DEFAULT_EXCLUDE]
+PATTERNS = [re.compile(p) for p in CACHE_PATTERNS]
+EXCLUDE = [re.compile(p) for p in CACHE_EXCLUDE]
 HEX = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
 
 hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,6}){1,3}(:[0-9]{2,5})?", fullmatch=True)
@@ -38,7 +38,7 @@ hexes = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 ])
 def test_the_defaults_keep_what_build_farms_download(url):
     """Blobs, packages and archives of every format the build farm pulls are kept by default."""
-    assert wanted(url, PATTERNS, EXCLUDE)
+    assert cacheable(url, PATTERNS, EXCLUDE)
 
 
 @pytest.mark.parametrize("url", [
@@ -56,12 +56,12 @@ def test_the_defaults_keep_what_build_farms_download(url):
 ])
 def test_index_files_and_other_urls_are_not_kept_by_default(url):
     """Index files (which change in place) and anything else are never kept by default."""
-    assert not wanted(url, PATTERNS, EXCLUDE)
+    assert not cacheable(url, PATTERNS, EXCLUDE)
 
 
 def test_patterns_ignore_the_query_string():
     """A signed query after a package name does not stop it matching."""
-    assert wanted("https://cdn.example/pool/a.deb?X-Amz-Signature=abc", PATTERNS, EXCLUDE)
+    assert cacheable("https://cdn.example/pool/a.deb?X-Amz-Signature=abc", PATTERNS, EXCLUDE)
 
 
 @given(hosts, hosts, queries, queries, hexes)
@@ -90,7 +90,7 @@ def test_other_urls_are_keyed_by_the_whole_url(host, path, query):
 @given(st.text(max_size=200))
 def test_every_key_is_a_safe_file_name(url):
     """Whatever the URL, the key is 64 hex digits (optionally ``sha256-``): never a path."""
-    assert KEY.fullmatch(cache_key(url).key)
+    assert CACHE_KEY.fullmatch(cache_key(url).key)
 
 
 def test_a_path_digest_whose_prefix_disagrees_is_not_a_digest():

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from tinspect.taplib.cachekeys import KEY
+from tinspect.taplib.cachekeys import CACHE_KEY
 
 __all__ = ["Entry", "entries", "purge"]
 
@@ -54,7 +54,7 @@ def entries(root: str | Path, pattern: str | None = None) -> list[Entry]:
     found = []
     for meta in objects.glob("*.json"):
         key = meta.stem
-        if not KEY.fullmatch(key):
+        if not CACHE_KEY.fullmatch(key):
             continue
         try:
             size = (objects / key).stat().st_size

@@ -26,9 +26,9 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_PATTERNS", "KEY", "CacheKey", "cache_key", "wanted"]
+__all__ = ["CACHE_EXCLUDE", "CACHE_PATTERNS", "CACHE_KEY", "CacheKey", "cache_key", "cacheable"]
 
-DEFAULT_PATTERNS = (
+CACHE_PATTERNS = (
     r"/v2/.+/blobs/sha256:[0-9a-f]{64}$",
     r"/sha256/[0-9a-f]{2}/[0-9a-f]{64}/",
     r"\.(deb|udeb|rpm|apk|whl|crate|gem|jar|nupkg|tgz|zip|zst|xz|iso)$",
@@ -36,7 +36,7 @@ DEFAULT_PATTERNS = (
 )
 """Regular expressions for what build farms download (searched in the URL without its query)."""
 
-DEFAULT_EXCLUDE = (
+CACHE_EXCLUDE = (
     r"/dists/",
     r"/(Packages|Sources|Release|InRelease|Contents-[^/]*|Translation-[^/]*)(\.[A-Za-z0-9]+)?$",
     r"/repodata/",
@@ -46,7 +46,7 @@ DEFAULT_EXCLUDE = (
 )
 """Index files, never cached by default: they change in place under the same URL."""
 
-KEY = re.compile(r"(sha256-)?[0-9a-f]{64}")
+CACHE_KEY = re.compile(r"(sha256-)?[0-9a-f]{64}")
 """What every key looks like (and what the tap's server accepts as one)."""
 
 _NAMED_DIGEST = re.compile(r"sha256(?::|%3[Aa])([0-9a-f]{64})(?![0-9a-f])")
@@ -64,7 +64,7 @@ def _without_query(url: str) -> str:
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
-def wanted(url: str, patterns: Sequence[re.Pattern[str]], exclude: Sequence[re.Pattern[str]] = ()) -> bool:
+def cacheable(url: str, patterns: Sequence[re.Pattern[str]], exclude: Sequence[re.Pattern[str]] = ()) -> bool:
     """Whether the cache keeps ``url``: a pattern is found in it and no exclusion is.
 
     Args:
@@ -83,7 +83,7 @@ def cache_key(url: str) -> CacheKey:
         url: the absolute URL of the request (scheme, host, path, query).
 
     Returns:
-        The key (a file name matching `KEY`) and the digest the bytes must
+        The key (a file name matching `CACHE_KEY`) and the digest the bytes must
         have, or ``None`` for a URL key.
     """
     path = _without_query(url)
