@@ -1,14 +1,23 @@
 """The ``cache`` tap: large downloads kept on disk and served from there (build farms).
 
 The idea of the dduct project, as a tap. GET requests whose URL matches one
-of ``patterns`` (by default OCI/Docker blobs ``/v2/<name>/blobs/sha256:<digest>``,
-``.deb``, ``.rpm``, ``.apk`` and ``.tar.*``/``.zip``/``.zst`` archives) are
-answered from the cache directory when the file is there, without
-contacting the server; otherwise the response streams to the client as it
-comes while the tap writes it to a temporary file, and only a complete
-transfer (its ``Content-Length`` reached, its sha256 equal to the digest a
-content-addressed URL names) is renamed into place. A cut transfer leaves
-nothing behind.
+of ``patterns`` and none of ``exclude`` (by default OCI/Docker blobs and the
+package and archive formats build farms pull, never index files; see
+`tinspect.taplib.cachekeys`) are answered from the cache directory when the
+file is there, without contacting the server; otherwise the response
+streams to the client as it comes while the tap writes it to a temporary
+file, and only a complete transfer (its ``Content-Length`` reached, its
+sha256 equal to the digest a content-addressed URL names) is renamed into
+place. A cut transfer leaves nothing behind. A URL naming a digest is kept
+under that digest, so the same blob from another host or with another
+signed query is a hit.
+
+* Workers (``--workers``) share the directory: entries appear by rename,
+  so a reader sees a whole file or none, and a worker finding an entry it
+  did not store indexes it. One worker at a time fetches a key into the
+  cache, holding ``locks/<key>`` (`fcntl.flock`); a request for that key in
+  another worker meanwhile goes to the server and streams through, not
+  kept, rather than wait on a process it cannot hear from.
 
 * Hits are served by a small HTTP server of the tap's own on loopback
   (`twisted.web.static.File`: streamed from disk with back-pressure, and
@@ -31,14 +40,18 @@ nothing behind.
 
 Options:
     dir: the cache directory (required; created if missing).
-    patterns: regular expressions searched in the URL (repeat the option or
-        give a list for several); replaces the default set.
+    patterns: regular expressions searched in the URL without its query
+        (repeat the option or give a list for several); replaces the
+        default set.
+    exclude: regular expressions (the same way) for URLs never kept;
+        replaces the default set of index files.
     max_size: bytes the cache may hold (default 10 GiB; ``K``, ``M``, ``G``
         suffixes allowed).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -54,18 +67,21 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
 from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
+from tinspect.taplib import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
 
-__all__ = ["CacheTap", "DEFAULT_PATTERNS", "KEY_HEADER"]
+__all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 
-DEFAULT_PATTERNS = (
-    r"/v2/.+/blobs/sha256:[0-9a-f]{64}$",
-    r"\.deb$", r"\.rpm$", r"\.apk$",
-    r"\.tar(\.[A-Za-z0-9]+)?$", r"\.tgz$", r"\.zip$", r"\.zst$",
-)
 KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
 WAIT_LIMIT = 120  # seconds a request waits for another's fetch before going to the server itself
-_DIGEST = re.compile(r"/blobs/sha256:([0-9a-f]{64})$")
 _SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _compile(option: str, value: str | list[str]) -> list[re.Pattern[str]]:
+    items = [value] if isinstance(value, str) else list(value)
+    try:
+        return [re.compile(p) for p in items]
+    except re.error as e:
+        raise ValueError(f"{option}: not a regular expression: {e}") from None
 
 
 def _size(text: str | int) -> int:
@@ -78,11 +94,11 @@ def _size(text: str | int) -> int:
 class _Fill:
     """One response being written to the cache while it streams to its client."""
 
-    __slots__ = ("key", "url", "request", "tracked", "tmp", "file", "hash", "written", "expected", "digest", "meta",
-                 "waiters")
+    __slots__ = ("key", "url", "request", "flow_id", "lock", "tracked", "tmp", "file", "hash", "written", "expected",
+                 "digest", "meta", "waiters")
 
-    def __init__(self, key: str, url: str, digest: str | None, request: Request) -> None:
-        self.key, self.url, self.digest = key, url, digest
+    def __init__(self, key: str, url: str, digest: str | None, request: Request, flow_id: Any, lock: int) -> None:
+        self.key, self.url, self.digest, self.flow_id, self.lock = key, url, digest, flow_id, lock
         self.request = request  # held, so its id() stays its own while the fill is tracked
         self.tracked: dict = {}  # its flow's state["cache"], where it is tracked by id(request)
         self.tmp: Path | None = None
@@ -98,22 +114,22 @@ class CacheTap(Tap):
     """Caches matching GET downloads on disk; see the module docstring."""
 
     kinds = (Request, Response, BodyChunk, MessageEnd)
-    list_options = frozenset({"patterns"})
+    list_options = frozenset({"patterns", "exclude"})
     log = Logger(namespace="tinspect.tap.cache")
 
-    def __init__(self, dir: str, patterns: str | list[str] = DEFAULT_PATTERNS, max_size: str | int = "10G") -> None:
-        items = [patterns] if isinstance(patterns, str) else list(patterns)
-        try:
-            self.patterns = [re.compile(p) for p in items]
-        except re.error as e:
-            raise ValueError(f"patterns: not a regular expression: {e}") from None
+    def __init__(self, dir: str, patterns: str | list[str] = CACHE_PATTERNS,
+                 exclude: str | list[str] = CACHE_EXCLUDE, max_size: str | int = "10G") -> None:
+        self.patterns = _compile("patterns", patterns)
+        self.exclude = _compile("exclude", exclude)
         self.max_size = _size(max_size)
         self.root = Path(dir)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
+        self.hits = self.misses = self.served_bytes = 0  # for `metrics`
         try:
-            self.objects.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
+            for path in (self.objects, self.tmp, self.locks):
+                path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ValueError(f"dir: cannot use {dir}: {e.strerror}") from None
         for leftover in self.tmp.iterdir():  # a transfer cut by a crash (not another worker's, in progress)
@@ -152,10 +168,10 @@ class CacheTap(Tap):
         return unit
 
     def _request(self, req: Request, flow: Flow) -> Any:
-        if req.method not in ("GET", "HEAD") or not any(p.search(req.url) for p in self.patterns):
+        if req.method not in ("GET", "HEAD") or not cacheable(req.url, self.patterns, self.exclude):
             return req
-        key = hashlib.sha256(req.url.encode("utf-8", "surrogateescape")).hexdigest()
-        if key in self.index:
+        key, digest = cache_key(req.url)
+        if key in self.index or self._adopt(key):
             return self._hit(req, key, flow)
         ranged = "range" in req.headers
         fill = self._fills.get(key)
@@ -177,12 +193,53 @@ class CacheTap(Tap):
                           flow_id=flow.id, url=req.url)
             return self._route(req, key)
         if req.method == "GET" and not ranged and fill is None:
-            digest = _DIGEST.search(req.path)
-            self._fills[key] = fill = _Fill(key, req.url, digest.group(1) if digest else None, req)
-            fill.tracked = flow.state.setdefault("cache", {})
-            fill.tracked[id(req)] = fill
-            self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+            lock = self._lock(key)
+            if lock is not None and self._adopt(key):  # stored by another worker since we looked
+                os.close(lock)
+                return self._hit(req, key, flow)
+            if lock is None:
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; streamed through, not kept",
+                              flow_id=flow.id, url=req.url)
+            else:
+                self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
+                fill.tracked = flow.state.setdefault("cache", {})
+                fill.tracked[id(req)] = fill
+                self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+        self.misses += 1
         return req
+
+    def _lock(self, key: str) -> int | None:
+        """This process's hold on fetching ``key`` into the shared directory, or ``None`` if another has it.
+
+        A non-blocking `fcntl.flock` on ``locks/<key>``: the kernel drops it
+        when the descriptor closes, so a crashed worker holds nothing. The
+        lock files stay (empty); deleting one could split two workers onto
+        two files of the same name.
+        """
+        try:
+            fd = os.open(self.locks / key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            self.log.warn("cache: cannot lock {key}: {error}", key=key, error=e.strerror)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _adopt(self, key: str) -> bool:
+        """Index an entry another worker sharing the directory has stored."""
+        body = self.objects / key
+        try:
+            size = body.stat().st_size
+            (self.objects / f"{key}.json").stat()
+        except OSError:
+            return False
+        self.index[key] = [size, time.time()]
+        self.total += size
+        self._evict()
+        return key in self.index
 
     def _hit(self, req: Request, key: str, flow: Flow) -> Request:
         if key not in self.index:  # evicted while waiting
@@ -196,6 +253,7 @@ class CacheTap(Tap):
             os.utime(self.objects / f"{key}.json")
         except OSError:
             pass
+        self.hits += 1
         self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
         return self._route(req, key)
 
@@ -293,7 +351,8 @@ class CacheTap(Tap):
         elif fill.digest is not None and fill.hash.hexdigest() != fill.digest:
             problem = f"sha256 {fill.hash.hexdigest()} is not the digest the URL names"
         if problem:
-            self.log.warn("cache: {url} not kept: {problem}", url=fill.url, problem=problem)
+            self.log.warn("flow {flow_id}: cache: {url} not kept: {problem}", flow_id=fill.flow_id, url=fill.url,
+                          problem=problem)
             fill.tmp.unlink(missing_ok=True)
             self._release(fill, False)
             return
@@ -322,6 +381,9 @@ class CacheTap(Tap):
             fill.tmp.unlink(missing_ok=True)
 
     def _release(self, fill: _Fill, stored: bool) -> None:
+        if fill.lock is not None:  # after the rename: whoever takes the lock next finds the entry
+            os.close(fill.lock)
+            fill.lock = None
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
         waiters, fill.waiters = fill.waiters, []
@@ -336,6 +398,13 @@ class CacheTap(Tap):
             for path in (self.objects / key, self.objects / f"{key}.json"):
                 path.unlink(missing_ok=True)
             self.log.info("cache: evicted {key} ({size} bytes), least recently used", key=key, size=size)
+
+    def metrics(self) -> list[tuple[str, str, str, int]]:
+        """Hits, misses and bytes served from disk, for ``--metrics``."""
+        return [("tinspect_cache_hits_total", "counter", "Requests the cache answered from disk.", self.hits),
+                ("tinspect_cache_misses_total", "counter", "Cacheable requests that went to the server.", self.misses),
+                ("tinspect_cache_served_bytes_total", "counter", "Body bytes the cache served from disk.",
+                 self.served_bytes)]
 
     def flow_closed(self, flow: Flow) -> None:
         """Fetches of this flow that did not finish leave nothing behind."""
@@ -360,7 +429,7 @@ class _Objects(Resource):
         key = (request.getHeader(KEY_HEADER) or b"").decode("ascii", "replace").strip()
         path = self.tap.objects / key
         fill = self.tap._fills.get(key)
-        if re.fullmatch(r"[0-9a-f]{64}", key) and not path.exists() and fill is not None:
+        if CACHE_KEY.fullmatch(key) and not path.exists() and fill is not None:
             gone = request.notifyFinish()  # fires (as an error) if the client goes away meanwhile
             gone.addErrback(lambda _: None)
             waiting: Deferred = Deferred()
@@ -382,9 +451,12 @@ class _Objects(Resource):
             request.write(result)
             request.finish()
 
+    def _served(self, _: Any, request: Any) -> None:
+        self.tap.served_bytes += request.sentLength  # what reached the proxy, a cut transfer's part included
+
     def _serve(self, request: Any, key: str) -> Any:
         path = self.tap.objects / key
-        if not re.fullmatch(r"[0-9a-f]{64}", key) or not path.exists():
+        if not CACHE_KEY.fullmatch(key) or not path.exists():
             request.setResponseCode(404)
             return b"not in the cache\n"
         try:
@@ -395,6 +467,7 @@ class _Objects(Resource):
             if meta.get(name):
                 request.setHeader(name, meta[name])
         request.setHeader(b"x-tinspect-cache", b"hit")
+        request.notifyFinish().addBoth(self._served, request)
         resource = File(str(path), defaultType=meta.get("content-type") or "application/octet-stream")
         resource.type = meta.get("content-type") or "application/octet-stream"
         resource.encoding = None

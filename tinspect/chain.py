@@ -133,6 +133,17 @@ class Tap:
     def flow_closed(self, flow: Flow) -> None:
         """Called once when a flow has closed (``flow.error`` says why)."""
 
+    def metrics(self) -> Iterable[tuple[str, str, str, int | float]]:
+        """Counters this tap adds to ``--metrics``, read at each scrape.
+
+        Returns:
+            ``(name, type, help, value)`` samples without labels: a Prometheus
+            name (``tinspect_<tap>_..._total`` for a counter), ``"counter"`` or
+            ``"gauge"``, one line of help, the value. Taps giving the same
+            name are summed, as workers are.
+        """
+        return ()
+
     def __str__(self) -> str:
         return self.name or type(self).__name__
 

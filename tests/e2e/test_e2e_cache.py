@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import DUAL
-from tinspect.lab.netlab import SERVER_NAME, Nginx
+from tinspect.lab.netlab import SERVER4, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
 
@@ -27,6 +27,7 @@ def registry(lab, tmp_path):
     good = os.urandom(2 * MiB)
     digest = hashlib.sha256(good).hexdigest()
     blobs["good"] = (f"/v2/library/app/blobs/sha256:{digest}", good)
+    blobs["cdn"] = (f"/cdn/docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data", good)  # the same layer
     bad = os.urandom(MiB)
     blobs["bad"] = (f"/v2/library/app/blobs/sha256:{'0' * 64}", bad)
     for name in ("a", "b", "c"):
@@ -47,7 +48,7 @@ def cached(lab, proxy, tmp_path):
     def start(*options):
         lab.tproxy(8080, dports=[80])
         return proxy(["--listen", DUAL, "--taps", "logger,cache", "--tap-option", f"cache.dir={tmp_path / 'cache'}",
-                      *options], wait=[(8080, "tcp")])
+                      *options], wait=[(8080, "tcp")] + [(9108, "tcp")] * ("--metrics" in options))
 
     return start
 
@@ -158,3 +159,19 @@ def test_http2_requests_for_a_fetch_in_progress_are_answered_from_it(lab, regist
     assert server_hits(registry, path) == 1
     time.sleep(0.2)
     assert "the cache answers when it is stored" in p.log()
+
+
+def test_a_digest_named_by_two_hosts_and_signed_queries_is_fetched_once(lab, registry, cached):
+    """The registry URL, then the CDN's for the same digest (another host, another signed query): the second
+    is served from disk, and --metrics counts one miss, one hit and the bytes served."""
+    cached("--metrics", "tcp:9108:interface=127.0.0.1")
+    path, data = registry.blobs["good"]
+    cdn_path, _ = registry.blobs["cdn"]
+    got = [lab.exec(lab.client, "sh", "-c", f"curl -sS '{url}' | sha256sum").stdout.split()[0]
+           for url in (f"http://{SERVER_NAME}{path}?X-Signature=one", f"http://{SERVER4}{cdn_path}?X-Signature=two")]
+    assert got == [hashlib.sha256(data).hexdigest()] * 2
+    requests = [line for _, line, _ in registry.access_log()]
+    assert requests == [f"GET {path}?X-Signature=one HTTP/1.1"], requests
+    text = lab.exec(lab.gateway, "curl", "-sS", "http://127.0.0.1:9108/metrics").stdout
+    assert {"tinspect_cache_hits_total 1", "tinspect_cache_misses_total 1",
+            f"tinspect_cache_served_bytes_total {len(data)}"} <= set(text.splitlines()), text

@@ -1,16 +1,22 @@
-"""The cache tap's own server: a request waiting for a fetch in progress."""
+"""The cache tap in memory: its server's waiting requests, digest keys, workers sharing a directory, metrics."""
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 from twisted.internet.error import ConnectionDone
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from taps.cache import KEY_HEADER, CacheTap, _Objects
+from tinspect.chain import TapChain
+from tinspect.context import ProxyContext
 from tinspect.flow import Flow
-from tinspect.units import Request
+from tinspect.headers import Headers
+from tinspect.units import BodyChunk, Direction, MessageEnd, Request, Response
 
 
 def _waiting(tmp_path):
@@ -42,3 +48,99 @@ def test_a_waiting_request_whose_client_went_away_gets_nothing(tmp_path):
     tap.flow_closed(flow)
     assert waiting.written == []
     assert waiting.finished == 0
+
+
+DATA = b"layer bytes " * 1000
+DIGEST = hashlib.sha256(DATA).hexdigest()
+
+
+def _fetch(tap, url, data=DATA, flow=None):
+    """One GET of ``url`` through the tap, its 200 answer carrying ``data``; the request as the tap passed it on."""
+    flow = flow or Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+    scheme, rest = url.split("://", 1)
+    authority, _, target = rest.partition("/")
+    req = tap.handle(Request("GET", "/" + target, scheme=scheme, authority=authority), flow)
+    if req.destination is not None:
+        return req
+    resp = Response(200, headers=Headers([(b"content-length", str(len(data)).encode())]), body=None, request=req)
+    tap.handle(resp, flow)
+    tap.handle(BodyChunk(data, message=resp, direction=Direction.TO_CLIENT), flow)
+    tap.handle(MessageEnd(message=resp, direction=Direction.TO_CLIENT), flow)
+    return req
+
+
+def test_a_digest_from_two_hosts_and_queries_is_one_entry(tmp_path):
+    """The second URL naming the same digest, on another host with another signed query, is a hit."""
+    tap = CacheTap(str(tmp_path))
+    assert _fetch(tap, f"https://registry.test/v2/app/blobs/sha256:{DIGEST}").destination is None
+    again = _fetch(tap, f"https://cdn.test/blobs/sha256/{DIGEST[:2]}/{DIGEST}/data?sig=2")
+    assert again.destination is not None and again.headers[KEY_HEADER] == f"sha256-{DIGEST}"
+    assert [p.name for p in (tmp_path / "objects").iterdir() if p.suffix != ".json"] == [f"sha256-{DIGEST}"]
+    assert (tap.hits, tap.misses) == (1, 1)
+
+
+def test_bytes_whose_sha256_is_not_the_digest_are_not_kept_and_the_flow_is_named(tmp_path):
+    """A body that does not hash to the digest its URL names is dropped, and the log names the flow."""
+    tap = CacheTap(str(tmp_path))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+        _fetch(tap, f"https://registry.test/v2/app/blobs/sha256:{'0' * 64}", flow=flow)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert list((tmp_path / "objects").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
+    (event,) = [e for e in events if "not the digest" in str(e.get("problem"))]
+    assert event["flow_id"] == flow.id and formatEvent(event).startswith(f"flow {flow.id}: cache: ")
+
+
+def test_index_files_are_not_kept_by_default(tmp_path):
+    """apt's Packages.xz matches .xz but is an index: it passes through untouched."""
+    tap = CacheTap(str(tmp_path))
+    for _ in range(2):
+        assert _fetch(tap, "http://deb.test/debian/dists/stable/main/binary-amd64/Packages.xz").destination is None
+    assert list((tmp_path / "objects").iterdir()) == [] and (tap.hits, tap.misses) == (0, 0)
+
+
+def test_a_key_another_worker_is_fetching_streams_through_uncached(tmp_path):
+    """Two workers on one directory: while one holds the key's lock, the other's fetch is relayed, not kept."""
+    one, other = CacheTap(str(tmp_path)), CacheTap(str(tmp_path))
+    url = f"https://registry.test/v2/app/blobs/sha256:{DIGEST}"
+    flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+    one.handle(Request("GET", f"/v2/app/blobs/sha256:{DIGEST}", scheme="https", authority="registry.test"), flow)
+    assert _fetch(other, url).destination is None
+    assert other._fills == {} and list((tmp_path / "tmp").iterdir()) == []
+    one.flow_closed(flow)  # the first fetch is cut: the lock is free again
+    assert _fetch(other, url).destination is None
+    assert (tmp_path / "objects" / f"sha256-{DIGEST}").read_bytes() == DATA
+
+
+def test_an_entry_another_worker_stored_is_a_hit(tmp_path):
+    """A worker serves from disk what another worker sharing the directory stored after it started."""
+    one, other = CacheTap(str(tmp_path)), CacheTap(str(tmp_path))
+    url = f"https://registry.test/v2/app/blobs/sha256:{DIGEST}"
+    _fetch(one, url)
+    assert _fetch(other, url).destination is not None and other.hits == 1
+
+
+def test_the_lock_is_a_flock_other_processes_see(tmp_path):
+    """While a fetch is in progress another process cannot take ``locks/<key>``; once stored, it can."""
+    tap = CacheTap(str(tmp_path))
+    flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+    req = tap.handle(Request("GET", f"/v2/app/blobs/sha256:{DIGEST}", authority="registry.test"), flow)
+    probe = [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'rb');"
+             "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / "locks" / f"sha256-{DIGEST}")]
+    assert subprocess.run(probe, capture_output=True).returncode != 0
+    resp = Response(200, headers=Headers([(b"content-length", str(len(DATA)).encode())]), body=DATA, request=req)
+    tap.handle(resp, flow)
+    assert subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def test_hits_misses_and_served_bytes_reach_the_metrics(tmp_path):
+    """The tap's counters are rendered under their Prometheus names."""
+    tap = CacheTap(str(tmp_path))
+    tap.hits, tap.misses, tap.served_bytes = 3, 2, 12345
+    ctx = ProxyContext(TapChain([tap]), reactor=object())
+    samples = ctx.metrics.render(ctx).splitlines()
+    assert {"tinspect_cache_hits_total 3", "tinspect_cache_misses_total 2",
+            "tinspect_cache_served_bytes_total 12345", "# TYPE tinspect_cache_hits_total counter"} <= set(samples)

@@ -200,8 +200,45 @@ def _run_install_unit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cache_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``tinspect cache ls|du|purge``."""
+    p = subparsers.add_parser(
+        "cache",
+        help="list, size or purge the entries of a cache tap's directory",
+        description="ls: one line per entry (bytes, last used, key, URL), least recently used first; "
+        "du: the bytes and entries in all; purge: remove the entries. PATTERN, a regular expression "
+        "searched in each entry's URL and key, limits all three. Safe while the proxy runs.",
+    )
+    p.add_argument("action", choices=("ls", "du", "purge"))
+    p.add_argument("pattern", nargs="?", metavar="PATTERN", help="only entries whose URL or key it is found in")
+    p.add_argument("--dir", required=True, type=Path, help="the cache tap's dir")
+    p.set_defaults(handler=_run_cache)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from tinspect.taplib.cachedir import entries, purge
+
+    try:
+        found = purge(args.dir, args.pattern) if args.action == "purge" else entries(args.dir, args.pattern)
+    except ValueError as e:
+        print(f"tinspect cache: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    total = sum(entry.size for entry in found)
+    if args.action == "ls":
+        for entry in found:
+            used = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.used))
+            print(f"{entry.size:>12}  {used}  {entry.key}  {entry.url}")
+    elif args.action == "du":
+        print(f"{total}\t{len(found)} entries")
+    else:
+        print(f"purged {len(found)} entries, {total} bytes")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_ca_command, _add_lab_command, _add_har_command,
-                                                                _add_install_unit_command]
+                                                                _add_install_unit_command, _add_cache_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -190,6 +190,12 @@ class Metrics:
                    [("", leaves.hits)])
             family("tinspect_leaf_cache_misses_total", "counter", "Leaf certificates minted.",
                    [("", leaves.misses)])
+        tapped: dict[str, list] = {}  # what taps count (`Tap.metrics`), summed by name
+        for tap in chain.taps:
+            for name, kind, help_text, value in tap.metrics():
+                tapped.setdefault(name, [kind, help_text, 0])[2] += value
+        for name, (kind, help_text, value) in tapped.items():
+            family(name, kind, help_text, [("", value)])
         rss, fds = process_usage()
         if rss is not None:
             family("process_resident_memory_bytes", "gauge", "Resident memory of the proxy's processes, bytes.",

@@ -16,6 +16,9 @@ in ``taps/`` do::
   recorder's JSON Lines into HAR 1.2 (`tinspect.taplib.har`);
 * `JsonLinesLog` appends records to a JSON Lines file of its own, rotated
   by size and reopened on SIGHUP (`tinspect.taplib.jsonlog`);
+* `cacheable`, `cache_key`, `CACHE_PATTERNS`, `CACHE_EXCLUDE` and `CACHE_KEY`
+  say which URLs a cache keeps and under which key: a digest the URL names,
+  or the URL (`tinspect.taplib.cachekeys`, sans-IO);
 * `on_sighup` registers a callback to reload something on ``kill -HUP``
   (`tinspect.ops.signals`).
 
@@ -25,6 +28,7 @@ this package costs a few standard modules (``shlex``), never the layers;
 """
 
 from tinspect.ops.signals import on_sighup
+from tinspect.taplib.cachekeys import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
 from tinspect.taplib.filtering import ALLOW, BLOCK, PASSTHROUGH, Decision, Rules, RulesError
 from tinspect.taplib.har import convert, encode_body
 from tinspect.taplib.jsonlog import JsonLinesLog
@@ -43,4 +47,9 @@ __all__ = [
     "encode_body",
     "JsonLinesLog",
     "on_sighup",
+    "cacheable",
+    "cache_key",
+    "CACHE_PATTERNS",
+    "CACHE_EXCLUDE",
+    "CACHE_KEY",
 ]
