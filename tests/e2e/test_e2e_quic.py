@@ -164,10 +164,13 @@ def spki_hash(pem_path) -> str:
 
 
 def chromium(lab, pki, tmp_path, *extra, timeout=40):
-    """Headless Chromium in the client namespace, QUIC on, trusting our CA by SPKI: its DOM for server.test."""
+    """Headless Chromium in the client namespace, QUIC on, trusting our CA by SPKI: its DOM for server.test.
+
+    The profile is kept between calls of one test, so that an Alt-Svc it
+    was told about (its h3 cache) is used by the next load."""
     binary = shutil.which("chromium")
     assert binary, "chromium is not installed (scripts/install-deps)"
-    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    profile = tmp_path / "chromium-profile"
     argv = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
             "--enable-quic", f"--ignore-certificate-errors-spki-list={spki_hash(pki['ours'])}",
             f"--host-resolver-rules=MAP {SERVER_NAME} {SERVER4}", *extra, "--dump-dom", f"https://{SERVER_NAME}/"]
@@ -175,6 +178,14 @@ def chromium(lab, pki, tmp_path, *extra, timeout=40):
         return lab.exec(lab.client, *argv, check=False, timeout=timeout)
     except (subprocess.TimeoutExpired, LabError) as e:
         raise AssertionError(f"chromium did not finish within {timeout}s: {e}") from None
+
+
+def alt_services(tmp_path) -> list[tuple[str, str | None]]:
+    """The alternative services Chromium's profile remembers for https://server.test: ``(protocol, host)``."""
+    state = json.loads((tmp_path / "chromium-profile" / "Default" / "Network Persistent State").read_text())
+    servers = state["net"]["http_server_properties"].get("servers", [])
+    return [(alt["protocol_str"], alt.get("host")) for server in servers if server["server"] == f"https://{SERVER_NAME}"
+            for alt in server.get("alternative_service", [])]
 
 
 def test_chromium_loads_over_tcp_through_the_mitm_with_quic_refused(lab, origin, quic_proxy, pki, tmp_path):
@@ -191,6 +202,7 @@ def test_chromium_loads_over_tcp_through_the_mitm_with_quic_refused(lab, origin,
     for ex in exchanges:
         alt = [v for n, v in ex["response"]["headers"] if n.lower() == "alt-svc"]
         assert alt == ['h2="alt.server.test:443"'], ex["response"]["headers"]
+    assert alt_services(tmp_path) == [("h2", "alt.server.test")]  # what Chromium was told: no h3
     for attempt in re.findall(r"flow \d+: QUIC .*", log):  # any QUIC attempt is refused, with its name
         assert "for server.test" in attempt and ": refuse (--quic refuse)" in attempt, attempt
 
@@ -201,3 +213,12 @@ def test_chromium_forced_to_quic_is_refused_and_does_not_hang(lab, origin, quic_
     chromium(lab, pki, tmp_path, f"--origin-to-force-quic-on={SERVER_NAME}:443", timeout=60)
     assert re.search(r"flow \d+: QUIC v1 \S+ -> 198\.51\.100\.2:443 for server\.test \(ALPN h3\): refuse "
                      r"\(--quic refuse\)", p.log()), p.log()
+
+
+def test_chromium_uses_quic_when_it_passes(lab, origin, quic_proxy, pki, tmp_path):
+    """The control: with --quic pass Chromium keeps nginx's h3 Alt-Svc and tries QUIC, which passes, named."""
+    p = quic_proxy("--quic", "pass")
+    for _ in range(2):
+        assert "hello over tcp" in chromium(lab, pki, tmp_path).stdout
+    assert ("quic", None) in alt_services(tmp_path)
+    assert re.search(r"flow \d+: QUIC v1 \S+ -> 198\.51\.100\.2:443 for server\.test \(ALPN h3\): pass", p.log())
