@@ -161,6 +161,14 @@ class FilterTap(Tap):
                           name=name, rule=str(rule))
         return rule is not None
 
+    def quic_decision(self, name: str, flow: Flow) -> bool | None:
+        # QUIC is never decrypted: a host the rules pass through may use it, one they block
+        # outright is refused (so neither QUIC nor TCP reaches it); others are left to --quic.
+        # Rules by URL or method cannot apply to QUIC: with --quic pass they are not enforced there.
+        if self.rules.tls_passthrough(name) is not None:
+            return True
+        return False if self.rules.request("GET", name, f"https://{name}/").action == BLOCK else None
+
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
         # A response that will be replaced must not start streaming first; an allowed one streams.
         if type(message) is not Response:

@@ -52,13 +52,18 @@ class LoggerTap(Tap):
         self._private = flag("private", private)
 
     def flow_opened(self, flow: Flow) -> None:
+        # A QUIC flow opens once its name is read (it is never decrypted): say it here.
+        quic = f" QUIC {flow.quic_version} {flow.sni or 'no name'} ALPN {flow.alpn or 'none'}" \
+            if flow.protocol == "quic" else ""
         self.log.info(
-            "flow {flow_id} open {transport} {client} -> {dst} via {listener}",
+            "flow {flow_id} open {transport} {client} -> {dst} via {listener}{quic}",
             flow_id=flow.id,
             transport=flow.transport,
             client=format_addr(flow.client),
             dst=format_addr(flow.dst),
             listener=flow.listener,
+            quic=quic,
+            sni=flow.sni,
         )
 
     def handle(self, unit: Unit, flow: Flow) -> Unit:
@@ -103,9 +108,10 @@ class LoggerTap(Tap):
 
     def flow_closed(self, flow: Flow) -> None:
         self.log.info(
-            "flow {flow_id} closed {protocol} after {duration:.3f}s{error}",
+            "flow {flow_id} closed {protocol}{name} after {duration:.3f}s{error}",
             flow_id=flow.id,
             protocol=flow.protocol,
+            name=f" {flow.sni}" if flow.protocol == "quic" and flow.sni else "",
             duration=flow.duration,
             error=f" ({flow.error})" if flow.error else "",
         )

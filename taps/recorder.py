@@ -10,6 +10,8 @@ error), and one per WebSocket message, as they pass::
      "timings": {"start", "request_end", "response_start", "end"}, "error"?}
     {"type": "websocket", "flow": "7", "direction": "to_server", "binary": false, "size": 5,
      "time": ..., "text" | "base64"?}
+    {"type": "quic", "flow": "9", "client": [...], "server": [...], "version": "v1",
+     "sni": "example.org", "alpn": "h3", "start": ..., "end": ..., "error"?: "QUIC refused (--quic refuse)"}
 
 Times are ``time.time()`` seconds. Bodies are recorded only with
 ``bodies=yes``, up to ``max_body`` bytes each (``truncated`` says when cut),
@@ -127,8 +129,17 @@ class RecorderTap(Tap):
         return unit
 
     def flow_closed(self, flow: Flow) -> None:
-        """Exchanges of this flow that never finished are written with the flow's error."""
+        """Exchanges of this flow that never finished are written with the flow's error;
+        a QUIC flow (never decrypted) is written as one record with its name."""
         now = time.time()
+        if flow.protocol == "quic":
+            record = {"type": "quic", "flow": flow.id, "client": list(flow.client), "server": list(flow.dst),
+                      "version": flow.quic_version, "sni": flow.sni, "alpn": flow.alpn,
+                      "start": flow.started, "end": flow.ended}
+            if flow.error:
+                record["error"] = flow.error
+            self._write(record)
+            return
         for key in flow.state.pop("recorder", ()):
             ex = self._open.get(key)
             if ex is not None:

@@ -21,6 +21,7 @@ SANS_IO = [
     "tinspect/layers/http/http1/write.py",
     "tinspect/layers/http/h2/fields.py",
     "tinspect/layers/quic/initial.py",
+    "tinspect/layers/quic/policy.py",
     "tinspect/layers/tls/clienthello.py",
     "tinspect/layers/tls/policy.py",
     "tinspect/listen/spec.py",

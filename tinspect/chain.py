@@ -127,6 +127,19 @@ class Tap:
         """
         return False
 
+    def quic_decision(self, name: str, flow: Flow) -> bool | None:
+        """Whether to relay (``True``) or refuse (``False``) this QUIC connection; ``None``: no opinion.
+
+        Asked once per QUIC connection, after its Initial packets were read,
+        before any datagram is forwarded: ``name`` is the SNI (or the
+        destination IP when it could not be read). QUIC is never decrypted,
+        so a refused connection makes the browser fall back to TCP, where it
+        is inspected. The first tap with an opinion decides; without one,
+        ``--passthrough`` and ``--quic`` do. Also asked, per host, whether
+        intercepted responses may keep advertising h3 (``Alt-Svc``).
+        """
+        return None
+
     def flow_opened(self, flow: Flow) -> None:
         """Called once when a flow opens, before its first unit."""
 
@@ -176,6 +189,7 @@ class TapChain:
         self._closers = [t for t in self.taps if _overrides(t, "flow_closed")]
         self._passers = [t for t in self.taps if _overrides(t, "tls_passthrough")]
         self._blockers = [t for t in self.taps if _overrides(t, "tls_block")]
+        self._quic_deciders = [t for t in self.taps if _overrides(t, "quic_decision")]
         self.measuring = False  # see `measure`
         self.tap_seconds: dict[str, float] = {}
         self.payload_bytes = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
@@ -264,6 +278,21 @@ class TapChain:
                 self._log.failure("tap {tap} failed deciding TLS passthrough for flow {flow_id}",
                                   tap=str(tap), flow_id=flow.id)
         return False
+
+    def quic_decision(self, name: str, flow: Flow) -> tuple[str, bool] | None:
+        """The first tap's opinion on a QUIC connection to ``name``: ``(tap, passes)``, or ``None``.
+
+        A tap that raises refuses (logged): policy fails closed.
+        """
+        for tap in self._quic_deciders:
+            try:
+                answer = tap.quic_decision(name, flow)
+            except Exception:
+                self._log.failure("tap {tap} failed deciding QUIC for flow {flow_id}", tap=str(tap), flow_id=flow.id)
+                return str(tap), False
+            if answer is not None:
+                return str(tap), bool(answer)
+        return None
 
     def flow_opened(self, flow: Flow) -> Failure | None:
         """Tell the taps a flow opened.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
+from tinspect.layers.quic.policy import QuicPolicy
 from tinspect.net.sockets import is_local_address
 from tinspect.ops.metrics import Metrics
 
@@ -76,6 +77,15 @@ class Settings:
             rejected our certificate (pinned apps).
         leaf_cache_size: leaf certificates kept in memory.
         intercept_tls: decrypt TLS at all (``False``: relay it raw).
+        quic: what becomes of QUIC connections no tap or ``--passthrough``
+            pattern decides (``--quic``): ``"refuse"`` (their datagrams are
+            dropped, so the client falls back to TCP, where it is
+            inspected) or ``"pass"`` (relayed after their name is logged).
+        quic_ports: destination ports whose transparent UDP is read as QUIC
+            (``--quic-ports``).
+        quic_hold_timeout: seconds a QUIC connection's first datagrams are
+            held waiting for its whole ClientHello before the policy
+            decides without the name.
     """
 
     connect_timeout: float = 10.0
@@ -105,6 +115,9 @@ class Settings:
     passthrough_rejected: bool = False
     leaf_cache_size: int = 1024
     intercept_tls: bool = True
+    quic: str = "refuse"
+    quic_ports: tuple[int, ...] = (443,)
+    quic_hold_timeout: float = 2.0
 
 
 class ProxyContext:
@@ -129,6 +142,7 @@ class ProxyContext:
         self.metrics = Metrics()
         self.tls: Any = None  # tinspect.layers.tls.layer.Interception, set up when the proxy starts
         self.websocket: Any = None  # tinspect.layers.websocket's autobahn factories, made on first use
+        self.quic = QuicPolicy(self.settings.quic, self.settings.passthrough)  # ValueError: a bad --quic
         # The layer a connection goes to when one layer has opened what it carries (TLS decrypted, a
         # CONNECT tunnel): called with a tinspect.net.handoff.Handoff. Set by the composition root,
         # tinspect.layers.dispatch.compose (a Sniffer), so that no layer imports the dispatcher.

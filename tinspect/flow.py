@@ -88,9 +88,14 @@ class Flow:
         transport: ``"tcp"`` or ``"udp"``.
         protocol: what the layers found: ``"tcp"`` (raw relay), ``"udp"``,
             and ``"http/1.1"``, ``"h2"``, ``"websocket"`` once those layers
-            decode it.
+            decode it; ``"quic"`` for UDP read as QUIC (never decrypted).
         sni, alpn, tls_version, upstream_cert: TLS facts, ``None`` for
-            plain connections.
+            plain connections. For QUIC, ``sni`` and ``alpn`` come from the
+            ClientHello in its Initial packets, and ``alpn`` is what the
+            client offered (comma-separated, e.g. ``"h3"``), since the
+            server's choice is encrypted.
+        quic_version: ``"v1"``, ``"v2"`` (``"other"`` for a version that
+            could not be read) for QUIC flows, else ``None``.
         started, ended: ``time.time()`` stamps; ``ended`` is ``None`` while open.
         timings: the `Timings` of the flow's steps (accept, upstream connect,
             each TLS handshake, end).
@@ -120,6 +125,7 @@ class Flow:
         self.alpn: str | None = None
         self.tls_version: str | None = None
         self.upstream_cert: dict[str, Any] | None = None
+        self.quic_version: str | None = None
         self.started = clock()
         self.ended: float | None = None
         self.timings = Timings(self.started, clock)

@@ -116,6 +116,10 @@ next to it (LOGFILE.workerN).
                                 "(e.g. tcp:9108:interface=127.0.0.1); with --workers, summed over them."],
         ["log-json", None, None, "Also write the log as JSON Lines to PATH ('-': standard output)."],
         ["worker-metrics", None, None, "(internal) The Unix socket where this worker serves its counters."],
+        # QUIC (transparent UDP on --quic-ports, read by tinspect/layers/quic)
+        ["quic", None, "refuse", "QUIC connections no tap or --passthrough decides: refuse (dropped: the browser "
+                                 "falls back to TCP, where it is inspected) or pass (relayed, name logged)."],
+        ["quic-ports", None, "443", "Destination ports whose transparent UDP is read as QUIC (comma-separated)."],
     ]
 
     optFlags = [
@@ -216,6 +220,15 @@ next to it (LOGFILE.workerN).
                 ]
             except SpecError as e:
                 raise usage.UsageError(f"--listen: {e}") from None
+        if self["quic"] not in ("refuse", "pass"):
+            raise usage.UsageError(f"--quic must be refuse or pass, not {self['quic']!r}")
+        try:
+            ports = tuple(int(p) for p in str(self["quic-ports"]).split(",") if p.strip())
+        except ValueError:
+            ports = (0,)
+        if not all(0 < p < 65536 for p in ports):
+            raise usage.UsageError(f"--quic-ports: expected ports 1-65535, comma-separated, not {self['quic-ports']!r}")
+        self["quic_ports"] = ports
         try:
             self["auth"] = ProxyAuth(self["proxy_auth"]) if self["proxy_auth"] else None
         except ValueError as e:
@@ -247,6 +260,8 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         passthrough_rejected=bool(options["passthrough-rejected"]),
         leaf_cache_size=options["leaf-cache"],
         intercept_tls=not options["no-tls"],
+        quic=options["quic"],
+        quic_ports=options["quic_ports"],
     )
     proxy = TwistdProxy(options["tap_objects"], settings, reactor)
     if options["log-json"]:

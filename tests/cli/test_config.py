@@ -79,3 +79,11 @@ def test_a_missing_file_is_named(tmp_path):
 def test_a_tap_option_mistake_from_the_file_names_the_tap(tmp_path):
     with pytest.raises(usage.UsageError, match="tap 'headers'.*expected 'Name: value'"):
         parse(tmp_path, "taps = 'headers'\n[tap.headers]\nset = 'no colon'\n")
+
+
+def test_quic_policy_from_the_file(tmp_path):
+    """quic and quic-ports in the TOML file set the QUIC policy; the command line overrides them."""
+    o = parse(tmp_path, 'quic = "pass"\nquic-ports = "443"\n')
+    assert (o["quic"], o["quic_ports"]) == ("pass", (443,))
+    o = parse(tmp_path, 'quic = "pass"\nquic-ports = "443,8443"\n', "--quic", "refuse")
+    assert (o["quic"], o["quic_ports"]) == ("refuse", (443, 8443))

@@ -47,3 +47,25 @@ def test_a_bad_rules_file_is_named_with_its_line(tmp_path):
     with pytest.raises(usage.UsageError) as e:
         parse("--taps", "filter", "--tap-option", f"filter.rules={rules}")
     assert f"{rules}:2: unknown action 'blok'" in str(e.value)
+
+
+def test_quic_options_reach_the_settings():
+    """--quic and --quic-ports become the settings the UDP layer reads; refuse on 443 unless told."""
+    from tinspect.service import makeService
+
+    assert (parse()["quic"], parse()["quic_ports"]) == ("refuse", (443,))
+    options = parse("--quic", "pass", "--quic-ports", "443,8443")
+    settings = makeService(options).ctx.settings
+    assert (settings.quic, settings.quic_ports) == ("pass", (443, 8443))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--quic", "allow"], "--quic must be refuse or pass"),
+    (["--quic-ports", "443,http"], "--quic-ports: expected ports"),
+    (["--quic-ports", "70000"], "--quic-ports: expected ports"),
+])
+def test_bad_quic_options_are_usage_errors(argv, words):
+    """A --quic value other than refuse/pass, or a port that is not one, is refused naming the option."""
+    with pytest.raises(usage.UsageError) as e:
+        parse(*argv)
+    assert words in str(e.value)

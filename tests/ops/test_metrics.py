@@ -98,3 +98,19 @@ def test_connect_failures_are_labelled_by_a_small_set_of_reasons():
     assert connect_failure_kind(Failure(error.DNSLookupError())) == "dns"
     assert connect_failure_kind(Failure(error.ConnectError("odd"))) == "other"
     assert connect_failure_kind(Failure(error.ConnectingCancelledError(None))) is None
+
+
+def test_quic_counters_by_version_and_unreadable_reason():
+    """QUIC connections are counted seen, passed and refused by version, unreadable Initials by reason."""
+    ctx = ProxyContext(TapChain([]), reactor=object())
+    m = ctx.metrics
+    m.quic_seen.update(["v1", "v1", "v2", "unknown"])
+    m.quic_passed["v1"] += 1
+    m.quic_refused.update(["v1", "v2", "unknown"])
+    m.quic_unreadable["not_quic"] += 1
+    samples = [line for line in ctx.metrics.render(ctx).splitlines() if not line.startswith("#")]
+    assert all(SAMPLE.match(line) for line in samples), samples
+    assert 'tinspect_quic_connections_total{version="v1"} 2' in samples
+    assert 'tinspect_quic_passed_total{version="v1"} 1' in samples
+    assert 'tinspect_quic_refused_total{version="v2"} 1' in samples
+    assert 'tinspect_quic_unreadable_total{reason="not_quic"} 1' in samples

@@ -21,6 +21,14 @@ timer; when it expires the session and its flow close. When a listener holds
   later datagrams to that socket instead of the listener (it is the better
   socket match), so it is read as well, through the same handler.
 
+* QUIC: transparent UDP to a port of `Settings.quic_ports` (443) is read as
+  QUIC. The client's first datagrams are held, none forwarded, until the
+  ClientHello in its Initial packets is read (`tinspect.layers.quic`); the
+  flow (``protocol="quic"``, ``sni``, ``alpn`` offered, ``quic_version``)
+  then opens and `tinspect.layers.quic.policy.QuicPolicy` passes the
+  connection (a session as above, which gets the held datagrams first) or
+  refuses it (its datagrams dropped). See the QUIC block below.
+
 Datagram sources cannot be paused: while a tap is slow, a session's arm queues
 a bounded number of datagrams and drops the rest (UDP is lossy anyway), with
 a log line.
@@ -40,6 +48,8 @@ from zope.interface import implementer
 from tinspect.chain import Arm
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
+from tinspect.layers.quic.initial import QuicHello, peek_dcid
+from tinspect.layers.quic.policy import QuicStart, Unreadable, version_name
 from tinspect.net.addresses import format_addr, normalize_host
 from tinspect.net.sockets import recv_with_orig_dst, transparent_socket
 from tinspect.units import TO_CLIENT, TO_SERVER, Datagram, Unit, raw_payload
@@ -48,6 +58,7 @@ __all__ = ["UDPSession", "ForwardUDP", "TransparentUDP"]
 
 _MAX_PENDING = 256
 _READ_BATCH = 64
+_MAX_CIDS = 8  # connection IDs remembered per QUIC session: its first DCID, the server's, a Retry's
 
 
 class UDPSession:
@@ -223,6 +234,10 @@ class TransparentUDP:
         self._main: _DatagramSocket | None = None
         self._repliers: dict[tuple[str, int], _DatagramSocket] = {}
         self._users: dict[tuple[str, int], int] = {}
+        self._quic_ports = frozenset(ctx.settings.quic_ports)
+        # Passed QUIC sessions by the client's Destination Connection IDs, per destination.
+        self._cids: dict[tuple[str, int], dict[bytes, UDPSession]] = {}
+        self._cids_of: dict[UDPSession, list[bytes]] = {}
 
     def start(self) -> None:
         """Bind and start reading.
@@ -251,9 +266,14 @@ class TransparentUDP:
         key = (client, dst)
         session = self.sessions.get(key)
         if session is None:
-            session = self._open(client, dst)
+            if dst[1] in self._quic_ports:
+                session = self._moved(data, client, dst) or self._quic_start(client, dst)
+            else:
+                session = self._open(client, dst)
             if session is None:
                 return
+        elif data and data[0] & 0x80 and session in self._cids_of:
+            self._learn(session, dst, data)
         session.from_client(data)
 
     def _open(self, client: tuple[str, int], dst: tuple[str, int]) -> UDPSession | None:
@@ -261,6 +281,11 @@ class TransparentUDP:
         if not self.ctx.open_flow(flow):
             self.ctx.close_flow(flow)
             return None
+        return self._session(flow)
+
+    def _session(self, flow: Flow) -> UDPSession | None:
+        """The session relaying an open flow, with a socket replying from its destination."""
+        dst = flow.dst
         replier = self._repliers.get(dst)
         if replier is None:
             try:
@@ -277,15 +302,17 @@ class TransparentUDP:
         session = UDPSession(
             self.ctx,
             flow,
-            lambda payload: _sendto(sock, payload, client),
-            lambda s: self._session_closed((client, dst)),
+            lambda payload: _sendto(sock, payload, flow.client),  # flow.client follows a QUIC client that moves
+            lambda s: self._session_closed(s, dst),
         )
-        self.sessions.add((client, dst), session)
+        self.sessions.add((flow.client, dst), session)
         return session
 
-    def _session_closed(self, key: tuple[tuple[str, int], tuple[str, int]]) -> None:
-        self.sessions.discard(key)
-        dst = key[1]
+    def _session_closed(self, session: UDPSession, dst: tuple[str, int]) -> None:
+        key = (session.flow.client, dst)
+        if self.sessions.get(key) is session:
+            self.sessions.discard(key)
+        self._forget_cids(session, dst)
         self._users[dst] -= 1
         if not self._users[dst]:
             del self._users[dst]
@@ -293,6 +320,203 @@ class TransparentUDP:
             if replier is not None:
                 self.ctx.reactor.removeReader(replier)
                 replier.sock.close()
+
+    # -- QUIC ------------------------------------------------------------------
+    #
+    # A datagram to a QUIC port from a new (client, destination) pair starts a
+    # _QuicStart, which holds the datagrams until the ClientHello in them is
+    # read (or a bound is hit); then _quic_decided makes the flow, with its
+    # name, and asks the policy: a passed connection becomes a UDPSession that
+    # gets the held datagrams first, a refused one a _RefusedQuic that drops
+    # what follows. A passed session is also found by the Destination
+    # Connection IDs of the client's long-header packets (its first DCID, and
+    # the server's CID it uses once the server answered), so that a client
+    # whose address changes (a NAT rebinding) keeps its session: see `_moved`.
+
+    def _quic_start(self, client: tuple[str, int], dst: tuple[str, int]) -> "_QuicStart":
+        pending = _QuicStart(self, client, dst)
+        self.sessions.add((client, dst), pending)
+        return pending
+
+    def _quic_decided(self, pending: "_QuicStart", result: QuicHello | Unreadable) -> None:
+        """The ClientHello is read, or cannot be: make the flow, decide, relay or refuse."""
+        client, dst, ctx = pending.client, pending.dst, self.ctx
+        if self.sessions.get((client, dst)) is pending:
+            self.sessions.discard((client, dst))
+        flow = Flow(client, dst, listener=self.listener, mode="transparent", transport="udp", protocol="quic")
+        metrics = ctx.metrics
+        if isinstance(result, QuicHello):
+            flow.sni = result.hello.sni
+            flow.alpn = ",".join(p.decode("ascii", "replace") for p in result.hello.alpn) or None
+            flow.quic_version = version_name(result.version)
+        else:
+            flow.quic_version = version_name(result.version)
+            metrics.quic_unreadable[result.kind] += 1
+        metrics.quic_seen[flow.quic_version] += 1
+        if not ctx.open_flow(flow):
+            ctx.close_flow(flow)
+            metrics.quic_refused[flow.quic_version] += 1
+            self._refuse(client, dst)
+            return
+        verdict = ctx.quic.decide(flow.sni, dst[0], ctx.chain, flow)
+        if isinstance(result, QuicHello):
+            self._log.info("flow {flow_id}: QUIC {version} {client} -> {dst} for {sni} (ALPN {alpn}): {action} ({why})",
+                           flow_id=flow.id, version=flow.quic_version, client=format_addr(client),
+                           dst=format_addr(dst), sni=flow.sni or "no name", alpn=flow.alpn or "none",
+                           action=verdict.action, why=verdict.why)
+        else:
+            self._log.info("flow {flow_id}: QUIC {client} -> {dst}: Initial unreadable: {reason}; {action} ({why})",
+                           flow_id=flow.id, client=format_addr(client), dst=format_addr(dst),
+                           reason=result.reason, action=verdict.action, why=verdict.why)
+        if not verdict.passes:
+            metrics.quic_refused[flow.quic_version] += 1
+            ctx.close_flow(flow, f"QUIC refused ({verdict.why})")
+            self._refuse(client, dst)
+            return
+        metrics.quic_passed[flow.quic_version] += 1
+        session = self._session(flow)
+        if session is None:
+            return
+        self._cids_of[session] = []
+        for data in pending.held:
+            if data and data[0] & 0x80:
+                self._learn(session, dst, data)
+            session.from_client(data)
+
+    def _refuse(self, client: tuple[str, int], dst: tuple[str, int]) -> None:
+        key = (client, dst)
+        self.sessions.add(key, _RefusedQuic(self.ctx, lambda r: self.sessions.discard(key)
+                                            if self.sessions.get(key) is r else None))
+
+    def _learn(self, session: UDPSession, dst: tuple[str, int], data: bytes) -> None:
+        """Note the Destination Connection ID of a long-header packet of a passed session."""
+        cid = peek_dcid(data)
+        known = self._cids_of[session]
+        if not cid or cid in known or len(known) >= _MAX_CIDS:
+            return
+        owners = self._cids.setdefault(dst, {})
+        if cid not in owners:
+            owners[cid] = session
+            known.append(cid)
+
+    def _forget_cids(self, session: UDPSession, dst: tuple[str, int]) -> None:
+        owners = self._cids.get(dst)
+        for cid in self._cids_of.pop(session, ()):
+            if owners is not None and owners.get(cid) is session:
+                del owners[cid]
+        if owners == {}:
+            del self._cids[dst]
+
+    def _moved(self, data: bytes, client: tuple[str, int], dst: tuple[str, int]) -> UDPSession | None:
+        """The passed session a datagram from a new client address belongs to, by its connection ID.
+
+        A short header does not say how long its connection ID is, so each
+        length known for this destination is tried.  A client that migrates
+        on purpose switches to a connection ID sent encrypted
+        (NEW_CONNECTION_ID), which the proxy cannot see: that datagram starts
+        a connection of its own (short header: unreadable, decided by
+        ``--quic``).
+        """
+        owners = self._cids.get(dst)
+        if not owners or not data:
+            return None
+        if data[0] & 0x80:
+            session = owners.get(peek_dcid(data) or b"")
+        else:
+            session = next((owners[cid] for n in {len(c) for c in owners}
+                            if (cid := data[1:1 + n]) in owners), None)
+        if session is None or session.closed:
+            return None
+        old = session.flow.client
+        self.sessions.discard((old, dst))
+        session.flow.client = client
+        self.sessions.add((client, dst), session)
+        self._log.info("flow {flow_id}: QUIC client moved from {old} to {client}", flow_id=session.flow.id,
+                       old=format_addr(old), client=format_addr(client))
+        return session
+
+
+class _QuicStart:
+    """A QUIC connection whose ClientHello is not read yet: its datagrams are held, none forwarded.
+
+    It sits in the listener's sessions (so their bound covers it too) until
+    the reader has the hello or gives up, or `Settings.quic_hold_timeout`
+    passes.
+    """
+
+    def __init__(self, listener: TransparentUDP, client: tuple[str, int], dst: tuple[str, int]) -> None:
+        self.listener = listener
+        self.client = client
+        self.dst = dst
+        self.closed = False
+        self._start = QuicStart()
+        self._seconds = listener.ctx.settings.quic_hold_timeout
+        self._timer = listener.ctx.reactor.callLater(self._seconds, self._timeout)
+
+    @property
+    def held(self) -> list[bytes]:
+        """The datagrams held, in arrival order."""
+        return self._start.held
+
+    def from_client(self, data: bytes) -> None:
+        """Hold and read a datagram; decide once the hello is whole or unreadable."""
+        if self.closed:
+            return
+        result = self._start.feed(data)
+        if result is not None:
+            self._decided(result)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        self._decided(self._start.give_up(self._seconds))
+
+    def _decided(self, result: QuicHello | Unreadable) -> None:
+        self.close()
+        self.listener._quic_decided(self, result)
+
+    def close(self, error: str | None = None) -> None:
+        """Stop waiting (decided, or evicted: its held datagrams are dropped)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        key = (self.client, self.dst)
+        if self.listener.sessions.get(key) is self:
+            self.listener.sessions.discard(key)
+
+
+class _RefusedQuic:
+    """A refused QUIC connection: its datagrams are dropped until it has been quiet for
+    ``--udp-timeout``.  Nothing is answered (no ICMP either): to the client the server
+    is silent, and a browser falls back to TCP.
+
+    Args:
+        ctx: the proxy context.
+        on_closed: called once when it ends.
+    """
+
+    def __init__(self, ctx: ProxyContext, on_closed: Callable[["_RefusedQuic"], None]) -> None:
+        self.ctx = ctx
+        self.closed = False
+        self.dropped = 0
+        self._on_closed = on_closed
+        self._timer = ctx.reactor.callLater(ctx.settings.udp_idle_timeout, self.close)
+
+    def from_client(self, data: bytes) -> None:
+        """Drop a datagram of the refused connection."""
+        self.dropped += 1
+        self._timer.reset(self.ctx.settings.udp_idle_timeout)
+
+    def close(self, error: str | None = None) -> None:
+        """Forget the connection: later datagrams would be decided again."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer.active():
+            self._timer.cancel()
+        self._on_closed(self)
 
 
 def _sendto(sock: socket.socket, payload: bytes, addr: tuple[str, int]) -> None:

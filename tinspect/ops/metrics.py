@@ -118,6 +118,11 @@ class Metrics:
         self.clock: Callable[[], float] | None = None
         self.first_byte = Histogram("protocol")  # request head in -> response head back, per protocol
         self.response = Histogram("protocol")  # request head in -> response complete, per protocol
+        # QUIC (tinspect/layers/udp.py): connections by version label, Initials unreadable by reason kind.
+        self.quic_seen = Counter()
+        self.quic_passed = Counter()
+        self.quic_refused = Counter()
+        self.quic_unreadable = Counter()
 
     def measure(self) -> None:
         """Time exchanges from now on (``--metrics``)."""
@@ -184,6 +189,16 @@ class Metrics:
                    [(f'{{direction="{d.value}"}}', n) for d, n in chain.payload_bytes.items()])
             family("tinspect_tap_seconds_total", "counter", "Seconds spent in each tap's handle (synchronous part).",
                    [(f'{{tap="{_escape(name)}"}}', float(round(t, 6))) for name, t in chain.tap_seconds.items()])
+        # QUIC: every connection is counted seen, then passed or refused.
+        family("tinspect_quic_connections_total", "counter", "QUIC connections seen, by version.",
+               _labelled("version", self.quic_seen))
+        family("tinspect_quic_passed_total", "counter", "QUIC connections relayed, by version.",
+               _labelled("version", self.quic_passed))
+        family("tinspect_quic_refused_total", "counter", "QUIC connections refused, by version.",
+               _labelled("version", self.quic_refused))
+        family("tinspect_quic_unreadable_total", "counter",
+               "QUIC connections whose Initial packets gave no ClientHello, by reason.",
+               _labelled("reason", self.quic_unreadable))
         leaves = getattr(ctx.tls, "leaves", None)
         if leaves is not None:
             family("tinspect_leaf_cache_hits_total", "counter", "Leaf certificates served from the cache.",

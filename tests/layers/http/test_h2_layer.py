@@ -1335,3 +1335,23 @@ def test_data_frame_repr_is_hyperframes_own_text(data, pad):
         frame.flags.add("PADDED")
         frame.pad_length = pad
     assert repr(frame).endswith(_raw_data_repr(frame.serialize_body()))
+
+
+def test_h3_advertisements_do_not_reach_the_client(make_net):
+    """A server's ALTSVC frames (on the stream and on stream 0) are not relayed, and its Alt-Svc field loses its
+    h3 entry (QUIC is refused by default), keeping the others."""
+    from h2.events import AlternativeServiceAvailable
+
+    net = make_net([])
+    c, s, wire = h2_pair(net)
+    sid = c.request(b"/")
+    wire.run()
+    (up,) = s.requests()
+    s.conn.advertise_alternative_service(b'h3=":443"', stream_id=up)
+    s.conn.advertise_alternative_service(b'h3=":443"', origin=b"https://a.example")
+    s.respond(up, 200, b"ok", extra=[(b"alt-svc", b'h3=":443"; ma=60, h2="b.example:443"')])
+    wire.run()
+    assert c.stream(sid).headers[b":status"] == b"200" and bytes(c.stream(sid).data) == b"ok"
+    assert c.stream(sid).headers[b"alt-svc"] == b'h2="b.example:443"'
+    assert not [e for e in c.events if type(e) is AlternativeServiceAvailable]
+    assert [e for e in s.events if type(e) is RequestReceived]  # the server did see the request it advertised on

@@ -576,6 +576,7 @@ class Http1Layer:
             body=None,
             request=ex.request,
         )
+        self.ctx.quic.strip_alt_svc(resp.headers, ex.request.host, self.ctx.chain, self.flow)
         arm = self.arms[TO_CLIENT]
         if up.record is not None:
             if status == 101:
