@@ -1,0 +1,71 @@
+"""The console's sans-IO core: ring bounds, filters, curl commands."""
+
+import shlex
+
+import pytest
+from hypothesis import given, strategies as st
+
+from tinspect.console import FlowRing, curl_command, matches
+
+
+def test_ring_evicts_oldest_past_capacity():
+    """Only the newest ``capacity`` records stay, oldest first."""
+    ring = FlowRing(3)
+    for i in range(5):
+        ring.put({"id": str(i)})
+    assert [r["id"] for r in ring.records()] == ["2", "3", "4"]
+    assert ring.get("0") is None
+
+
+def test_ring_update_keeps_position():
+    """Updating a record merges fields and does not count as a new one."""
+    ring = FlowRing(2)
+    ring.put({"id": "a", "status": None})
+    ring.put({"id": "b"})
+    ring.put({"id": "a", "status": 200})
+    assert len(ring) == 2
+    assert ring.get("a") == {"id": "a", "status": 200}
+
+
+def test_ring_refuses_zero_capacity():
+    """A ring of no records is a configuration error, said clearly."""
+    with pytest.raises(ValueError, match="at least 1"):
+        FlowRing(0)
+
+
+@given(st.integers(1, 20), st.lists(st.integers(0, 50)))
+def test_ring_never_exceeds_capacity(capacity, ids):
+    """Whatever is put, the ring holds at most ``capacity`` records."""
+    ring = FlowRing(capacity)
+    for i in ids:
+        ring.put({"id": str(i)})
+    assert len(ring) <= capacity
+
+
+REC = {"id": "1", "host": "Example.org", "client": "192.0.2.5:4000", "status": 404,
+       "method": "GET", "url": "http://example.org/x", "verdict": "blocked", "error": None}
+
+
+@pytest.mark.parametrize("kw, ok", [
+    ({}, True),
+    ({"host": "example"}, True),
+    ({"host": "other"}, False),
+    ({"client": "192.0.2."}, True),
+    ({"client": "198.51."}, False),
+    ({"status": "404"}, True),
+    ({"status": "4xx"}, True),
+    ({"status": "2xx"}, False),
+    ({"text": "BLOCKED"}, True),
+    ({"text": "/y"}, False),
+])
+def test_filters(kw, ok):
+    """Each filter narrows by its own field; an empty filter passes everything."""
+    assert matches(REC, **kw) is ok
+
+
+def test_curl_command_round_trips_through_the_shell():
+    """The command splits back into the method, URL, headers and body, minus curl's own."""
+    cmd = curl_command("POST", "https://example.org/a b", [
+        ("Host", "example.org"), ("X-Q", "it's"), ("Content-Length", "3")], b"a=1")
+    assert shlex.split(cmd) == ["curl", "-X", "POST", "https://example.org/a b",
+                                "-H", "X-Q: it's", "--data-raw", "a=1"]
