@@ -5,7 +5,7 @@ import shlex
 import pytest
 from hypothesis import given, strategies as st
 
-from tinspect.console import FlowRing, curl_command, matches
+from tinspect.console import FlowRing, curl_command, flow_record, heads, matches
 
 
 def test_ring_evicts_oldest_past_capacity():
@@ -69,3 +69,31 @@ def test_curl_command_round_trips_through_the_shell():
         ("Host", "example.org"), ("X-Q", "it's"), ("Content-Length", "3")], b"a=1")
     assert shlex.split(cmd) == ["curl", "-X", "POST", "https://example.org/a b",
                                 "-H", "X-Q: it's", "--data-raw", "a=1"]
+
+
+def test_flow_record_summarises_a_tls_flow_without_timings():
+    """A flow becomes a JSON-ready record; missing timings read as None, not an error."""
+    import json
+
+    from tinspect import Flow
+
+    flow = Flow(("2001:db8::5", 4000), ("203.0.113.7", 443), protocol="h2")
+    flow.sni, flow.alpn, flow.tls_version = "example.org", "h2", "TLSv1.3"
+    rec = flow_record(flow)
+    assert rec["client"] == "[2001:db8::5]:4000"
+    assert rec["host"] == "example.org" and rec["url"] == "203.0.113.7:443"
+    assert rec["tls"]["alpn"] == "h2" and rec["duration"] is None
+    assert rec["timings"]["upstream_connected"] is None
+    json.dumps(rec)
+
+
+def test_heads_of_request_and_response():
+    """Heads keep the first line and every header pair in order."""
+    from tinspect.headers import Headers
+    from tinspect.units import Request, Response
+
+    req = Request("GET", "/a", headers=Headers([("Host", "x"), ("A", "1")]), authority="x")
+    resp = Response(404, "Not Found", headers=Headers([("B", "2")]))
+    assert heads(req) == {"version": "HTTP/1.1", "headers": [("Host", "x"), ("A", "1")],
+                          "method": "GET", "url": "http://x/a"}
+    assert heads(resp)["status"] == 404 and heads(resp)["headers"] == [("B", "2")]

@@ -49,6 +49,58 @@ class FlowRing:
         return list(self._records.values())
 
 
+def format_addr(addr: tuple[str, int] | None) -> str:
+    """``host:port`` (IPv6 in brackets), or ``""`` when unknown."""
+    if not addr:
+        return ""
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def flow_record(flow: Any, key: str | None = None) -> dict[str, Any]:
+    """A JSON-ready summary of ``flow`` (a connection, or one exchange when ``key`` is set).
+
+    Timings come from ``flow.timings`` when the proxy records them (``None`` fields
+    otherwise), so the console works with or without them.
+
+    Args:
+        flow: a `tinspect.Flow`.
+        key: the record id; the flow's id for connection-level records.
+    """
+    timings = getattr(flow, "timings", None)
+    stamps = {name: getattr(timings, name, None) for name in
+              ("accepted", "upstream_connected", "client_tls_done", "upstream_tls_done", "ended")}
+    dst = flow.dst
+    return {
+        "id": key or flow.id,
+        "flow": flow.id,
+        "time": flow.started,
+        "client": format_addr(flow.client),
+        "protocol": flow.protocol,
+        "host": flow.sni or (dst[0] if dst else ""),
+        "url": format_addr(dst),
+        "method": None,
+        "status": None,
+        "size": 0,
+        "duration": (flow.ended - flow.started) if flow.ended else None,
+        "verdict": getattr(flow, "verdict", None),
+        "error": flow.error,
+        "tls": {"sni": flow.sni, "alpn": flow.alpn, "version": flow.tls_version,
+                "upstream_cert": flow.upstream_cert} if flow.tls_version else None,
+        "timings": stamps,
+    }
+
+
+def heads(message: Any) -> dict[str, Any]:
+    """A request's or response's head as JSON: first line fields and header pairs."""
+    out: dict[str, Any] = {"version": message.version, "headers": message.headers.items()}
+    if hasattr(message, "method"):
+        out.update(method=message.method, url=message.url)
+    else:
+        out.update(status=message.status, reason=message.reason)
+    return out
+
+
 def matches(record: dict[str, Any], *, host: str = "", client: str = "",
             status: str = "", text: str = "") -> bool:
     """Whether ``record`` passes the console's filters (empty filter: passes).
