@@ -60,6 +60,10 @@ class Flow:
             plain connections.
         started, ended: ``time.time()`` stamps; ``ended`` is ``None`` while open.
         error: why the flow ended abnormally, or ``None``.
+        verdict: what the taps or the proxy decided, for the console and logs:
+            ``"blocked"``, ``"local"`` (answered by a tap), ``"passthrough"``
+            (TLS relayed untouched), ``"cached"``, or ``None`` (proxied as is).
+            A tap that decides sets it; the last decision on the flow wins.
         state: free per-flow storage for taps; key it by your tap's name.
     """
 
@@ -88,6 +92,7 @@ class Flow:
         self.started = clock()
         self.ended: float | None = None
         self.error: str | None = None
+        self.verdict: str | None = None
         self.state: dict[str, Any] = {}
         self._clock = clock
         self._arms: dict[Direction, FlowArm] | None = None
