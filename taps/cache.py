@@ -255,6 +255,7 @@ class CacheTap(Tap):
             pass
         self.hits += 1
         self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
+        flow.verdict = "cached"
         return self._route(req, key)
 
     def _route(self, req: Request, key: str) -> Request:

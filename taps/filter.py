@@ -217,6 +217,7 @@ class FilterTap(Tap):
         ``how`` is what the client got: ``page``, ``tls-alert``, or ``cut``
         (a response too large to replace). A log line is logged for a TLS
         alert here (a request's decision is logged by `_log_decision`)."""
+        flow.verdict = "blocked"
         if how == "tls-alert":
             self.log.info("flow {flow_id}: filter: block TLS for {name} from {client} with an alert ({why})",
                           flow_id=flow.id, name=host, client=flow.client[0], why=decision.why)

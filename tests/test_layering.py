@@ -13,6 +13,8 @@ SANS_IO = [
     "tinspect/units.py",
     "tinspect/headers.py",
     "tinspect/flow.py",
+    "tinspect/console/hub.py",
+    "tinspect/console/ring.py",
     "tinspect/layers/sniff.py",
     "tinspect/layers/http/assemble.py",
     "tinspect/layers/http/explicit.py",

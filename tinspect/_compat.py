@@ -68,6 +68,7 @@ from twisted.internet import tcp
 
 __all__ = [
     "fast_write",
+    "pending_bytes",
     "eager_tls_records",
     "lazy_tls_records",
     "tls_started",
@@ -100,6 +101,12 @@ def fast_write(transport: Any, data: bytes) -> None:
         if not data:
             return
     transport.write(data)
+
+
+def pending_bytes(transport: Any) -> int:
+    """Bytes ``transport`` holds unsent (its ``dataBuffer`` and this turn's writes);
+    the console measures slow readers by it."""
+    return len(getattr(transport, "dataBuffer", b"")) + sum(map(len, getattr(transport, "_tempDataBuffer", ())))
 
 
 def _send_now(connection: Any, data: bytes) -> bytes:

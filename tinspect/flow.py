@@ -100,6 +100,10 @@ class Flow:
         timings: the `Timings` of the flow's steps (accept, upstream connect,
             each TLS handshake, end).
         error: why the flow ended abnormally, or ``None``.
+        verdict: what the taps or the proxy decided, for the console and logs:
+            ``"blocked"``, ``"local"`` (answered by a tap), ``"passthrough"``
+            (TLS relayed untouched), ``"cached"``, or ``None`` (proxied as is).
+            A tap that decides sets it; the last decision on the flow wins.
         state: free per-flow storage for taps; key it by your tap's name.
     """
 
@@ -130,6 +134,7 @@ class Flow:
         self.ended: float | None = None
         self.timings = Timings(self.started, clock)
         self.error: str | None = None
+        self.verdict: str | None = None
         self.state: dict[str, Any] = {}
         self._clock = clock
         self._arms: dict[Direction, FlowArm] | None = None

@@ -128,3 +128,12 @@ def test_a_block_log_that_cannot_be_opened_stops_the_start(tmp_path):
     (tmp_path / "rules.txt").write_text("block host=x\n")
     with pytest.raises(ValueError, match="cannot open the block log: No such file or directory"):
         FilterTap(str(tmp_path / "rules.txt"), log=str(tmp_path / "missing" / "blocks.jsonl"))
+
+
+def test_a_block_states_the_verdict_on_the_flow(school):
+    """A blocked request marks its flow ``blocked`` for the console; an allowed one leaves it ``None``."""
+    tap = school()
+    pupil, staff = flow("192.0.2.10"), flow("198.51.100.9")
+    tap.handle(Request("GET", "/", authority="www.casino.example"), pupil)
+    tap.handle(Request("GET", "/", authority="www.casino.example"), staff)
+    assert (pupil.verdict, staff.verdict) == ("blocked", None)

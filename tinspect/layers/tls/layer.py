@@ -330,6 +330,7 @@ class TlsLayer:
             self._blocked(name)
             return
         if passthrough or self.ctx.chain.tls_passthrough(name, self.flow):
+            self.flow.verdict = "passthrough"
             self._log.info(
                 "flow {flow_id}: passing TLS for {name} through untouched", flow_id=self.flow.id, name=name
             )

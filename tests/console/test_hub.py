@@ -1,0 +1,47 @@
+"""The console hub: records fan out as server-sent events; slow subscribers are dropped."""
+
+import json
+
+from tinspect.console.hub import Hub, Subscriber, sse_event
+
+
+class Sink:
+    def __init__(self):
+        self.out, self.closed, self.held = [], False, 0
+
+    def sub(self):
+        return Subscriber(self.out.append, lambda: self.held, self.close)
+
+    def close(self):
+        self.closed = True
+
+
+def test_sse_event_is_one_data_line_of_json():
+    """An event is ``data: <json>`` and a blank line, JSON without newlines."""
+    ev = sse_event({"id": "1", "url": "a\nb"})
+    assert ev.startswith(b"data: ") and ev.endswith(b"\n\n") and ev.count(b"\n") == 2
+    assert json.loads(ev[6:]) == {"id": "1", "url": "a\nb"}
+
+
+def test_new_subscriber_gets_the_ring_then_live_updates():
+    """Joining replays kept records; later ones arrive as they are published."""
+    hub = Hub(2)
+    for i in range(3):
+        hub.publish({"id": str(i)})
+    sink = Sink()
+    hub.subscribe(sink.sub())
+    hub.publish({"id": "2", "status": 200})
+    assert [json.loads(e[6:]) for e in sink.out] == [{"id": "1"}, {"id": "2"}, {"id": "2", "status": 200}]
+
+
+def test_a_slow_subscriber_is_dropped_not_buffered():
+    """A subscriber holding more than max_pending bytes is closed and forgotten; others go on."""
+    hub = Hub(10, max_pending=100)
+    slow, fast = Sink(), Sink()
+    hub.subscribe(slow.sub())
+    hub.subscribe(fast.sub())
+    slow.held = 101
+    hub.publish({"id": "1"})
+    hub.publish({"id": "2"})
+    assert slow.closed and slow.out == [] and hub.dropped == 1
+    assert len(fast.out) == 2 and len(hub.subscribers) == 1
