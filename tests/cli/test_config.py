@@ -79,3 +79,18 @@ def test_a_missing_file_is_named(tmp_path):
 def test_a_tap_option_mistake_from_the_file_names_the_tap(tmp_path):
     with pytest.raises(usage.UsageError, match="tap 'headers'.*expected 'Name: value'"):
         parse(tmp_path, "taps = 'headers'\n[tap.headers]\nset = 'no colon'\n")
+
+
+def test_upstream_proxy_rules_come_from_the_file_and_the_command_line_replaces_them(tmp_path):
+    """upstream-proxy is a list in the file; the command line's rules replace it."""
+    text = 'upstream-proxy = ["direct for 10.0.0.0/8", "socks5h://u:p@198.51.100.3:1080"]\n'
+    assert parse(tmp_path, text)["upstream_proxy"] == ["direct for 10.0.0.0/8", "socks5h://u:p@198.51.100.3:1080"]
+    assert parse(tmp_path, text, "--upstream-proxy", "http://198.51.100.2:3128")["upstream_proxy"] == [
+        "http://198.51.100.2:3128"]
+
+
+def test_a_bad_upstream_proxy_is_refused_without_its_password(tmp_path):
+    """A rule that cannot be parsed stops the start with a message that masks the password."""
+    with pytest.raises(usage.UsageError) as e:
+        parse(tmp_path, 'upstream-proxy = "gopher://u:hunter2@198.51.100.3"\n')
+    assert "scheme" in str(e.value) and "hunter2" not in str(e.value)

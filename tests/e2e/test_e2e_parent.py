@@ -100,7 +100,8 @@ def test_squid_carries_http_https_and_h2_under_tproxy(lab, pki, https, tls_proxy
 
 
 def test_squid_with_basic_auth_through_the_explicit_proxy(lab, pki, https, proxy, workdir):
-    """The explicit proxy's absolute-form HTTP and CONNECT go through Squid with the user's credentials."""
+    """The explicit proxy's plain HTTP and CONNECT requests go through Squid (both tunnelled), with the user's
+    credentials."""
     access = start_squid(lab, workdir, {"alice": "s3cret"})
     proxy(["--listen", EXPLICIT, "--allow-clients", "192.0.2.0/24", "--state-dir", str(pki["state"]),
            "--upstream-ca", str(pki["server_ca"]), "--upstream-proxy", f"http://alice:s3cret@{PARENT4}:3128"],
