@@ -28,6 +28,7 @@ SANS_IO = [
     "tinspect/layers/tls/policy.py",
     "tinspect/listen/spec.py",
     "tinspect/net/addresses.py",
+    "tinspect/net/parent.py",
     "tinspect/net/sockets.py",
     "tinspect/net/timeouts.py",
     "tinspect/ops/metrics.py",

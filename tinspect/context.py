@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tinspect.chain import TapChain
 from tinspect.flow import Flow
 from tinspect.layers.quic.policy import QuicPolicy
+from tinspect.net.parent import ParentRules
 from tinspect.net.sockets import is_local_address
 from tinspect.ops.metrics import Metrics
 
@@ -86,6 +87,11 @@ class Settings:
         quic_hold_timeout: seconds a QUIC connection's first datagrams are
             held waiting for its whole ClientHello before the policy
             decides without the name.
+        upstream_proxies: the ``--upstream-proxy`` rules (``URL [for PATTERN,...]``, first
+            match wins; `tinspect.net.parent.ParentRules`): parent proxies upstream
+            connections go through.
+        upstream_proxy_ca: PEM bundle ``https://`` parents are verified against instead of
+            the system trust store.
     """
 
     connect_timeout: float = 10.0
@@ -118,6 +124,8 @@ class Settings:
     quic: str = "refuse"
     quic_ports: tuple[int, ...] = (443,)
     quic_hold_timeout: float = 2.0
+    upstream_proxies: tuple[str, ...] = ()
+    upstream_proxy_ca: str | None = None
 
 
 class ProxyContext:
@@ -147,6 +155,8 @@ class ProxyContext:
         # CONNECT tunnel): called with a tinspect.net.handoff.Handoff. Set by the composition root,
         # tinspect.layers.dispatch.compose (a Sniffer), so that no layer imports the dispatcher.
         self.next_layer: Callable[[Any], object] | None = None
+        self.parents = ParentRules(self.settings.upstream_proxies)  # which parent proxy a destination goes through
+        self.parent_tls: dict[str, Any] = {}  # an https:// parent's host -> its TLS client options, made once
 
     def admit(self, host: str) -> str | None:
         """Count a new client connection from ``host``, or say why it is refused

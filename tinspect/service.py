@@ -24,6 +24,7 @@ from tinspect.context import Settings
 from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
 from tinspect.listen.spec import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.listen.workers import Workers, shared_endpoint, worker_argv
+from tinspect.net.parent import ParentRules
 from tinspect.ops.logs import JsonLog
 from tinspect.proxy import TwistdProxy
 from tinspect.taplib.loader import TapLoadError, build_taps, parse_tap_names
@@ -31,7 +32,7 @@ from tinspect.taplib.loader import TapLoadError, build_taps, parse_tap_names
 __all__ = ["Options", "makeService"]
 
 
-_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients"}
+_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients", "upstream-proxy"}
 
 
 class Options(usage.Options):
@@ -41,6 +42,7 @@ class Options(usage.Options):
         "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
         "       [--max-body BYTES] [--max-message BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
         "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]\n"
+        "       [--upstream-proxy 'URL [for PATTERN,...]']... [--upstream-proxy-ca PEM]\n"
         "       [--workers N] [--allow-clients CIDR,...]... [--metrics ENDPOINT] [--log-json PATH]\n"
         "       [--config tinspect.toml]  (timeouts and limits: see below)"
     )
@@ -110,6 +112,8 @@ next to it (LOGFILE.workerN).
         ["state-dir", None, None, "Where a generated CA is kept (default: $TINSPECT_STATE_DIR, "
                                   "$XDG_STATE_HOME/tinspect or ~/.local/state/tinspect)."],
         ["upstream-ca", None, None, "PEM bundle to verify servers against instead of the system trust store."],
+        ["upstream-proxy-ca", None, None, "PEM bundle to verify https:// parent proxies against instead of the "
+                                          "system trust store."],
         ["leaf-cache", None, 1024, "Leaf certificates kept in memory.", int],
         ["workers", None, 1, "Proxy processes sharing the listening ports (SO_REUSEPORT).", int],
         ["metrics", None, None, "Serve counters in the Prometheus text format at http://ENDPOINT/metrics "
@@ -137,6 +141,7 @@ next to it (LOGFILE.workerN).
         self["proxy_auth"] = []
         self["allow_clients"] = []
         self["passthrough"] = []
+        self["upstream_proxy"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         argv = list(sys.argv[1:] if options is None else options)
@@ -171,6 +176,15 @@ next to it (LOGFILE.workerN).
     def opt_passthrough(self, pattern: str) -> None:
         """Relay TLS for hosts matching PATTERN untouched (*.bank.example, IP, CIDR; repeatable)."""
         self["passthrough"].append(pattern)
+
+    def opt_upstream_proxy(self, rule: str) -> None:
+        """'URL [for PATTERN,...]': reach servers through a parent proxy (http://, https://, socks5://,
+        socks5h://, credentials in the URL; 'direct' for none); the first matching rule wins (repeatable)."""
+        try:
+            ParentRules.parse_rule(rule)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["upstream_proxy"].append(rule)
 
     def opt_allow_clients(self, networks: str) -> None:
         """Serve only clients in these networks (comma-separated CIDRs; repeatable). Default: the explicit
@@ -258,6 +272,8 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         insecure_upstream=bool(options["insecure-upstream"]),
         passthrough=tuple(options["passthrough"]),
         passthrough_rejected=bool(options["passthrough-rejected"]),
+        upstream_proxies=tuple(options["upstream_proxy"]),
+        upstream_proxy_ca=options["upstream-proxy-ca"],
         leaf_cache_size=options["leaf-cache"],
         intercept_tls=not options["no-tls"],
         quic=options["quic"],

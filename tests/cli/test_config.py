@@ -87,3 +87,18 @@ def test_quic_policy_from_the_file(tmp_path):
     assert (o["quic"], o["quic_ports"]) == ("pass", (443,))
     o = parse(tmp_path, 'quic = "pass"\nquic-ports = "443,8443"\n', "--quic", "refuse")
     assert (o["quic"], o["quic_ports"]) == ("refuse", (443, 8443))
+
+
+def test_upstream_proxy_rules_come_from_the_file_and_the_command_line_replaces_them(tmp_path):
+    """upstream-proxy is a list in the file; the command line's rules replace it."""
+    text = 'upstream-proxy = ["direct for 10.0.0.0/8", "socks5h://u:p@198.51.100.3:1080"]\n'
+    assert parse(tmp_path, text)["upstream_proxy"] == ["direct for 10.0.0.0/8", "socks5h://u:p@198.51.100.3:1080"]
+    assert parse(tmp_path, text, "--upstream-proxy", "http://198.51.100.2:3128")["upstream_proxy"] == [
+        "http://198.51.100.2:3128"]
+
+
+def test_a_bad_upstream_proxy_is_refused_without_its_password(tmp_path):
+    """A rule that cannot be parsed stops the start with a message that masks the password."""
+    with pytest.raises(usage.UsageError) as e:
+        parse(tmp_path, 'upstream-proxy = "gopher://u:hunter2@198.51.100.3"\n')
+    assert "scheme" in str(e.value) and "hunter2" not in str(e.value)

@@ -6,6 +6,8 @@ topology, using only documentation address ranges::
     client ns            gateway ns                       server ns
     eth0 192.0.2.2 ----- c0 192.0.2.1   s0 198.51.100.1 ----- eth0 198.51.100.2
          2001:db8:1::2      2001:db8:1::1  2001:db8:2::1          2001:db8:2::2
+                            p0 203.0.113.1 ----- eth0 203.0.113.2   parent ns (``Lab(parent=True)``)
+                               2001:db8:3::1          2001:db8:3::2
 
 The gateway routes between the two (so "direct" traffic works with no proxy)
 and, once `Lab.tproxy` or `Lab.redirect` is called, diverts the client's
@@ -26,10 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "ServerPKI", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4"]
+__all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "ServerPKI", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4", "PARENT4", "PARENT6"]
 
 CLIENT4, GW_CLIENT4, GW_SERVER4, SERVER4 = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 CLIENT6, GW_CLIENT6, GW_SERVER6, SERVER6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2"
+GW_PARENT4, PARENT4, GW_PARENT6, PARENT6 = "203.0.113.1", "203.0.113.2", "2001:db8:3::1", "2001:db8:3::2"
 
 PREFIX = "tinspect-"
 SERVER_NAME = "server.test"  # resolves to the server in every lab namespace (RFC 6761 .test)
@@ -57,16 +60,20 @@ class Lab:
 
     Args:
         tag: distinguishes concurrent labs; defaults to pid and a counter.
+        parent: also a fourth namespace on the gateway's side, for a parent proxy the
+            gateway reaches the servers through (routed on to them by the gateway).
 
     Attributes:
         client, gateway, server: the namespace names.
+        parent: the parent's namespace name, or ``None``.
     """
 
-    def __init__(self, tag: str | None = None) -> None:
+    def __init__(self, tag: str | None = None, parent: bool = False) -> None:
         tag = tag or f"{os.getpid()}-{next(_counter)}"
         self.client = f"{PREFIX}{tag}-c"
         self.gateway = f"{PREFIX}{tag}-g"
         self.server = f"{PREFIX}{tag}-s"
+        self.parent = f"{PREFIX}{tag}-p" if parent else None
         self._procs: list[subprocess.Popen] = []
         self._up = False
 
@@ -78,8 +85,8 @@ class Lab:
         self.down()
 
     @property
-    def namespaces(self) -> tuple[str, str, str]:
-        return (self.client, self.gateway, self.server)
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.client, self.gateway, self.server, *([self.parent] if self.parent else []))
 
     def up(self) -> None:
         """Create the namespaces, links, addresses and routes."""
@@ -105,16 +112,24 @@ class Lab:
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
             )
-            for ns, dev, v4, v6 in (
+            links = [
                 (self.client, "eth0", f"{CLIENT4}/24", f"{CLIENT6}/64"),
                 (self.gateway, "c0", f"{GW_CLIENT4}/24", f"{GW_CLIENT6}/64"),
                 (self.gateway, "s0", f"{GW_SERVER4}/24", f"{GW_SERVER6}/64"),
                 (self.server, "eth0", f"{SERVER4}/24", f"{SERVER6}/64"),
-            ):
+            ]
+            routes = [(self.client, GW_CLIENT4, GW_CLIENT6), (self.server, GW_SERVER4, GW_SERVER6)]
+            if self.parent is not None:
+                _run(["ip", "link", "add", "eth0", "netns", self.parent, "type", "veth", "peer", "name", "p0",
+                      "netns", self.gateway])
+                links += [(self.gateway, "p0", f"{GW_PARENT4}/24", f"{GW_PARENT6}/64"),
+                          (self.parent, "eth0", f"{PARENT4}/24", f"{PARENT6}/64")]
+                routes.append((self.parent, GW_PARENT4, GW_PARENT6))
+            for ns, dev, v4, v6 in links:
                 self.exec(ns, "ip", "addr", "add", v4, "dev", dev)
                 self.exec(ns, "ip", "-6", "addr", "add", v6, "dev", dev, "nodad")
                 self.exec(ns, "ip", "link", "set", dev, "up")
-            for ns, gw4, gw6 in ((self.client, GW_CLIENT4, GW_CLIENT6), (self.server, GW_SERVER4, GW_SERVER6)):
+            for ns, gw4, gw6 in routes:
                 self.exec(ns, "ip", "route", "add", "default", "via", gw4)
                 self.exec(ns, "ip", "-6", "route", "add", "default", "via", gw6)
             # Policy routing for TPROXY: marked packets are delivered locally.

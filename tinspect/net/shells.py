@@ -20,6 +20,7 @@ import typing
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -28,6 +29,7 @@ from zope.interface import implementer
 
 from tinspect.context import ProxyContext
 from tinspect.layers.raw import start_tls
+from tinspect.net.parent import ParentRefused
 from tinspect.net.upstream import connect, connect_failure_kind, describe_failure
 
 __all__ = [
@@ -182,6 +184,7 @@ class ServerConnection(Protocol):
     """
 
     tls: Any = None
+    parent: Any = None  # the tinspect.net.parent.ParentProxy it goes through, if any (open_upstream's)
     _secure = False
     _log = Logger()
 
@@ -277,9 +280,22 @@ def open_upstream(
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
         to connect reaches the shell's handler as ``server_failed(reason)``.
+        Through the parent proxy ``ctx.parents`` chooses for ``dst``, if any (the
+        shell's ``parent``); a parent's refusal is such a failure, naming it.
     """
     shell = ServerConnection(handler, connect_tls=tls, timings=timings)
-    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
+    parent = ctx.parents.choose(dst[0]) if ctx.parents else None
+    shell.parent = parent
+    parent_tls = None
+    if parent is not None and parent.scheme == "https":
+        if tls is not None:  # the tunnel is a TLS protocol already: no TLS inside it
+            refusal = ParentRefused(parent.display, "cannot carry TLS to the server through an https:// parent "
+                                                    "(use an http:// parent)")
+            d = deferLater(ctx.reactor, 0, _raise, refusal)  # failed later, as a connect fails
+            d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
+            return shell, d
+        parent_tls = _parent_tls(ctx, parent.host)
+    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout, parent, parent_tls)
     d.addErrback(_connect_failed, ctx, shell)
     return shell, d
 
@@ -290,3 +306,29 @@ def _connect_failed(failure: Failure, ctx: ProxyContext, shell: ServerConnection
         ctx.metrics.connect_failures[kind] += 1
     shell.handler.server_failed(describe_failure(failure))
 
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
+def _parent_tls(ctx: ProxyContext, host: str) -> Any:
+    """The TLS client options for the ``https://`` parent ``host``: verified against
+    ``--upstream-proxy-ca`` or the system trust store, made once per host."""
+    options = ctx.parent_tls.get(host)
+    if options is None:
+        from twisted.internet import ssl
+
+        ca = ctx.settings.upstream_proxy_ca
+        if ca is not None:
+            with open(ca, "rb") as f:
+                trust = ssl.trustRootFromCertificates(
+                    [ssl.Certificate.loadPEM(pem) for pem in _pem_blocks(f.read())])
+        else:
+            trust = ssl.platformTrust()
+        options = ctx.parent_tls[host] = ssl.optionsForClientTLS(host, trustRoot=trust)
+    return options
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    end = b"-----END CERTIFICATE-----"
+    return [block + end for block in data.split(end) if b"-----BEGIN CERTIFICATE-----" in block]

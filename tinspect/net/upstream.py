@@ -1,9 +1,18 @@
-"""Opening upstream connections, and saying in plain words why one failed.
+"""Opening upstream connections, directly or through a parent proxy, and saying in
+plain words why one failed.
 
 Every layer connects upstream the same way: an IP literal (the usual case in
 transparent mode) goes straight to a TCP endpoint with no resolver involved, a
 host name (explicit proxy) goes through `HostnameEndpoint`. Failures are turned
 into a short reason (`describe_failure`) that logs and error pages can show.
+
+Through a parent proxy (``--upstream-proxy``, `tinspect.net.parent`), the TCP
+connection goes to the parent (over TLS for an ``https://`` one), and a
+`ParentTunnel` runs the CONNECT or SOCKS5 dialogue on it before the upstream
+protocol is built: that protocol gets the tunnel's transport as if it were a
+direct connection to the server (TLS with the server's SNI is started on it as
+on any other), and the tunnel only forwards events from then on. A parent that
+refuses fails the connect with a `ParentRefused` naming it and its answer.
 """
 
 from __future__ import annotations
@@ -13,38 +22,220 @@ from typing import Any
 
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-__all__ = ["connect", "connect_failure_kind", "describe_failure"]
+from tinspect.net.parent import ConnectReplyReader, ParentProxy, ParentRefused, ParentUnreachable, Socks5Dialogue, \
+    connect_request
+
+__all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel", "ParentTimeout"]
 
 
-def connect(reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float) -> Deferred:
-    """Connect to ``dst`` with ``factory``.
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _endpoint(reactor: Any, dst: tuple[str, int], timeout: float) -> Any:
+    host, port = dst
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
+    cls = TCP6ClientEndpoint if ip.version == 6 else TCP4ClientEndpoint
+    return cls(reactor, host, port, timeout=timeout)
+
+
+def connect(
+    reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float,
+    parent: ParentProxy | None = None, parent_tls: Any = None,
+) -> Deferred:
+    """Connect to ``dst`` with ``factory``, through ``parent`` if given.
 
     Args:
         reactor: the reactor.
         dst: ``(host, port)``; host an IP literal or a name.
         factory: builds the upstream protocol.
-        timeout: seconds before giving up.
+        timeout: seconds before giving up (the parent's dialogue included).
+        parent: the parent proxy to go through, or ``None``.
+        parent_tls: the client TLS options for an ``https://`` parent.
 
     Returns:
         A Deferred firing with the connected protocol.
     """
-    host, port = dst
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        endpoint = HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
+    if parent is None:
+        return _endpoint(reactor, dst, timeout).connect(factory)
+    endpoint = _endpoint(reactor, parent.address, timeout)
+    if parent.scheme == "https":
+        endpoint = wrapClientTLS(parent_tls, endpoint)
+    return _through(reactor, endpoint, parent, dst, factory, timeout)
+
+
+class ParentTimeout(ParentUnreachable):
+    """The parent did not finish its dialogue in time (a 504, as a connect timeout is)."""
+
+
+def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, int], factory: Factory,
+             timeout: float) -> Deferred:
+    tunnel = ParentTunnel(reactor, parent, dst, factory)
+    if parent.scheme == "socks5" and not _is_ip(dst[0]):
+        # socks5:// (not socks5h://): the name is resolved here and the parent gets an address.
+        def resolved(ip: str) -> Deferred:
+            tunnel.dst = (ip, dst[1])
+            return endpoint.connect(_Once(tunnel))
+
+        connecting = reactor.resolve(dst[0]).addCallback(resolved)
     else:
-        cls = TCP6ClientEndpoint if ip.version == 6 else TCP4ClientEndpoint
-        endpoint = cls(reactor, host, port, timeout=timeout)
-    return endpoint.connect(factory)
+        connecting = endpoint.connect(_Once(tunnel))
+
+    def cancel(_: Deferred) -> None:
+        connecting.cancel()
+        tunnel.abort()
+
+    done: Deferred = Deferred(cancel)
+    tunnel.done = done
+
+    def unreachable(failure: Failure) -> None:
+        if not done.called:
+            reason = describe_failure(failure)
+            cls = ParentTimeout if reason == "connect timeout" else ParentUnreachable
+            done.errback(cls(parent.display, f"cannot connect to it: {reason}"))
+
+    def too_slow() -> None:
+        connecting.cancel()
+        tunnel.time_out(timeout)
+
+    connecting.addErrback(unreachable)
+    timer = reactor.callLater(timeout, too_slow)
+    done.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
+    return done
+
+
+class _Once(Factory):
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self._protocol
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class ParentTunnel(Protocol):
+    """The connection to a parent proxy: asks for the tunnel, then hands it over.
+
+    Until the parent has opened the tunnel, its bytes go to the sans-IO dialogue
+    (`Socks5Dialogue`, or `ConnectReplyReader` after `connect_request`). Then
+    the factory's protocol is built and connected to this transport, ``done``
+    fires with it, and every later event (data, half-close, TLS handshake,
+    loss) is passed straight on to it.
+
+    Args:
+        reactor: the reactor.
+        parent: the parent proxy.
+        dst: the destination the tunnel is for.
+        factory: builds the protocol that gets the tunnel.
+    """
+
+    done: Deferred
+
+    def __init__(self, reactor: Any, parent: ParentProxy, dst: tuple[str, int], factory: Factory) -> None:
+        self._reactor = reactor
+        self._parent = parent
+        self.dst = dst
+        self._factory = factory
+        self._dialogue: Any = None
+        self.inner: Any = None
+
+    def connectionMade(self) -> None:
+        host, port = self.dst
+        if self._parent.is_socks:
+            self._dialogue = Socks5Dialogue(self._parent, host, port)
+            self.transport.write(self._dialogue.start())
+        else:
+            self._dialogue = ConnectReplyReader(self._parent.display)
+            self.transport.write(connect_request(self._parent, host, port))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+            return
+        if self.done.called:
+            return  # refused or cancelled: the connection is being aborted
+        try:
+            if self._parent.is_socks:
+                reply, rest = self._dialogue.feed(data)
+                if reply:
+                    self.transport.write(reply)
+            else:
+                rest = self._dialogue.feed(data)
+        except ParentRefused as e:
+            self._fail(e)
+            return
+        if rest is None:
+            return
+        self.inner = inner = self._factory.buildProtocol(self.transport.getPeer())
+        inner.makeConnection(self.transport)
+        self.done.callback(inner)
+        if rest:
+            inner.dataReceived(rest)
+
+    def _fail(self, refusal: ParentRefused) -> None:
+        if not self.done.called:
+            self.done.errback(refusal)
+        self.abort()
+
+    def abort(self) -> None:
+        """Give up on the tunnel (cancelled, refused or too slow)."""
+        if self.transport is not None and self.inner is None:
+            self.transport.abortConnection()
+
+    def time_out(self, seconds: float) -> None:
+        """The dialogue took longer than the connect timeout."""
+        if self.inner is None and not self.done.called:
+            self._fail(ParentTimeout(self._parent.display, f"no answer within {seconds:g} s, connect timeout"))
+
+    def readConnectionLost(self) -> None:
+        if self.inner is not None:
+            if IHalfCloseableProtocol.providedBy(self.inner):
+                self.inner.readConnectionLost()
+            else:
+                self.transport.loseConnection()
+            return
+        self._closed_early()
+
+    def writeConnectionLost(self) -> None:
+        if self.inner is not None and IHalfCloseableProtocol.providedBy(self.inner):
+            self.inner.writeConnectionLost()
+
+    def handshakeCompleted(self) -> None:
+        if self.inner is not None and IHandshakeListener.providedBy(self.inner):
+            self.inner.handshakeCompleted()
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+            return
+        self._closed_early()
+
+    def _closed_early(self) -> None:
+        try:
+            self._dialogue.close()
+        except ParentRefused as e:
+            self._fail(e)
 
 
 def describe_failure(failure: Failure) -> str:
     """A short, human reason for a failed or broken upstream connection."""
+    if failure.check(ParentRefused):
+        return str(failure.value)
     if failure.check(error.ConnectionRefusedError):
         return "connection refused"
     if failure.check(error.TimeoutError):

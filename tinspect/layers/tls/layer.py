@@ -382,6 +382,13 @@ class TlsLayer:
         hello = self._hello
         offers = [p for p in hello.alpn if p not in _UNCARRIED]
         host, port = self.flow.dst[0], self.flow.dst[1]
+        if not hasattr(self._up.transport, "startTLS"):
+            # The tunnel of an https:// parent proxy is a TLS protocol already: no TLS inside it.
+            self._up.failure = f"TLS to the server through the https:// parent proxy {self._server.parent} " \
+                               f"is not supported (use an http:// parent)"
+            self._log.warn("flow {flow_id}: {reason}", flow_id=self.flow.id, reason=self._up.failure)
+            self._start_client_tls(())
+            return
         self._upstream_hs = hs = self.tls.upstream.creator(hello.sni, offers, ip=host, port=port)
         self._server.tls = hs
         start_tls(self._up.transport, hs)

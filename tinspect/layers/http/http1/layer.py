@@ -1008,5 +1008,5 @@ def _loop_page(dst: tuple[str, int], request: Request) -> Response:
 
 
 def _gateway_error(reason: str, dst: tuple[str, int], request: Request) -> Response:
-    status = 504 if reason == "connect timeout" else 502
+    status = 504 if reason.endswith("connect timeout") else 502
     return error_page(status, f"cannot reach {format_addr(dst)}: {reason}", request)
