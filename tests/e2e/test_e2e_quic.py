@@ -117,9 +117,11 @@ def test_v2_and_three_datagram_hellos_and_garbage_leave_the_proxy_serving(lab, o
     assert re.search(r"Initial unreadable: QUIC version 0x1a2a3a4a", log), log
     metrics = lab.exec(lab.gateway, "curl", "-sS", "http://127.0.0.1:9108/metrics", timeout=15).stdout
     assert 'tinspect_quic_connections_total{version="v2"} 1' in metrics, metrics
-    assert re.search(r'tinspect_quic_passed_total\{version="v1"\} 2', metrics), metrics
+    # /big and /after; and the truncated Initial too once its 2 s hold has run out (it is then passed unread)
+    assert re.search(r'tinspect_quic_passed_total\{version="v1"\} [23]\n', metrics), metrics
     assert re.search(r'tinspect_quic_unreadable_total\{reason="not_quic"\} [1-9]', metrics), metrics
-    assert 'tinspect_quic_unreadable_total{reason="unknown_version"} 1' in metrics, metrics
+    # the wrong version; and the random datagram too when its first bit happens to make it a long header
+    assert re.search(r'tinspect_quic_unreadable_total\{reason="unknown_version"\} [12]\n', metrics), metrics
 
 
 def test_filter_rule_blocking_the_host_stops_quic_and_tcp(lab, origin, quic_proxy, pki, tmp_path):
