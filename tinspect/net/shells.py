@@ -246,7 +246,7 @@ class UpstreamFactory(Factory):
 
 
 def open_upstream(
-    ctx: ProxyContext, dst: tuple[str, int], handler: ConnectHandler | None, tls: Any = None
+    ctx: ProxyContext, dst: tuple[str, int], handler: ConnectHandler | None, tls: Any = None, direct: bool = False
 ) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
@@ -255,6 +255,8 @@ def open_upstream(
         tls: a `tinspect.layers.tls.handshake.UpstreamHandshake`: ``handler`` then hears
             ``server_connected`` once TLS is up and verified, and
             ``server_failed`` with the reason when it is not.
+        direct: connect to ``dst`` itself, whatever the parent proxy rules say (``dst``
+            is an HTTP parent that absolute-form requests go to).
 
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
@@ -263,7 +265,7 @@ def open_upstream(
         shell's ``parent``); a parent's refusal is such a failure, naming it.
     """
     shell = ServerConnection(handler, connect_tls=tls)
-    parent = ctx.parents.choose(dst[0]) if ctx.parents else None
+    parent = ctx.parents.choose(dst[0]) if ctx.parents and not direct else None
     shell.parent = parent
     parent_tls = None
     if parent is not None and parent.scheme == "https":
