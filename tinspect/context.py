@@ -92,6 +92,8 @@ class Settings:
             connections go through.
         upstream_proxy_ca: PEM bundle ``https://`` parents are verified against instead of
             the system trust store.
+        upstream_proxy_connect: send plain HTTP to an ``http://`` parent through CONNECT
+            tunnels too, not as absolute-form requests.
     """
 
     connect_timeout: float = 10.0
@@ -126,6 +128,7 @@ class Settings:
     quic_hold_timeout: float = 2.0
     upstream_proxies: tuple[str, ...] = ()
     upstream_proxy_ca: str | None = None
+    upstream_proxy_connect: bool = False
 
 
 class ProxyContext:

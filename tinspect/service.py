@@ -42,7 +42,7 @@ class Options(usage.Options):
         "[--listen [MODE@]ENDPOINT]... [--udp SPEC]... [--taps NAMES] [--tap-option TAP.KEY=VALUE]...\n"
         "       [--max-body BYTES] [--max-message BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
         "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]\n"
-        "       [--upstream-proxy 'URL [for PATTERN,...]']... [--upstream-proxy-ca PEM]\n"
+        "       [--upstream-proxy 'URL [for PATTERN,...]']... [--upstream-proxy-ca PEM] [--upstream-proxy-connect]\n"
         "       [--workers N] [--allow-clients CIDR,...]... [--metrics ENDPOINT] [--log-json PATH]\n"
         "       [--config tinspect.toml]  (timeouts and limits: see below)"
     )
@@ -129,6 +129,8 @@ next to it (LOGFILE.workerN).
     optFlags = [
         ["insecure-upstream", None, "Do not verify server certificates (logged loudly)."],
         ["passthrough-rejected", None, "Pass through, from then on, hosts whose client rejected our certificate."],
+        ["upstream-proxy-connect", None, "Send plain HTTP to an http:// parent proxy through CONNECT, not as "
+                                         "absolute-form requests."],
         ["no-tls", None, "Do not intercept TLS: relay it raw."],
         ["worker", None, "(internal) This process is an extra worker of --workers."],
     ]
@@ -274,6 +276,7 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         passthrough_rejected=bool(options["passthrough-rejected"]),
         upstream_proxies=tuple(options["upstream_proxy"]),
         upstream_proxy_ca=options["upstream-proxy-ca"],
+        upstream_proxy_connect=bool(options["upstream-proxy-connect"]),
         leaf_cache_size=options["leaf-cache"],
         intercept_tls=not options["no-tls"],
         quic=options["quic"],

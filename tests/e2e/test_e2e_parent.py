@@ -100,8 +100,8 @@ def test_squid_carries_http_https_and_h2_under_tproxy(lab, pki, https, tls_proxy
 
 
 def test_squid_with_basic_auth_through_the_explicit_proxy(lab, pki, https, proxy, workdir):
-    """The explicit proxy's plain HTTP and CONNECT requests go through Squid (both tunnelled), with the user's
-    credentials."""
+    """The explicit proxy's plain HTTP goes to Squid as absolute-form requests, its CONNECT as a CONNECT,
+    both with the user's credentials; with --upstream-proxy-connect plain HTTP is tunnelled too."""
     access = start_squid(lab, workdir, {"alice": "s3cret"})
     proxy(["--listen", EXPLICIT, "--allow-clients", "192.0.2.0/24", "--state-dir", str(pki["state"]),
            "--upstream-ca", str(pki["server_ca"]), "--upstream-proxy", f"http://alice:s3cret@{PARENT4}:3128"],
@@ -111,6 +111,28 @@ def test_squid_with_basic_auth_through_the_explicit_proxy(lab, pki, https, proxy
     assert curl(lab, pki, *via, f"https://{SERVER_NAME}/") == ("200", "hello tls\n")
     log = squid_log(access)
     assert log.count(" alice ") == 2 and f"CONNECT {SERVER_NAME}:443" in log, log
+    assert f"GET http://{SERVER_NAME}/ alice" in log, log
+
+
+def test_wrong_squid_password_for_absolute_form_gives_a_page_naming_the_parent(lab, pki, https, proxy, workdir):
+    """Squid's 407 to an absolute-form request is not relayed (the client would take it for ours): a 502 page."""
+    start_squid(lab, workdir, {"alice": "s3cret"})
+    p = proxy(["--listen", EXPLICIT, "--allow-clients", "192.0.2.0/24", "--state-dir", str(pki["state"]),
+               "--upstream-proxy", f"http://alice:wrong@{PARENT4}:3128"], wait=[(3128, "tcp")])
+    status, body = curl(lab, pki, "--proxy", "http://192.0.2.1:3128", f"http://{SERVER_NAME}/")
+    assert status == "502", body
+    assert f"parent proxy http://alice:***@{PARENT4}:3128 answered: 407 Proxy Authentication Required" in body
+    assert "wrong" not in p.log() and "flow " in p.log()
+
+
+def test_upstream_proxy_connect_tunnels_plain_http(lab, pki, https, proxy, workdir):
+    """--upstream-proxy-connect sends the explicit proxy's plain HTTP through a CONNECT tunnel."""
+    access = start_squid(lab, workdir)
+    proxy(["--listen", EXPLICIT, "--allow-clients", "192.0.2.0/24", "--upstream-proxy-connect",
+           "--upstream-proxy", f"http://{PARENT4}:3128"], wait=[(3128, "tcp")])
+    assert curl(lab, pki, "--proxy", "http://192.0.2.1:3128", f"http://{SERVER_NAME}/") == ("200", "hello tls\n")
+    log = squid_log(access)
+    assert f"CONNECT {SERVER_NAME}:80" in log and "GET http" not in log, log
 
 
 def test_wrong_squid_password_gives_a_page_naming_the_parent(lab, pki, https, tls_proxy, workdir):

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinspect.net.parent import ConnectReplyReader, ParentProxy, ParentRefused, ParentRules, Socks5Dialogue, \
-    connect_request
+    connect_request, proxy_fields
 
 SQUID = "http://alice:s3cr%40t@198.51.100.2:3128"
 
@@ -165,3 +165,11 @@ def test_socks5_dialogue_never_fails_otherwise(data, cut):
         d.feed(data[cut:])
     except (ParentRefused, RuntimeError):
         pass
+
+
+def test_proxy_fields_carry_basic_credentials_only_with_a_user():
+    """Absolute-form requests to a parent carry Proxy-Authorization only when it has a user."""
+    assert ParentProxy.parse(SQUID).takes_absolute_form
+    assert not ParentProxy.parse("socks5h://p").takes_absolute_form
+    assert proxy_fields(ParentProxy.parse(SQUID)) == [(b"Proxy-Authorization", b"Basic YWxpY2U6czNjckB0")]
+    assert proxy_fields(ParentProxy.parse("http://p:3128")) == []

@@ -7,7 +7,8 @@ parent proxy. This module holds everything about that which is not I/O:
   ``socks5h://`` URL, its credentials kept out of every ``str``/``repr`` (`ParentProxy.display`);
 - `ParentRules`, the ordered ``URL [for PATTERN,...]`` rules (first match wins, ``direct``
   a target), which say which parent, if any, a destination goes through;
-- `connect_request` and `ConnectReplyReader`, the HTTP ``CONNECT`` dialogue;
+- `connect_request` and `ConnectReplyReader`, the HTTP ``CONNECT`` dialogue, and
+  `proxy_fields` for plain HTTP sent to an HTTP parent as absolute-form requests;
 - `Socks5Dialogue`, the SOCKS5 client (RFC 1928) with username/password
   authentication (RFC 1929) as a small state machine: bytes in, bytes out.
 
@@ -31,6 +32,7 @@ __all__ = [
     "ParentRefused",
     "ParentUnreachable",
     "connect_request",
+    "proxy_fields",
     "ConnectReplyReader",
     "Socks5Dialogue",
     "DIRECT",
@@ -137,6 +139,11 @@ class ParentProxy:
     def __str__(self) -> str:
         return self.display
 
+    @property
+    def takes_absolute_form(self) -> bool:
+        """Plain HTTP can go to it as absolute-form requests (an ``http://`` parent)."""
+        return self.scheme == "http"
+
     def basic_credentials(self) -> bytes | None:
         """The ``Proxy-Authorization`` value for an HTTP parent, or ``None`` without a user."""
         if self.username is None:
@@ -240,13 +247,17 @@ def _authority(host: str, port: int) -> bytes:
     return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode("idna" if not _is_ip(host) else "ascii")
 
 
+def proxy_fields(parent: ParentProxy) -> list[tuple[bytes, bytes]]:
+    """The header fields an absolute-form request to ``parent`` carries (its credentials)."""
+    credentials = parent.basic_credentials()
+    return [(b"Proxy-Authorization", credentials)] if credentials is not None else []
+
+
 def connect_request(parent: ParentProxy, host: str, port: int) -> bytes:
     """The ``CONNECT host:port`` request asking ``parent`` for a tunnel (with Basic credentials)."""
     authority = _authority(host, port)
     lines = [b"CONNECT " + authority + b" HTTP/1.1", b"Host: " + authority]
-    credentials = parent.basic_credentials()
-    if credentials is not None:
-        lines.append(b"Proxy-Authorization: " + credentials)
+    lines += [name + b": " + value for name, value in proxy_fields(parent)]
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 

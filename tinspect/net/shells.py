@@ -266,6 +266,7 @@ def open_upstream(
     handler: ConnectHandler | None,
     tls: Any = None,
     timings: Any = None,
+    direct: bool = False,
 ) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
@@ -276,6 +277,8 @@ def open_upstream(
             ``server_failed`` with the reason when it is not.
         timings: the flow's `tinspect.flow.Timings`, stamped as the connection
             (and its TLS) comes up.
+        direct: connect to ``dst`` itself, whatever the parent proxy rules say (``dst``
+            is an HTTP parent that absolute-form requests go to).
 
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
@@ -284,7 +287,7 @@ def open_upstream(
         shell's ``parent``); a parent's refusal is such a failure, naming it.
     """
     shell = ServerConnection(handler, connect_tls=tls, timings=timings)
-    parent = ctx.parents.choose(dst[0]) if ctx.parents else None
+    parent = ctx.parents.choose(dst[0]) if ctx.parents and not direct else None
     shell.parent = parent
     parent_tls = None
     if parent is not None and parent.scheme == "https":

@@ -574,7 +574,7 @@ class H1Upstreams:
         self.busy[up] = st
         req = st.request
         try:
-            parts = up.writer.request(req)
+            parts = up.request(req)
         except ValueError as e:
             self.busy.pop(up, None)
             st.h1 = None

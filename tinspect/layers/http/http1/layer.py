@@ -432,7 +432,7 @@ class Http1Layer:
             if up is not None:
                 up.close()
                 self._forget_upstream()  # a closed transport never says its buffer drained
-            up = self.upstream = Http1Upstream.open(self, self.ctx, self.flow, dst, req.scheme)
+            up = self.upstream = Http1Upstream.open(self, self.ctx, self.flow, dst, req.scheme, ex.switching)
         if self.explicit:
             self.flow.dst = dst
         ex.upstream = up
@@ -447,7 +447,7 @@ class Http1Layer:
                 return
             self._await_response(ex)  # the handshake is a whole request
             return
-        parts = up.writer.request(req, upgrade=ex.switching)
+        parts = up.request(req, upgrade=ex.switching)
         up.reader.expect_response(req.method.encode("latin-1"))
         up.write_parts(parts)
         if req.body is not None:
@@ -520,6 +520,17 @@ class Http1Layer:
         what = "closed the connection" if reason.check(ConnectionDone) else "reset the connection"
         self._bad_response(up, f"{what} before the response was complete")
 
+    def _parent_refused(self, ex: _Exchange, up: Http1Upstream, head: ResponseHead) -> None:
+        """The HTTP parent ``up`` goes to wants credentials (or other ones): a 502 page naming it,
+        not a 407 the client would take for this proxy's own."""
+        answer = f"{head.status} {head.reason.decode('latin-1')}".strip()
+        reason = f"parent proxy {up.via} answered: {answer}"
+        self._log.warn("flow {flow_id}: upstream {dst} failed: {reason}", flow_id=self.flow.id,
+                       dst=format_addr(up.dst), reason=reason)
+        up.abort()
+        self._forget_upstream()
+        self._answer(ex, _gateway_error(reason, up.dst, ex.request))
+
     def _bad_response(self, up: Http1Upstream, reason: str) -> None:
         """The server broke HTTP or the connection mid-response."""
         self._log.warn(
@@ -552,6 +563,9 @@ class Http1Layer:
             if kind is ResponseHead:
                 if ex is None or ex.upstream is not up or ex.answered:
                     self._bad_response(up, "sent a response nobody asked for")
+                    return
+                if up.via is not None and event.status == 407:
+                    self._parent_refused(ex, up, event)
                     return
                 self._response_head(ex, up, event, queue)
             elif kind is BodyData:

@@ -24,8 +24,10 @@ from zope.interface import implementer
 from tinspect.layers.http.http1.parse import Http1Reader
 from tinspect.layers.http.http1.write import Http1Writer
 from tinspect.layers.raw import Leg, send
+from tinspect.net.addresses import format_addr
+from tinspect.net.parent import proxy_fields
 from tinspect.net.shells import open_upstream
-from tinspect.units import Response
+from tinspect.units import Request, Response
 
 __all__ = ["Http1Upstream", "UpstreamPauser"]
 
@@ -35,7 +37,7 @@ class Http1Upstream:
 
     __slots__ = (
         "layer", "dst", "shell", "leg", "reader", "writer", "pending", "failure",
-        "closed", "keep_alive", "connecting", "message", "record",
+        "closed", "keep_alive", "connecting", "message", "record", "via",
     )
 
     def __init__(self, layer: Any, dst: tuple[str, int], shell: Any = None) -> None:
@@ -54,15 +56,39 @@ class Http1Upstream:
         self.connecting: Any = None  # the connect Deferred, to cancel
         self.message: Response | None = None  # the response whose body is being read
         self.record: bytearray | None = None  # raw bytes read, while a WebSocket handshake waits
+        self.via: Any = None  # the HTTP parent proxy this connection goes to, sending absolute-form requests
 
     @classmethod
-    def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int], scheme: str) -> "Http1Upstream":
+    def open(cls, layer: Any, ctx: Any, flow: Any, dst: tuple[str, int], scheme: str,
+             upgrade: bool = False) -> "Http1Upstream":
         """A new connection of ``flow`` to ``dst``, over TLS when
-        `tinspect.layers.tls.layer.Interception.connector` says so."""
+        `tinspect.layers.tls.layer.Interception.connector` says so.
+
+        Plain HTTP (not an upgrade) that the parent proxy rules send to an ``http://``
+        parent goes to the parent itself, as absolute-form requests (``via``), unless
+        ``--upstream-proxy-connect`` asks for CONNECT tunnels; everything else through
+        the parent goes through a tunnel (`tinspect.net.shells.open_upstream`).
+        """
         up = cls(layer, dst)
+        parent = ctx.parents.choose(dst[0]) if ctx.parents else None
+        if (parent is not None and parent.takes_absolute_form and scheme == "http" and not upgrade
+                and not ctx.settings.upstream_proxy_connect):
+            up.via = parent
+            up.shell, up.connecting = open_upstream(ctx, parent.address, up, timings=flow.timings, direct=True)
+            return up
         tls = ctx.tls.connector(flow, dst, scheme, b"http/1.1") if ctx.tls is not None else None
         up.shell, up.connecting = open_upstream(ctx, dst, up, tls, flow.timings)
         return up
+
+    def request(self, req: Request, upgrade: bool = False) -> list[bytes]:
+        """``req``'s head (and whole body) for this connection: in absolute form, with the
+        parent's credentials, when it goes to an HTTP parent (see `open`)."""
+        parent = self.via
+        if parent is None:
+            return self.writer.request(req, upgrade=upgrade)
+        authority = req.authority if req.destination is None and req.authority else format_addr(self.dst)
+        return self.writer.request(req, upgrade=upgrade, target=f"http://{authority}{req.target}",
+                                   extra=proxy_fields(parent))
 
     @property
     def usable(self) -> bool:

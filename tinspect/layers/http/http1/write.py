@@ -140,7 +140,8 @@ class Http1Writer:
         """A message's body is being written (its `end` has not been)."""
         return self._mode != _NONE
 
-    def request(self, req: Request, *, target: str | None = None, upgrade: bool = False) -> list[bytes]:
+    def request(self, req: Request, *, target: str | None = None, upgrade: bool = False,
+                extra: Fields = ()) -> list[bytes]:
         """The head (and whole body) of a request to an HTTP/1.1 server.
 
         Args:
@@ -149,12 +150,15 @@ class Http1Writer:
                 proxy sends the origin form of an absolute-form target).
             upgrade: keep ``Upgrade`` and, when there is one, send
                 ``Connection: upgrade`` (a CONNECT has none).
+            extra: fields to add for the next hop (a parent proxy's ``Proxy-Authorization``).
 
         Raises:
             FramingError: a declared ``Content-Length`` is not a number.
             ValueError: a field or the start line would break the framing.
         """
         fields, length, framed, te = _scan(req.headers.fields, upgrade)
+        if extra:
+            fields.extend(extra)
         if req.version == "HTTP/2" and req.authority and not any(n.lower() == b"host" for n, _ in fields):
             # Translated from HTTP/2, whose :authority HTTP/1.1 says in Host.
             fields.insert(0, (b"Host", req.authority.encode("latin-1")))
