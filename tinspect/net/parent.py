@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from tinspect.net.addresses import is_ip
+
 __all__ = [
     "ParentProxy",
     "ParentRule",
@@ -175,20 +177,12 @@ class ParentRule:
         except ValueError:
             ip = None
         for pattern in self.patterns:
-            if "/" in pattern or _is_ip(pattern):
+            if "/" in pattern or is_ip(pattern):
                 if ip is not None and ip in ipaddress.ip_network(pattern, strict=False):
                     return True
             elif ip is None and fnmatch.fnmatchcase(name, pattern):
                 return True
         return False
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class ParentRules:
@@ -244,7 +238,7 @@ class ParentRules:
 
 
 def _authority(host: str, port: int) -> bytes:
-    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode("idna" if not _is_ip(host) else "ascii")
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode("idna" if not is_ip(host) else "ascii")
 
 
 def proxy_fields(parent: ParentProxy) -> list[tuple[bytes, bytes]]:

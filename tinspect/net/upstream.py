@@ -28,18 +28,17 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect.net.parent import ConnectReplyReader, ParentProxy, ParentRefused, ParentUnreachable, Socks5Dialogue, \
-    connect_request
+from tinspect.net.addresses import is_ip
+from tinspect.net.parent import (
+    ConnectReplyReader,
+    ParentProxy,
+    ParentRefused,
+    ParentUnreachable,
+    Socks5Dialogue,
+    connect_request,
+)
 
 __all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel", "ParentTimeout"]
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _endpoint(reactor: Any, dst: tuple[str, int], timeout: float) -> Any:
@@ -84,7 +83,7 @@ class ParentTimeout(ParentUnreachable):
 def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, int], factory: Factory,
              timeout: float) -> Deferred:
     tunnel = ParentTunnel(reactor, parent, dst, factory)
-    if parent.scheme == "socks5" and not _is_ip(dst[0]):
+    if parent.scheme == "socks5" and not is_ip(dst[0]):
         # socks5:// (not socks5h://): the name is resolved here and the parent gets an address.
         def resolved(ip: str) -> Deferred:
             tunnel.dst = (ip, dst[1])
