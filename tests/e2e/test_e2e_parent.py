@@ -6,7 +6,6 @@ them are rejected): only the parent can, so a page that arrives came through it.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DUAL, REPO, client_run
+from tests.conftest import REPO, client_run
 from tinspect.lab.netlab import PARENT4, SERVER_NAME, Lab, remove_stale_labs
 
 pytestmark = pytest.mark.netns

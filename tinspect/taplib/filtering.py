@@ -71,7 +71,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinspect.taplib.conditions import ConditionError, Group, Groups, Moment, Window, check_name, zone
+from tinspect.taplib.conditions import ConditionError, Group, Groups, Moment, Window, zone
 from tinspect.taplib.domains import DomainList, ListError, Query, read_category, read_domains
 
 __all__ = ["ALLOW", "BLOCK", "PASSTHROUGH", "Rule", "Rules", "Decision", "RulesError"]
