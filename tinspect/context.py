@@ -76,6 +76,12 @@ class Settings:
             rejected our certificate (pinned apps).
         leaf_cache_size: leaf certificates kept in memory.
         intercept_tls: decrypt TLS at all (``False``: relay it raw).
+        client_certs: ``--client-cert PATTERN=CERT.pem[,KEY.pem]`` entries: the
+            certificate presented to matching servers that ask for one.
+        passthrough_client_auth: pass through, from then on, hosts that ask
+            for a client certificate none of ``client_certs`` is for.
+        spoof_source: upstream connections leave from the client's address
+            (IP_TRANSPARENT; ``--spoof-source``).
     """
 
     connect_timeout: float = 10.0
@@ -105,6 +111,9 @@ class Settings:
     passthrough_rejected: bool = False
     leaf_cache_size: int = 1024
     intercept_tls: bool = True
+    client_certs: tuple[str, ...] = ()
+    passthrough_client_auth: bool = False
+    spoof_source: bool = False
 
 
 class ProxyContext:
