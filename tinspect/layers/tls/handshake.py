@@ -347,13 +347,13 @@ class _Creator:
     def _make(self) -> SSL.Connection:
         if self._connection is not None:
             raise RuntimeError(f"a {type(self).__name__} makes one connection; ask for a new one")
-        conn = SSL.Connection(self._context(), None)
+        conn = SSL.Connection(self._starting_context(), None)
         self._configure(conn)
         self._owner._handshakes[conn] = self
         self._connection = weakref.ref(conn)
         return conn
 
-    def _context(self) -> SSL.Context:
+    def _starting_context(self) -> SSL.Context:
         return self._owner.context
 
     def _configure(self, conn: SSL.Connection) -> None:
@@ -402,7 +402,7 @@ class UpstreamHandshake(_Creator):
         self._name_checked = False
         self._verify_called = False
 
-    def _context(self) -> SSL.Context:
+    def _starting_context(self) -> SSL.Context:
         return self._ctx
 
     def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
