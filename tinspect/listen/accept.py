@@ -150,7 +150,7 @@ class TCPProxyFactory(_ListenerFactory):
             transport.abortConnection()
             ctx.close_flow(flow)
             return
-        shell, d = open_upstream(ctx, dst, None)
+        shell, d = open_upstream(ctx, dst, None, client=addr)
         Sniffer(ctx, Handoff(flow, client, Upstream(shell, connecting=d), lambda: ctx.close_flow(flow)))
 
 

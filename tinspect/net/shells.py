@@ -243,7 +243,8 @@ class UpstreamFactory(Factory):
 
 
 def open_upstream(
-    ctx: ProxyContext, dst: tuple[str, int], handler: ConnectHandler | None, tls: Any = None
+    ctx: ProxyContext, dst: tuple[str, int], handler: ConnectHandler | None, tls: Any = None,
+    client: tuple[str, int] | None = None,
 ) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
@@ -252,13 +253,16 @@ def open_upstream(
         tls: a `tinspect.layers.tls.handshake.UpstreamHandshake`: ``handler`` then hears
             ``server_connected`` once TLS is up and verified, and
             ``server_failed`` with the reason when it is not.
+        client: the client's address; with ``--spoof-source`` the connection
+            leaves from it.
 
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
         to connect reaches the shell's handler as ``server_failed(reason)``.
     """
     shell = ServerConnection(handler, connect_tls=tls)
-    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout)
+    source = client[0] if client is not None and ctx.settings.spoof_source else None
+    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout, source)
     d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
     return shell, d
 

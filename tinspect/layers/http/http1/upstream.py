@@ -61,7 +61,7 @@ class Http1Upstream:
         `tinspect.layers.tls.layer.Interception.connector` says so."""
         up = cls(layer, dst)
         tls = ctx.tls.connector(flow, dst, scheme, b"http/1.1") if ctx.tls is not None else None
-        up.shell, up.connecting = open_upstream(ctx, dst, up, tls)
+        up.shell, up.connecting = open_upstream(ctx, dst, up, tls, client=flow.client)
         return up
 
     @property
