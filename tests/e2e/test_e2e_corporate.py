@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tinspect.lab.netlab import CLIENT4, CLIENT6, SERVER_NAME, Nginx
+from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
 
@@ -133,3 +133,55 @@ def test_spoof_source_through_the_explicit_proxy(lab, https, proxy, pki):
     plain = curl(lab, "-x", "http://192.0.2.1:3128", f"http://{SERVER_NAME}/index.html")
     assert plain.returncode == 0, plain.stderr
     assert https.client_addresses() == [CLIENT4, CLIENT4]
+
+
+@pytest.fixture
+def https_proxy(lab, proxy, pki, tmp_path):
+    """tinspect with an HTTPS proxy listener on 192.0.2.1:3129, its certificate for that address minted
+    from our CA (which curl trusts with --proxy-cacert)."""
+    from tinspect.layers.tls.ca import CertificateAuthority, LeafCertificates
+
+    cert, key = LeafCertificates(CertificateAuthority.load_or_generate(pki["state"])).get_cryptography(GW_CLIENT4)
+    cert_path, key_path = tmp_path / "gateway.pem", tmp_path / "gateway.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+    def start(*extra):
+        return proxy(["--listen", f"explicit@ssl:3129:interface={GW_CLIENT4}:privateKey={key_path}:certKey={cert_path}",
+                      "--allow-clients", "192.0.2.0/24", "--state-dir", str(pki["state"]),
+                      "--upstream-ca", str(pki["server_ca"]), "--taps", "logger", *extra], wait=[(3129, "tcp")])
+
+    return start
+
+
+def test_https_proxy_listener_carries_plain_http_and_connect(lab, https, https_proxy, pki):
+    """curl --proxy https://: an http:// request is decoded by the taps; an https:// one tunnels (untouched,
+    as TLS inside the listener's TLS cannot be intercepted) and curl verifies the real server."""
+    p = https_proxy()
+    via = ["--proxy", f"https://{GW_CLIENT4}:3129", "--proxy-cacert", str(pki["ours"])]
+    plain = curl(lab, *via, f"http://{SERVER_NAME}/index.html")
+    assert plain.returncode == 0, plain.stderr + p.log()
+    assert plain.stdout == "hello tls\n"
+    tunnel = curl(lab, *via, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    assert tunnel.returncode == 0, tunnel.stderr + p.log()
+    assert tunnel.stdout == "hello tls\n"
+    time.sleep(0.2)
+    log = p.log()
+    assert re.search(r"flow \d+ to_server request GET http://server\.test/index\.html", log), log
+    assert re.search(r"flow \d+: TLS for server\.test inside the proxy listener's own TLS is passed through", log), log
+    assert "Traceback" not in log, log
+
+
+def test_https_proxy_listener_requires_proxy_auth(lab, https, https_proxy, pki):
+    """--proxy-auth over the HTTPS proxy listener: wrong credentials get 407, right ones the page."""
+    https_proxy("--proxy-auth", "alice:s3cret")
+    via = ["--proxy", f"https://{GW_CLIENT4}:3129", "--proxy-cacert", str(pki["ours"])]
+    wrong = curl(lab, *via, "--proxy-user", "alice:nope", "-o", "/dev/null", "-w", "%{http_code}",
+                 f"http://{SERVER_NAME}/index.html")
+    assert wrong.stdout == "407", wrong.stdout + wrong.stderr
+    right = curl(lab, *via, "--proxy-user", "alice:s3cret", f"http://{SERVER_NAME}/index.html")
+    assert right.returncode == 0, right.stderr
+    assert right.stdout == "hello tls\n"
+    tunnel = curl(lab, *via, "--proxy-user", "alice:nope", "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    assert tunnel.returncode != 0 and "407" in tunnel.stderr, tunnel.stderr

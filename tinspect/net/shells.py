@@ -133,8 +133,12 @@ class ClientConnection(Protocol):
         self.factory.start(self)
 
     def handshakeCompleted(self) -> None:
-        # A ClientHandshakeHandler: the layer that started TLS carries the client until then.
-        self.handler.client_handshake_done()
+        # A ClientHandshakeHandler: the layer that started TLS carries the client until then. A
+        # handshake no layer started (an HTTPS proxy listener's, `ssl:`, done by the endpoint)
+        # is no news to the layer carrying the client.
+        done = getattr(self.handler, "client_handshake_done", None)
+        if done is not None:
+            done()
 
     def dataReceived(self, data: bytes) -> None:
         self.handler.client_data(data)

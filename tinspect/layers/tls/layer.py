@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -326,6 +327,14 @@ class TlsLayer:
         self._hello = hello
         self.flow.sni = hello.sni
         name = self._name()
+        if ISSLTransport.providedBy(self._client.transport):
+            # A tunnel inside an HTTPS proxy listener's TLS (`ssl:`): Twisted cannot start TLS in TLS.
+            self._log.info(
+                "flow {flow_id}: TLS for {name} inside the proxy listener's own TLS is passed through untouched",
+                flow_id=self.flow.id, name=name,
+            )
+            self._relay_raw()
+            return
         if self.tls.passthrough.should_pass(name, self.flow.dst[0]) or self.ctx.chain.tls_passthrough(name, self.flow):
             self._log.info(
                 "flow {flow_id}: passing TLS for {name} through untouched", flow_id=self.flow.id, name=name
