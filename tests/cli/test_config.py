@@ -79,3 +79,20 @@ def test_a_missing_file_is_named(tmp_path):
 def test_a_tap_option_mistake_from_the_file_names_the_tap(tmp_path):
     with pytest.raises(usage.UsageError, match="tap 'headers'.*expected 'Name: value'"):
         parse(tmp_path, "taps = 'headers'\n[tap.headers]\nset = 'no colon'\n")
+
+
+def test_client_certs_and_source_addresses_come_from_the_file(tmp_path):
+    """client-cert (a list), passthrough-client-auth and spoof-source in TOML reach the service's settings."""
+    from tinspect.service import makeService
+
+    options = parse(tmp_path, 'client-cert = ["*.corp.example=a.pem,a.key", "10.0.0.0/8=b.pem"]\n'
+                              "passthrough-client-auth = true\nspoof-source = true\n", "--listen", "tcp:0")
+    settings = makeService(options).ctx.settings
+    assert settings.client_certs == ("*.corp.example=a.pem,a.key", "10.0.0.0/8=b.pem")
+    assert settings.passthrough_client_auth and settings.spoof_source
+
+
+def test_a_malformed_client_cert_is_refused_at_start(tmp_path):
+    """--client-cert without PATTERN=CERT is a usage error quoting it."""
+    with pytest.raises(usage.UsageError, match=r"--client-cert: 'a.pem': expected PATTERN=CERT.pem"):
+        parse(tmp_path, "", "--client-cert", "a.pem")
