@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import sys
 import time
 
 import pytest
@@ -14,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, SERVER_NAME, Nginx
+from tests.conftest import REPO
+from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, SERVER4, SERVER6, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
 
@@ -185,3 +187,16 @@ def test_https_proxy_listener_requires_proxy_auth(lab, https, https_proxy, pki):
     assert right.stdout == "hello tls\n"
     tunnel = curl(lab, *via, "--proxy-user", "alice:nope", "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
     assert tunnel.returncode != 0 and "407" in tunnel.stderr, tunnel.stderr
+
+
+@pytest.mark.parametrize("family,client,server", [("-4", CLIENT4, SERVER4), ("-6", CLIENT6, SERVER6)])
+def test_spoof_source_udp_sessions_leave_from_the_client(lab, proxy, family, client, server):
+    """--spoof-source for transparent UDP: the server sees the client's address and its answer comes back."""
+    who = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "udp-who", "5353", cwd=REPO)
+    lab.wait_listening(lab.server, 5353, "udp", proc=who)
+    lab.tproxy(8053, proto="udp", dports=[5353])
+    lab.spoof_return("udp")
+    proxy(["--udp", "tproxy:8053:interface=\\:\\:", "--spoof-source"], wait=[(8053, "udp")])
+    out = lab.exec(lab.client, sys.executable, "-m", "tests.peers", "udp-ask", server, "5353", "who", cwd=REPO,
+                   timeout=15).stdout
+    assert out.split() == [client]
