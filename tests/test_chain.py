@@ -354,3 +354,27 @@ def test_entry_point_taps_are_found_by_name(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     (tap,) = build_taps(parse_tap_names("loud"), {"loud": {"direction": "to_client"}})
     assert isinstance(tap, Shout) and tap.direction == "to_client" and tap.name == "loud"
+
+
+def test_tls_block_takes_the_first_answer_and_skips_a_tap_that_raises(logged_failures):
+    """TapChain.tls_block: taps asked in order, the first non-None answer wins; a raising tap is logged
+    and counts as None; can_intercept reaches every tap."""
+    asked = []
+
+    class Verdict(Tap):
+        def __init__(self, verdict):
+            self.verdict = verdict
+
+        def tls_block(self, name, flow, can_intercept):
+            asked.append((self.verdict, name, can_intercept))
+            if self.verdict == "raise":
+                raise RuntimeError("bug")
+            return self.verdict
+
+    flow = Flow(("192.0.2.1", 1), ("198.51.100.1", 443))
+    chain = TapChain([Logged("plain", []), Verdict(None), Verdict("raise"), Verdict("alert"), Verdict("page")])
+    assert chain.tls_block("blocked.example", flow, False) == "alert"
+    assert asked == [(None, "blocked.example", False), ("raise", "blocked.example", False),
+                     ("alert", "blocked.example", False)]
+    assert len(logged_failures) == 1
+    assert TapChain([Logged("plain", [])]).tls_block("a.example", flow, True) is None

@@ -29,6 +29,7 @@ SANS_IO = [
     "tinspect/net/timeouts.py",
     "tinspect/ops/metrics.py",
     "tinspect/ops/exposition.py",
+    "tinspect/taplib/conditions.py",
     "tinspect/taplib/domains.py",
     "tinspect/taplib/filtering.py",
     "tinspect/taplib/har.py",
@@ -43,6 +44,7 @@ NOT_PARSERS = {
     "tinspect/lab/command.py": "runs a lab",
     "tinspect/lab/netlab.py": "runs namespaces and processes",
     "tinspect/layers/tls/ca.py": "reads and writes the CA's files",
+    "tinspect/taplib/jsonlog.py": "appends to a file of its own",
     "tinspect/taplib/loader.py": "imports taps by name",
     "tinspect/ops/unit.py": "writes the systemd unit and its files",
 }

@@ -99,6 +99,25 @@ class Tap:
         """
         return self.whole_bodies
 
+    def tls_block(self, name: str, flow: Flow, can_intercept: bool) -> str | None:
+        """Whether this TLS connection is blocked, decided from its ClientHello alone.
+
+        Asked once per TLS connection, before `tls_passthrough`, before any
+        certificate is made or anything is sent to the server: ``name`` is
+        the SNI (or the destination IP without one). ``can_intercept`` is
+        ``False`` when the proxy would not intercept the connection (a
+        ``--passthrough`` host, or one whose clients rejected our
+        certificate): a block page cannot reach its client.
+
+        Returns:
+            ``None``: not blocked here (each request is decided as it comes);
+            ``"page"``: blocked, and the client sees a page: the connection is
+            intercepted without contacting the server, and the tap answers its
+            requests (a block page); ``"alert"``: blocked, the handshake is
+            refused with a TLS ``access_denied`` alert.
+        """
+        return None
+
     def tls_passthrough(self, name: str, flow: Flow) -> bool:
         """Whether to relay this TLS connection untouched instead of intercepting it.
 
@@ -145,6 +164,7 @@ class TapChain:
         self._openers = [t for t in self.taps if _overrides(t, "flow_opened")]
         self._closers = [t for t in self.taps if _overrides(t, "flow_closed")]
         self._passers = [t for t in self.taps if _overrides(t, "tls_passthrough")]
+        self._blockers = [t for t in self.taps if _overrides(t, "tls_block")]
         self.measuring = False  # see `measure`
         self.tap_seconds: dict[str, float] = {}
         self.payload_bytes = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
@@ -208,6 +228,20 @@ class TapChain:
             if t is tap:
                 return pos
         raise ValueError(f"{tap} is not in this chain")
+
+    def tls_block(self, name: str, flow: Flow, can_intercept: bool) -> str | None:
+        """The first tap's answer to `Tap.tls_block` that is not ``None``; a tap that raises says
+        ``None`` (logged): its requests are still decided one by one."""
+        for tap in self._blockers:
+            try:
+                verdict = tap.tls_block(name, flow, can_intercept)
+            except Exception:
+                self._log.failure("tap {tap} failed deciding a TLS block for flow {flow_id}",
+                                  tap=str(tap), flow_id=flow.id)
+                continue
+            if verdict is not None:
+                return verdict
+        return None
 
     def tls_passthrough(self, name: str, flow: Flow) -> bool:
         """Whether any tap wants this TLS connection passed through; a tap that raises says no (logged)."""

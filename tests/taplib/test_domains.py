@@ -196,6 +196,13 @@ def test_a_host_matches_iff_it_or_a_parent_domain_is_listed(entries, host, data)
     assert lst.has_domain(Query(host.upper() + ".")) is expected
 
 
+def test_a_host_whose_crc32_holds_a_tab_byte_keeps_its_urls_apart():
+    """b.b.b.ba's CRC-32 has a tab byte: its urls record must not swallow a.a's (found by hypothesis)."""
+    lst = DomainList.build("u", urls=[b"a.a/\nb.b.b.ba/x\n"])
+    assert lst.has_url(Query("a.a", "/")) and lst.has_url(Query("b.b.b.ba", "/x"))
+    assert not lst.has_url(Query("b.b.b.ba", "/"))
+
+
 path = st.lists(st.text("ab/?=", max_size=3), max_size=3).map(lambda parts: "/" + "".join(parts))
 
 

@@ -4,6 +4,7 @@ and the filter tap's reload, which loads them in a thread and swaps."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 
 import pytest
 import pytest_twisted
@@ -76,8 +77,8 @@ def test_default_block():
     ("block colour=red", "is not a condition"),
     ("block host=a host=b", "host= given twice"),
     ("block url=(", "not a regular expression"),
-    ("passthrough url=/x", "passthrough takes host=, list= and domains= only"),
-    ("passthrough host=a method=GET", "passthrough takes host=, list= and domains= only"),
+    ("passthrough url=/x", "passthrough takes host=, list=, domains=, group= and time= only"),
+    ("passthrough host=a method=GET", "passthrough takes host=, list=, domains=, group= and time= only"),
     ('block host="unterminated', "No closing quotation"),
     ("block host=", "host= needs a value"),
 ])
@@ -166,13 +167,111 @@ def test_tls_passthrough_by_list(lists):
     ("block list=ads.txt", "is not a directory (a plain list of domains goes in domains=)"),
     ("block list=.", "holds neither a domains nor a urls file"),
     ("block domains=blacklists/games", "cannot read it: Is a directory"),
-    ("passthrough list=blacklists/bank url=/x", "passthrough takes host=, list= and domains= only"),
+    ("passthrough list=blacklists/bank url=/x", "passthrough takes host=, list=, domains=, group= and time= only"),
 ])
 def test_a_list_that_cannot_be_read_names_the_line(lists, text, words):
     """A missing or misplaced list is a RulesError naming the rules file's line and the list."""
     with pytest.raises(RulesError) as e:
         lists("# fine\n" + text)
     assert ":2: " in str(e.value) and words in str(e.value)
+
+
+# -- who and when ------------------------------------------------------------------------------------
+
+SCHOOL = """
+timezone Europe/London
+group   tablets 192.0.2.200/29 ca=no
+group   pupils  192.0.2.0/24,2001:db8:10::/64
+group   staff   198.51.100.0/26
+window  school  mon-fri 08:00-16:00
+allow   host=*.school.example
+block   group=pupils,tablets time=school list=blacklists/games,blacklists/social
+block   group=staff domains=malware.txt
+block   host=pinned.example tls=alert
+"""
+
+MONDAY_10 = datetime(2026, 12, 7, 10, 0, tzinfo=timezone.utc).timestamp()  # 10:00 GMT, school hours
+MONDAY_17 = datetime(2026, 12, 7, 17, 0, tzinfo=timezone.utc).timestamp()
+SATURDAY_10 = datetime(2026, 12, 12, 10, 0, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture
+def school(tmp_path):
+    """The school's rules beside category directories games and social and a plain malware.txt."""
+    for category, domain in [("games", "casino.example"), ("social", "chat.example")]:
+        (tmp_path / "blacklists" / category).mkdir(parents=True)
+        (tmp_path / "blacklists" / category / "domains").write_text(domain + "\n")
+    (tmp_path / "malware.txt").write_text("evil.example\n")
+    return Rules.parse(SCHOOL, str(tmp_path / "rules.txt"))
+
+
+@pytest.mark.parametrize("client, now, host, action, category, group", [
+    ("192.0.2.10", MONDAY_10, "www.casino.example", BLOCK, "games", "pupils"),
+    ("2001:db8:10::7", MONDAY_10, "chat.example", BLOCK, "social", "pupils"),
+    ("192.0.2.201", MONDAY_10, "chat.example", BLOCK, "social", "tablets"),
+    ("192.0.2.10", MONDAY_17, "www.casino.example", ALLOW, None, "pupils"),  # after school
+    ("192.0.2.10", SATURDAY_10, "www.casino.example", ALLOW, None, "pupils"),
+    ("192.0.2.10", MONDAY_10, "evil.example", ALLOW, None, "pupils"),  # malware.txt is the staff's rule
+    ("198.51.100.5", MONDAY_10, "www.casino.example", ALLOW, None, "staff"),
+    ("198.51.100.5", MONDAY_10, "evil.example", BLOCK, "malware", "staff"),
+    ("203.0.113.9", MONDAY_10, "www.casino.example", ALLOW, None, None),  # in no group
+    ("192.0.2.10", MONDAY_10, "games.school.example", ALLOW, None, "pupils"),  # first match wins
+])
+def test_rules_by_group_and_window(school, client, now, host, action, category, group):
+    """Pupils (and tablets) lose games and social in school hours, staff only malware; first match wins."""
+    decision = school.request("GET", host, f"https://{host}/", client=client, now=now)
+    assert (decision.action, decision.category, decision.group) == (action, category, group)
+
+
+def test_the_client_hello_decides_blocks_pages_alerts_and_passthrough(school):
+    """hello(): a blocked host is refused at the ClientHello; an alert for ca=no groups and tls=alert rules."""
+    pupil = school.hello("www.casino.example", "192.0.2.10", MONDAY_10)
+    assert (pupil.action, pupil.alert, pupil.category, pupil.group) == (BLOCK, False, "games", "pupils")
+    tablet = school.hello("chat.example", "192.0.2.201", MONDAY_10)
+    assert (tablet.action, tablet.alert, tablet.group) == (BLOCK, True, "tablets")
+    pinned = school.hello("pinned.example", "198.51.100.5", MONDAY_10)
+    assert (pinned.action, pinned.alert) == (BLOCK, True)
+    assert school.hello("www.casino.example", "192.0.2.10", MONDAY_17) is None
+    assert school.hello("www.casino.example", "198.51.100.5", MONDAY_10) is None
+
+
+def test_a_block_at_the_client_hello_waits_when_an_earlier_rule_may_allow_a_request():
+    """allow url=... before block host=...: the requests decide, not the ClientHello; block url= rules do not
+    stand in the way; default=block blocks at the ClientHello too."""
+    rules = Rules.parse("block url=/ads/\nblock host=a.example\nallow host=b.example url=/ok\nblock host=b.example\n")
+    assert rules.hello("a.example").action == BLOCK
+    assert rules.hello("b.example") is None
+    assert rules.request("GET", "b.example", "https://b.example/ok").action == ALLOW
+    assert Rules.parse("allow host=c.example\n", default=BLOCK).hello("d.example").action == BLOCK
+    assert Rules.parse("allow host=c.example\n", default=BLOCK).hello("c.example") is None
+    assert Rules.parse("allow url=/x\n", default=BLOCK).hello("d.example") is None
+
+
+def test_passthrough_may_be_for_a_group_only():
+    """passthrough group=staff: staff's TLS to the bank is relayed, pupils' is intercepted."""
+    rules = Rules.parse("group staff 198.51.100.0/24\npassthrough group=staff host=*.bank.example\n")
+    assert rules.tls_passthrough("online.bank.example", "198.51.100.4") is not None
+    assert rules.tls_passthrough("online.bank.example", "192.0.2.4") is None
+
+
+@pytest.mark.parametrize("text, words", [
+    ("block group=pupils", "no group 'pupils' is defined"),
+    ("block time=school", "no window 'school' is defined"),
+    ("group g 192.0.2.0/24\ngroup g 192.0.2.0/24", "group g is defined twice"),
+    ("group g", "group needs a name and what it holds"),
+    ("window w mon-fri", "windows need a timezone line"),
+    ("timezone Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+    ("timezone UTC\ntimezone UTC", "a second timezone"),
+    ("timezone", "timezone takes one IANA name"),
+    ("window w funday", "'funday' is neither days"),
+    ("group g 192.0.2.0/24 ca=maybe", "ca=yes or ca=no"),
+    ("allow host=x tls=alert", "tls= is for block rules"),
+    ("block host=x tls=loud", "tls= is for block rules"),
+])
+def test_definition_mistakes_name_the_line(text, words):
+    with pytest.raises(RulesError) as e:
+        Rules.parse("# fine\n" + text, "r.txt")
+    assert str(e.value).startswith("r.txt:") and words in str(e.value), str(e.value)
 
 
 # -- the filter tap's reload -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ in ``taps/`` do::
   (`tinspect.taplib.filtering`, sans-IO);
 * `encode_body` stores a body in a recording and `convert` turns the
   recorder's JSON Lines into HAR 1.2 (`tinspect.taplib.har`);
+* `JsonLinesLog` appends records to a JSON Lines file of its own, rotated
+  by size and reopened on SIGHUP (`tinspect.taplib.jsonlog`);
 * `on_sighup` registers a callback to reload something on ``kill -HUP``
   (`tinspect.ops.signals`).
 
@@ -25,6 +27,7 @@ this package costs a few standard modules (``shlex``), never the layers;
 from tinspect.ops.signals import on_sighup
 from tinspect.taplib.filtering import ALLOW, BLOCK, PASSTHROUGH, Decision, Rules, RulesError
 from tinspect.taplib.har import convert, encode_body
+from tinspect.taplib.jsonlog import JsonLinesLog
 from tinspect.taplib.loader import directions, flag
 
 __all__ = [
@@ -38,5 +41,6 @@ __all__ = [
     "PASSTHROUGH",
     "convert",
     "encode_body",
+    "JsonLinesLog",
     "on_sighup",
 ]

@@ -263,7 +263,7 @@ class _Urls:
         self._count = len(records)
         self._crcs, self._offsets, text = array("I"), array("I"), []
         size = 0
-        for key, group in itertools.groupby(sorted(records), key=lambda r: r[:r.index(b"\t")]):
+        for key, group in itertools.groupby(sorted(records), key=lambda r: r[:r.index(b"\t", 4)]):  # (a CRC-32 byte may be a tab)
             record = b"\t".join([key[4:], *(r[len(key) + 1:] for r in group)])
             self._crcs.append(int.from_bytes(key[:4], "big"))
             self._offsets.append(size)

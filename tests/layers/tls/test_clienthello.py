@@ -20,7 +20,10 @@ from tinspect.layers.tls.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloReader,
+    ACCESS_DENIED,
+    UNRECOGNIZED_NAME,
     NotTLS,
+    alert_record,
     looks_like_tls,
     parse_handshake,
 )
@@ -670,3 +673,21 @@ def test_parse_handshake_turns_an_internal_bug_into_client_hello_error(monkeypat
     monkeypatch.setattr(clienthello_module, "_parse_body", broken)
     with pytest.raises(ClientHelloError, match="IndexError"):
         parse_handshake(handshake_of(TLS13))
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("description, reason", [(ACCESS_DENIED, "TLSV1_ALERT_ACCESS_DENIED"),
+                                                 (UNRECOGNIZED_NAME, "TLSV1_UNRECOGNIZED_NAME")])
+def test_an_alert_record_refuses_a_client_hello(version, description, reason):
+    """A client that sent its ClientHello reads alert_record() as the server's fatal alert, TLS 1.2 and 1.3."""
+    ctx = ssl.create_default_context()
+    ctx.maximum_version = version
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname="blocked.example")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    assert ClientHelloReader().feed(outgoing.read()).sni == "blocked.example"
+    incoming.write(alert_record(description))
+    with pytest.raises(ssl.SSLError) as e:
+        client.do_handshake()
+    assert e.value.reason == reason

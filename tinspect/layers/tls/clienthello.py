@@ -49,11 +49,15 @@ __all__ = [
     "ClientHelloError",
     "ClientHelloReader",
     "NotTLS",
+    "alert_record",
+    "ACCESS_DENIED",
+    "UNRECOGNIZED_NAME",
     "looks_like_tls",
     "parse_handshake",
 ]
 
 # Record layer constants (RFC 8446 section 5.1).
+_CONTENT_ALERT = 0x15
 _CONTENT_HANDSHAKE = 0x16
 _RECORD_HEADER = 5
 # TLSPlaintext.length must not exceed 2**14; TLS 1.2 ciphertext allows up to
@@ -497,3 +501,20 @@ def _parse_supported_versions(body: bytes, p: int, end: int) -> tuple[int, ...]:
     if list_len < 2 or list_len & 1 or p + list_len != end:
         raise ClientHelloError("supported_versions length mismatch")
     return tuple(body[i] << 8 | body[i + 1] for i in range(p, end, 2))
+
+
+# Alert descriptions a refusal at the ClientHello may send (RFC 8446 section 6.2).
+ACCESS_DENIED = 49
+UNRECOGNIZED_NAME = 112
+_FATAL = 2
+
+
+def alert_record(description: int) -> bytes:
+    """A fatal TLS alert, as a plaintext record: the answer to a ClientHello we refuse.
+
+    Before the ServerHello no keys exist, so every TLS version (1.0 to 1.3)
+    reads an alert in a plaintext record; the record version is the
+    TLS 1.2 one that RFC 8446 section 5.1 has every record but the first
+    ClientHello carry. OpenSSL reports ``tlsv1 alert access denied``.
+    """
+    return struct.pack("!BHHBB", _CONTENT_ALERT, 0x0303, 2, _FATAL, description)

@@ -7,8 +7,12 @@ The sniffer hands a connection here when its first bytes are a TLS record.
 
 1. reads the ClientHello with the sans-IO `ClientHelloReader` (SNI, ALPN
    offers), without answering anything: the client waits for a ServerHello;
-2. asks the passthrough policy whether to leave this TLS alone; if so the
-   connection goes to the raw relay from its first byte;
+2. asks the taps whether the name is blocked for this client (`Tap.tls_block`):
+   if so, the client gets an ``access_denied`` alert, or (when it trusts our
+   CA) a leaf for the name without the server being contacted, so that a tap
+   answers its requests with a block page; else it asks the passthrough
+   policy whether to leave this TLS alone; if so the connection goes to the
+   raw relay from its first byte;
 3. starts TLS on the upstream TCP connection (already opened at accept
    time) with the client's SNI and the ALPN protocols we can carry, and
    waits for that handshake; the upstream certificate is verified there
@@ -44,11 +48,13 @@ from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
 from tinspect.layers.raw import start_tls
 from tinspect.layers.tls.ca import CAError, CertificateAuthority, LeafCertificates
-from tinspect.layers.tls.clienthello import ClientHello, ClientHelloError, ClientHelloReader, NotTLS
+from tinspect.layers.tls.clienthello import ACCESS_DENIED, ClientHello, ClientHelloError, ClientHelloReader, \
+    NotTLS, alert_record
 from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
 from tinspect.layers.tls.policy import ClientCertificate, PassthroughPolicy, classify_client_failure
 from tinspect.net.addresses import format_addr
-from tinspect.net.handoff import Handoff, relay_raw
+from tinspect.net.handoff import Handoff, Upstream, relay_raw
+from tinspect.net.shells import ServerConnection
 from tinspect.net.timeouts import Deadline
 
 __all__ = ["Interception", "TlsLayer"]
@@ -327,15 +333,25 @@ class TlsLayer:
         self._hello = hello
         self.flow.sni = hello.sni
         name = self._name()
-        if ISSLTransport.providedBy(self._client.transport):
-            # A tunnel inside an HTTPS proxy listener's TLS (`ssl:`): Twisted cannot start TLS in TLS.
+        # A tunnel inside an HTTPS proxy listener's TLS (`ssl:`): Twisted cannot start TLS in
+        # TLS, so it is passed through (and a block can only be an alert).
+        nested = ISSLTransport.providedBy(self._client.transport)
+        passthrough = nested or self.tls.passthrough.should_pass(name, self.flow.dst[0])
+        verdict = self.ctx.chain.tls_block(name, self.flow, not passthrough)
+        if verdict == "alert" or (verdict == "page" and passthrough):
+            self._refuse(name)
+            return
+        if verdict == "page":
+            self._blocked(name)
+            return
+        if nested:
             self._log.info(
                 "flow {flow_id}: TLS for {name} inside the proxy listener's own TLS is passed through untouched",
                 flow_id=self.flow.id, name=name,
             )
             self._relay_raw()
             return
-        if self.tls.passthrough.should_pass(name, self.flow.dst[0]) or self.ctx.chain.tls_passthrough(name, self.flow):
+        if passthrough or self.ctx.chain.tls_passthrough(name, self.flow):
             self._log.info(
                 "flow {flow_id}: passing TLS for {name} through untouched", flow_id=self.flow.id, name=name
             )
@@ -346,6 +362,42 @@ class TlsLayer:
             self._start_client_tls(())
         elif self._up.transport is not None:
             self._start_upstream_tls()
+
+    def _refuse(self, name: str) -> None:
+        """Answer the ClientHello with an ``access_denied`` alert and close: a tap blocked it,
+        and the client would not see a page. No certificate is made; the upstream TCP
+        connection (opened at accept) is closed without a byte sent."""
+        self._done = True
+        self._deadline.stop()
+        self.flow.mark_ended(f"TLS for {name} refused at the ClientHello (blocked)")
+        self._log.info(
+            "flow {flow_id}: TLS for {name} from {client} refused with an access_denied alert (blocked)",
+            flow_id=self.flow.id, name=name, client=format_addr(self.flow.client),
+        )
+        transport = self._client.transport
+        transport.write(alert_record(ACCESS_DENIED))
+        transport.loseConnection()
+        self._let_server_go()
+
+    def _blocked(self, name: str) -> None:
+        """Intercept without the server: a tap blocked the name and will answer every
+        request with its page, so the client gets a leaf for the name alone."""
+        self._log.info(
+            "flow {flow_id}: TLS for {name} blocked at the ClientHello: intercepted without contacting the server",
+            flow_id=self.flow.id, name=name,
+        )
+        self._let_server_go()
+        self._up.failure = f"{name} is blocked (decided at the ClientHello)"
+        self._client.transport.pauseProducing()
+        self._start_client_tls(())
+
+    def _let_server_go(self) -> None:
+        """Close the upstream TCP connection, whose events go nowhere from now on, and hand on
+        a server side that never connects."""
+        self._server.handler = _Discarded()
+        self._close_upstream()
+        self._server = ServerConnection(None)
+        self._up = self._handoff.upstream = Upstream(self._server)
 
     def _start_upstream_tls(self) -> None:
         hello = self._hello
@@ -421,3 +473,22 @@ class TlsLayer:
             up.transport.loseConnection()
         elif up.connecting is not None:
             up.connecting.cancel()
+
+
+class _Discarded:
+    """The handler of an upstream connection let go before it was used: it hears nothing."""
+
+    def server_connected(self, transport: Any) -> None:
+        transport.loseConnection()
+
+    def server_failed(self, reason: str) -> None:
+        pass
+
+    def server_data(self, data: bytes) -> None:
+        pass
+
+    def server_eof(self) -> None:
+        pass
+
+    def server_lost(self, reason: Failure) -> None:
+        pass
