@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
 from tests.layers.tls.test_tls import RootCA, pump
