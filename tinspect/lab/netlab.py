@@ -202,6 +202,18 @@ class Lab:
             self._rule("-t", "mangle", "-A", "TINSPECT_DIVERT", "-j", "MARK", "--set-mark", "1", v6=v6)
             self._rule("-t", "mangle", "-A", "TINSPECT_DIVERT", "-j", "ACCEPT", v6=v6)
 
+    def spoof_return(self, proto: str = "tcp") -> None:
+        """Deliver to the proxy the servers' answers to connections it made from a
+        client's address (``--spoof-source``), the recipe of docs/gateway.md: they
+        come in on the server side, addressed to the client, and belong to a
+        transparent socket of the proxy's, so they are marked and routed locally
+        (``fwmark 1 lookup 100``, table 100: ``local default dev lo``) instead of
+        being forwarded to the client."""
+        for v6 in (False, True):
+            self._ensure_divert(v6)
+            self._rule("-t", "mangle", "-A", "PREROUTING", "-i", "s0", "-p", proto, "-m", "socket", "--transparent",
+                       "-j", "TINSPECT_DIVERT", v6=v6)
+
     def redirect(self, port: int, proto: str = "tcp", dports: Sequence[int] | None = None) -> None:
         """Divert the client's traffic to local ``port`` with NAT REDIRECT."""
         for v6 in (False, True):
@@ -341,6 +353,8 @@ events {{ worker_connections 1024; }}
 http {{
     log_format conn '$connection "$request" $status';
     access_log {self.workdir}/access.log conn;
+    log_format clients '$remote_addr "$request" $status';
+    access_log {self.workdir}/clients.log clients;
     client_body_temp_path {self.workdir}/body;
     proxy_temp_path {self.workdir}/proxy;
     fastcgi_temp_path {self.workdir}/fastcgi;
@@ -374,6 +388,12 @@ http {{
             request, _, status = rest.rpartition(" ")
             out.append((conn, request.strip('"'), status))
         return out
+
+
+    def client_addresses(self) -> list[str]:
+        """The client address nginx saw, per request so far (``$remote_addr``)."""
+        path = self.workdir / "clients.log"
+        return [line.partition(" ")[0] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 class ProxyProcess:

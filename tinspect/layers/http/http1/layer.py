@@ -787,7 +787,8 @@ class Http1Layer:
             self.upstream.close()
             self._forget_upstream()
         tunnel = self._tunnel = _Tunnel(self, ex, dst)
-        tunnel.shell, tunnel.connecting = open_upstream(self.ctx, dst, tunnel, timings=self.flow.timings)
+        tunnel.shell, tunnel.connecting = open_upstream(self.ctx, dst, tunnel, timings=self.flow.timings,
+                                                        client=self.flow.client)
 
     def _tunnel_open(self, ex: _Exchange, dst: tuple[str, int], shell: Any, transport: Any) -> None:
         if self._finished or not self.reader.paused:
