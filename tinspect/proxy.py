@@ -20,6 +20,7 @@ anything else starts.
 from __future__ import annotations
 
 import gc
+import resource
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -361,7 +362,11 @@ class TwistdProxy(Proxy):
 
     def privilegedStartService(self) -> None:
         wanted = 2 * self.ctx.settings.max_connections + 256
-        soft, _hard = raise_fd_limit(wanted)
+        before = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = raise_fd_limit(wanted)
+        if (soft, hard) != before:
+            self._log.info("open files limit raised from {before} to {soft} (hard {hard}) for --max-connections {n}",
+                           before=before[0], soft=soft, hard=hard, n=self.ctx.settings.max_connections)
         if soft < wanted:
             self._log.warn(
                 "open files are limited to {soft}: fewer than --max-connections {n} proxied connections fit "
