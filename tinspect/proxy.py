@@ -279,7 +279,7 @@ class Proxy(MultiService):
             workers: the Unix sockets where the other ``--workers`` serve
                 theirs (`serve_worker_metrics`): a scrape gets the sum.
         """
-        self.ctx.chain.measure()
+        self.ctx.chain.measure(self.ctx.metrics)
         self.ctx.metrics.measure()
         _MetricsListener(self.ctx, endpoint, tuple(workers)).setServiceParent(self)
         return self
@@ -287,7 +287,7 @@ class Proxy(MultiService):
     def serve_worker_metrics(self, path: str) -> "Proxy":
         """As an extra worker of ``--workers``: serve the counters on the Unix
         socket ``path`` for worker 0's ``--metrics`` to sum."""
-        self.ctx.chain.measure()
+        self.ctx.chain.measure(self.ctx.metrics)
         self.ctx.metrics.measure()
         _WorkerMetrics(self.ctx, path).setServiceParent(self)
         return self

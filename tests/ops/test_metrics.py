@@ -52,7 +52,7 @@ def test_the_exposition_parses_and_follows_prometheus_naming():
     from prometheus_client.parser import text_string_to_metric_families
 
     ctx = ProxyContext(TapChain([]), reactor=object())
-    ctx.chain.measure()
+    ctx.chain.measure(ctx.metrics)
     families = {f.name: f for f in text_string_to_metric_families(ctx.metrics.render(ctx))}
     for family in families.values():
         if family.type == "counter":  # the parser strips _total from a counter's family name
