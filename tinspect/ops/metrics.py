@@ -135,10 +135,12 @@ class Metrics:
         self.quic_refused = Counter()
         self.quic_unreadable = Counter()
 
-    def measure(self) -> None:
-        """Time exchanges from now on (``--metrics``); the chain is measured by
-        `tinspect.chain.TapChain.measure` with this registry."""
+    def measure(self, chain: Any = None) -> None:
+        """Time exchanges from now on (``--metrics``), and the taps and payload of
+        ``chain`` (a `tinspect.chain.TapChain`: `TapChain.measure` with this registry)."""
         self.clock = time.perf_counter
+        if chain is not None:
+            chain.measure(self)
 
     def timed(self, name: str, handle: Callable[[Unit, Any], Any]) -> Callable[[Unit, Any], Any]:
         """``handle`` (a tap's), timed into `tap_time` under ``name``: two clock reads
