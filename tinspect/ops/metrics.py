@@ -13,9 +13,10 @@ exchange and reads no clock. What is counted per unit (each tap's time, the
 payload bytes) is counted by wrappers made here (`Metrics.timed`,
 `Metrics.counted`) that the tap chain puts in place only once `Metrics.measure`
 was given it: with metrics off no code of this module runs per unit, and the
-chain makes no test for it either (tests/ops/test_metrics.py checks both). TLS handshakes are counted by the creators in
-`tinspect.layers.tls.handshake` (``handshakes`` on each side's owner) and
-read here when scraped, as the leaf cache is.
+chain makes no test for it either (tests/ops/test_metrics.py checks this).
+TLS handshakes are counted by the creators in `tinspect.layers.tls.handshake`
+(``handshakes`` on each side's owner) and read here when scraped, as the leaf
+cache is.
 
 Flow errors are grouped by kind (`error_kind`): the first words of the
 reason a layer gave, mapped to a short label, so that the label set stays
@@ -128,7 +129,9 @@ class Metrics:
         self.first_byte = Histogram("protocol")  # request head in -> response head back, per protocol
         self.response = Histogram("protocol")  # request head in -> response complete, per protocol
         self.tap_time = Histogram("tap", TAP_BUCKETS)  # one tap's handle, per unit (synchronous part), per tap
-        self.payload_bytes = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}  # delivered units' payload
+        # Delivered units' payload, per direction: a one-item list each, which `counted` binds
+        # (an Enum key would cost a Python-level __hash__ per unit).
+        self.payload_bytes = {Direction.TO_SERVER: [0], Direction.TO_CLIENT: [0]}
         # QUIC (tinspect/layers/udp.py): connections by version label, Initials unreadable by reason kind.
         self.quic_seen = Counter()
         self.quic_passed = Counter()
@@ -161,10 +164,10 @@ class Metrics:
 
     def counted(self, direction: Direction, deliver: Callable[[Unit], None]) -> Callable[[Unit], None]:
         """An arm's ``deliver`` that adds each unit's payload to `payload_bytes` first."""
-        totals = self.payload_bytes
+        total = self.payload_bytes[direction]
 
         def counted(unit: Unit) -> None:
-            totals[direction] += unit.size
+            total[0] += unit.size
             deliver(unit)
 
         return counted
@@ -220,7 +223,7 @@ class Metrics:
             out += histogram.samples(name)
         family("tinspect_payload_bytes_total", "counter",
                "Payload bytes (bodies, messages, raw data) delivered, by direction (counted with --metrics).",
-               [(f'{{direction="{d.value}"}}', n) for d, n in self.payload_bytes.items()])
+               [(f'{{direction="{d.value}"}}', n) for d, (n,) in self.payload_bytes.items()])
         tls = ctx.tls
         if getattr(tls, "client_facing", None) is not None:
             family("tinspect_tls_handshakes_total", "counter",
