@@ -280,16 +280,14 @@ class Proxy(MultiService):
             workers: the Unix sockets where the other ``--workers`` serve
                 theirs (`serve_worker_metrics`): a scrape gets the sum.
         """
-        self.ctx.chain.measure()
-        self.ctx.metrics.measure()
+        self.ctx.metrics.measure(self.ctx.chain)
         _MetricsListener(self.ctx, endpoint, tuple(workers)).setServiceParent(self)
         return self
 
     def serve_worker_metrics(self, path: str) -> "Proxy":
         """As an extra worker of ``--workers``: serve the counters on the Unix
         socket ``path`` for worker 0's ``--metrics`` to sum."""
-        self.ctx.chain.measure()
-        self.ctx.metrics.measure()
+        self.ctx.metrics.measure(self.ctx.chain)
         _WorkerMetrics(self.ctx, path).setServiceParent(self)
         return self
 
