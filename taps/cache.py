@@ -33,6 +33,13 @@ signed query is a hit.
   that comes before the fetch's response head has shown it is one the
   cache keeps goes to the server in parallel.
 * A ``Range`` request for a URL not cached yet passes through, uncached.
+* A redirect (``301/302/303/307/308``) answering a request it would keep is
+  followed by the proxy itself when `follow_redirect` allows it: the tap
+  answers the whole redirect with the ``GET`` of its target, which passes
+  every tap as a request of its own, and the client gets the target's answer,
+  kept under the original URL's key (a registry's blob under its digest,
+  fetched from the CDN it redirects to). Credentials go along only to the
+  same origin.
 * Responses other than a plain 200, or marked ``no-store``/``private``, are
   not kept.
 * The directory is capped at ``max_size`` bytes: the least recently used
@@ -47,6 +54,8 @@ Options:
         replaces the default set of index files.
     max_size: bytes the cache may hold (default 10 GiB; ``K``, ``M``, ``G``
         suffixes allowed).
+    max_redirects: redirects followed for one request (default 5; ``0``
+        passes them to the client).
 """
 
 from __future__ import annotations
@@ -67,7 +76,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
 from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
-from tinspect.taplib import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
+from tinspect.taplib import (CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, MAX_REDIRECTS, REDIRECT_STATUSES, cache_key,
+                             cacheable, follow_redirect)
 
 __all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 
@@ -95,7 +105,7 @@ class _Fill:
     """One response being written to the cache while it streams to its client."""
 
     __slots__ = ("key", "url", "request", "flow_id", "lock", "tracked", "tmp", "file", "hash", "written", "expected",
-                 "digest", "meta", "waiters")
+                 "digest", "meta", "waiters", "hops")
 
     def __init__(self, key: str, url: str, digest: str | None, request: Request, flow_id: Any, lock: int) -> None:
         self.key, self.url, self.digest, self.flow_id, self.lock = key, url, digest, flow_id, lock
@@ -108,6 +118,7 @@ class _Fill:
         self.expected: int | None = None
         self.meta: dict = {}
         self.waiters: list[Deferred] = []
+        self.hops = 0  # redirects followed so far; `request` is then the last one sent
 
 
 class CacheTap(Tap):
@@ -118,15 +129,22 @@ class CacheTap(Tap):
     log = Logger(namespace="tinspect.tap.cache")
 
     def __init__(self, dir: str, patterns: str | list[str] = CACHE_PATTERNS,
-                 exclude: str | list[str] = CACHE_EXCLUDE, max_size: str | int = "10G") -> None:
+                 exclude: str | list[str] = CACHE_EXCLUDE, max_size: str | int = "10G",
+                 max_redirects: str | int = MAX_REDIRECTS) -> None:
         self.patterns = _compile("patterns", patterns)
+        try:
+            self.max_redirects = int(max_redirects)
+        except ValueError:
+            raise ValueError(f"max_redirects: not a number: {max_redirects!r}") from None
+        if not 0 <= self.max_redirects <= 20:
+            raise ValueError(f"max_redirects: {self.max_redirects} is not between 0 and 20")
         self.exclude = _compile("exclude", exclude)
         self.max_size = _size(max_size)
         self.root = Path(dir)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
-        self.hits = self.misses = self.served_bytes = 0  # for `metrics`
+        self.hits = self.misses = self.served_bytes = self.mismatches = 0  # for `metrics`
         try:
             for path in (self.objects, self.tmp, self.locks):
                 path.mkdir(parents=True, exist_ok=True)
@@ -167,7 +185,22 @@ class CacheTap(Tap):
                     self._finish(fill)
         return unit
 
+    def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
+        """A redirect answering a fetch this tap keeps comes whole: the tap answers it with the
+        request it follows it with, which a layer takes only in place of a whole response."""
+        if type(message) is not Response or message.status not in REDIRECT_STATUSES or not self.max_redirects:
+            return False
+        return self._tracked(message.request, flow) is not None
+
+    def _tracked(self, req: Request | None, flow: Flow) -> _Fill | None:
+        """The fill ``req`` (of ``flow``) is being fetched for, if any."""
+        tracked = flow.state.get("cache")
+        fill = tracked.get(id(req)) if tracked and req is not None else None
+        return fill if fill is not None and fill.request is req else None
+
     def _request(self, req: Request, flow: Flow) -> Any:
+        if self._tracked(req, flow) is not None:
+            return req  # a redirect this tap follows: it belongs to the client's request's fill
         if req.method not in ("GET", "HEAD") or not cacheable(req.url, self.patterns, self.exclude):
             return req
         key, digest = cache_key(req.url)
@@ -276,12 +309,12 @@ class CacheTap(Tap):
 
     # -- responses being written ---------------------------------------------------------
 
-    def _response(self, resp: Response, flow: Flow) -> Response:
-        req = resp.request
-        tracked = flow.state.get("cache")
-        fill = tracked.get(id(req)) if tracked and req is not None else None
-        if fill is None or fill.request is not req or resp.interim:
+    def _response(self, resp: Response, flow: Flow) -> Response | Request:
+        fill = self._tracked(resp.request, flow)
+        if fill is None or resp.interim:
             return resp
+        if resp.status in REDIRECT_STATUSES and self.max_redirects:
+            return self._redirect(fill, resp, flow)
         cache_control = (resp.headers.get("cache-control") or "").lower()
         length = resp.headers.get("content-length")
         fill.expected = int(length) if length and length.isdigit() else None
@@ -312,6 +345,39 @@ class CacheTap(Tap):
             self._write(fill, resp.body)
             self._finish(fill)
         return resp
+
+    def _redirect(self, fill: _Fill, resp: Response, flow: Flow) -> Response | Request:
+        """Follow ``resp``, a redirect answering ``fill``'s request, with a request of the tap's
+        own, when `follow_redirect` says it may: the client gets the answer to that one, kept
+        under ``fill``'s key. Otherwise the client gets the redirect, and nothing is kept."""
+        req = fill.request
+        where = follow_redirect(resp.status, resp.headers.get("location"), req.url, fill.hops, self.max_redirects,
+                                fill.digest)
+        if resp.body is None:
+            where = "its body is larger than --max-body"
+        elif req.stream_id is not None:
+            where = "HTTP/2 (the proxy follows redirects on HTTP/1.1 only)"
+        if isinstance(where, str):
+            self._abandon(fill, flow, f"not kept: redirect not followed: {where}")
+            return resp
+        headers = req.headers.copy()
+        if not where.same_origin:
+            # Another origin (a CDN with a signed URL) gets no credentials meant for this one,
+            # as clients following a redirect do not send them either.
+            for name in ("authorization", "cookie"):
+                headers.remove(name)
+        if "host" in headers:
+            headers["Host"] = where.authority
+        follow = Request("GET", where.target, headers, version=req.version, scheme=where.scheme,
+                         authority=where.authority, body=b"", stream_id=req.stream_id,
+                         destination=(where.host, where.port))
+        self._untrack(fill)
+        fill.request = follow
+        fill.hops += 1
+        fill.tracked[id(follow)] = fill
+        self.log.info("flow {flow_id}: cache: {url} answered {status}; following it to {target}",
+                      flow_id=flow.id, url=req.url, status=resp.status, target=where.url)
+        return follow
 
     def _write(self, fill: _Fill, data: bytes) -> None:
         if fill.file is None:
@@ -351,6 +417,7 @@ class CacheTap(Tap):
             problem = f"{fill.written} bytes, the server said {fill.expected}"
         elif fill.digest is not None and fill.hash.hexdigest() != fill.digest:
             problem = f"sha256 {fill.hash.hexdigest()} is not the digest the URL names"
+            self.mismatches += 1
         if problem:
             self.log.warn("flow {flow_id}: cache: {url} not kept: {problem}", flow_id=fill.flow_id, url=fill.url,
                           problem=problem)
@@ -405,7 +472,9 @@ class CacheTap(Tap):
         return [("tinspect_cache_hits_total", "counter", "Requests the cache answered from disk.", self.hits),
                 ("tinspect_cache_misses_total", "counter", "Cacheable requests that went to the server.", self.misses),
                 ("tinspect_cache_served_bytes_total", "counter", "Body bytes the cache served from disk.",
-                 self.served_bytes)]
+                 self.served_bytes),
+                ("tinspect_cache_digest_mismatches_total", "counter",
+                 "Downloads not kept because their sha256 was not the digest their URL named.", self.mismatches)]
 
     def flow_closed(self, flow: Flow) -> None:
         """Fetches of this flow that did not finish leave nothing behind."""

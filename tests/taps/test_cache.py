@@ -92,6 +92,7 @@ def test_bytes_whose_sha256_is_not_the_digest_are_not_kept_and_the_flow_is_named
     assert list((tmp_path / "objects").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
     (event,) = [e for e in events if "not the digest" in str(e.get("problem"))]
     assert event["flow_id"] == flow.id and formatEvent(event).startswith(f"flow {flow.id}: cache: ")
+    assert ("tinspect_cache_digest_mismatches_total", "counter") == tap.metrics()[-1][:2] and tap.mismatches == 1
 
 
 def test_index_files_are_not_kept_by_default(tmp_path):

@@ -1,0 +1,229 @@
+"""The cache tap through real loopback sockets: twistd proxies, an origin that redirects to a "CDN", counted fetches."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+BLOB = os.urandom(300_000)
+DIGEST = hashlib.sha256(BLOB).hexdigest()
+BLOB_PATH = f"/v2/library/app/blobs/sha256:{DIGEST}"
+
+
+class Origin(ThreadingHTTPServer):
+    """A registry and its CDN in one loopback server, counting what it is asked.
+
+    ``/v2/.../blobs/sha256:<hex>`` answers ``307`` to ``/cdn/<hex>/data`` on
+    ``cdn`` (another server) with a fresh signed query; ``/cdn/...`` serves
+    ``blobs[hex]`` (at ``rate`` bytes a second when set; ``cut`` closes it
+    half way). With ``token`` set, blob requests need ``Authorization: Bearer
+    <token>`` (HEAD included), as a private registry's do.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization
+        self.blobs: dict[str, bytes] = {}
+        self.cdn: Origin | None = None
+        self.token: str | None = None
+        self.rate: int | None = None
+        self.cut = False
+        self.signed = 0
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def count(self, method: str, prefix: str) -> int:
+        """How many ``method`` requests for a path starting with ``prefix`` came."""
+        return sum(1 for m, path, _ in self.requests if m == method and path.startswith(prefix))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Origin
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def _answer(self, head: bool) -> None:
+        srv = self.server
+        srv.requests.append((self.command, self.path, self.headers.get("Authorization")))
+        if srv.token is not None and self.path.startswith("/v2/") \
+                and self.headers.get("Authorization") != f"Bearer {srv.token}":
+            self._empty(401)
+            return
+        if self.path.startswith("/v2/") and "/blobs/sha256:" in self.path and srv.cdn is not None:
+            srv.signed += 1
+            digest = self.path.rsplit(":", 1)[1]
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{srv.cdn.port}/cdn/{digest}/data?sig={srv.signed}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        data = srv.blobs.get(self.path.split("?")[0].split("/")[2] if self.path.startswith("/cdn/") else self.path)
+        if data is None:
+            self._empty(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        if head:
+            return
+        step = 16384
+        for at in range(0, len(data), step):
+            if srv.cut and at >= len(data) // 2:
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(data[at:at + step])
+            if srv.rate:
+                time.sleep(step / srv.rate)
+
+    def _empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProxyProcess:
+    """``twistd tinspect`` as an explicit proxy on loopback with the cache tap on ``cache_dir``."""
+
+    def __init__(self, cache_dir: Path, log: Path, *options: str) -> None:
+        self.port = _free_port()
+        self.log_path = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             f"--logfile={log}", "tinspect", "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--taps", "cache",
+             "--tap-option", f"cache.dir={cache_dir}", *options], cwd=REPO)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the proxy did not start: {self.log()}") from None
+                time.sleep(0.05)
+
+    def get(self, url: str, headers: dict | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+        """One request for ``url`` through the proxy: status, headers (lower-case names), body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, url, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def origin():
+    """A registry origin redirecting blob GETs to a CDN origin holding ``BLOB``."""
+    registry, cdn = Origin(), Origin()
+    registry.cdn = cdn
+    cdn.blobs[DIGEST] = BLOB
+    yield registry
+    for srv in (registry, cdn):
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.fixture
+def proxies(tmp_path):
+    """``start(*options)``: a proxy process on ``tmp_path/cache``; all are stopped at teardown."""
+    started = []
+
+    def start(*options):
+        p = ProxyProcess(tmp_path / "cache", tmp_path / f"proxy{len(started)}.log", *options)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def test_a_redirected_blob_is_followed_by_the_proxy_kept_under_its_digest_and_then_served_from_disk(origin, proxies,
+                                                                                                   tmp_path):
+    """The client gets the CDN's 200 for the registry's 307; the second GET reaches neither registry nor CDN."""
+    proxy = proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+    status, headers, body = proxy.get(url)
+    assert (status, hashlib.sha256(body).hexdigest()) == (200, DIGEST)
+    assert "x-tinspect-cache" not in headers
+    status, headers, body = proxy.get(url)
+    assert (status, body == BLOB, headers.get("x-tinspect-cache")) == (200, True, "hit")
+    assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
+    assert (tmp_path / "cache" / "objects" / f"sha256-{DIGEST}").read_bytes() == BLOB
+    meta = json.loads((tmp_path / "cache" / "objects" / f"sha256-{DIGEST}.json").read_text())
+    assert meta["url"] == url
+    assert "following it to http://127.0.0.1:" in proxy.log()
+
+
+def test_redirects_are_not_followed_with_max_redirects_0(origin, proxies, tmp_path):
+    """cache.max_redirects=0: the client gets the 307 itself and nothing is kept."""
+    proxy = proxies("--tap-option", "cache.max_redirects=0")
+    status, headers, _ = proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
+    assert status == 307 and headers["location"].startswith(f"http://127.0.0.1:{origin.cdn.port}/cdn/")
+    assert origin.cdn.requests == [] and list((tmp_path / "cache" / "objects").iterdir()) == []
+
+
+def test_a_redirected_blob_with_the_wrong_digest_is_relayed_not_kept_and_reported(origin, proxies, tmp_path):
+    """The CDN serves other bytes than the digest names: the client gets them, the cache keeps nothing, says so."""
+    origin.cdn.blobs[DIGEST] = b"corrupted " * 1000
+    proxy = proxies()
+    status, _, body = proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
+    assert (status, body) == (200, b"corrupted " * 1000)
+    assert list((tmp_path / "cache" / "objects").iterdir()) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+    assert "is not the digest the URL names" in proxy.log()
+
+
+def test_a_redirected_transfer_cut_half_way_leaves_nothing(origin, proxies, tmp_path):
+    """The CDN closes the connection in the middle of the blob: the client sees it cut, nothing is cached."""
+    origin.cdn.cut = True
+    proxy = proxies()
+    with pytest.raises((http.client.IncompleteRead, ConnectionResetError)):
+        proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
+    deadline = time.monotonic() + 10
+    while "not kept: the transfer was cut" not in proxy.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "not kept: the transfer was cut" in proxy.log()
+    assert list((tmp_path / "cache" / "objects").iterdir()) == []
+    assert list((tmp_path / "cache" / "tmp").iterdir()) == []
