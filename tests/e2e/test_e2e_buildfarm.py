@@ -329,8 +329,6 @@ def test_skopeo_copies_an_image_twice_the_second_time_every_layer_from_the_cache
     assert metrics(lab)["tinspect_cache_hits_total"] == len(image["blobs"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 point 6 (the cache follows redirects inside the proxy) is not "
-                                       "merged yet: the client follows the 307 itself")
 @pytest.mark.parametrize("mode", MODES)
 def test_the_proxy_follows_the_registry_redirect_so_the_client_never_reaches_the_cdn(lab, registry, farm, pki,
                                                                                       image, tmp_path, mode):
@@ -350,7 +348,7 @@ def test_the_proxy_follows_the_registry_redirect_so_the_client_never_reaches_the
 
 def test_a_corrupted_layer_is_refused_by_skopeo_and_not_kept(lab, registry, farm, pki, image, tmp_path):
     """The CDN serves a layer with one byte flipped (same length): skopeo refuses the copy, the cache
-    keeps no entry for that digest and logs the mismatch naming the flow; once the CDN serves it whole
+    keeps no entry for that digest, logs the mismatch naming the flow and counts it; once the CDN serves it whole
     again, the next copy fetches that layer again and keeps it."""
     f = farm("tproxy")
     bad = image["blobs"][2]
@@ -363,6 +361,7 @@ def test_a_corrupted_layer_is_refused_by_skopeo_and_not_kept(lab, registry, farm
     log = f.log(rf"{bad} not kept")
     assert re.search(rf"flow \d+: cache: \S+{bad}\S* not kept: sha256 [0-9a-f]{{64}} is not the digest the URL "
                      "names", log), log
+    assert metrics(lab)["tinspect_cache_digest_mismatches_total"] == 1
     data.write_bytes(whole)
     skopeo_copy(lab, f, pki, tmp_path / "two")
     assert sha256((tmp_path / "two" / bad).read_bytes()) == bad
