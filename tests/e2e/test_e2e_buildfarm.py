@@ -183,7 +183,6 @@ def registry(lab, tmp_path, pki, image):
              f"oci:{image['layout']}:1", f"docker://127.0.0.1:5000/{IMAGE}:1", timeout=60)
     lab.exec(lab.server, "ip", "addr", "add", f"{CDN4}/24", "dev", "eth0")
     lab.add_host(CDN_NAME, CDN4)
-    (tmp_path / "cdn-pki").mkdir()
     cdn = ServerPKI(tmp_path / "cdn-pki", authority=pki["authority"], name=CDN_NAME, addresses=[CDN4])
     work = tmp_path / "nginx"
     front = ("location /v2/ { proxy_pass http://127.0.0.1:5000; proxy_set_header Host $http_host; "
@@ -221,8 +220,8 @@ class Farm:
     """The proxy with the cache tap, transparent (TPROXY for 80, 443 and 8081) or explicit (on the
     gateway's client-side address); what the clients need to go through it, and what the cache holds."""
 
-    def __init__(self, lab, process, mode: str, cache: Path) -> None:
-        self.lab, self.process, self.mode, self.cache = lab, process, mode, cache
+    def __init__(self, process, mode: str, cache: Path) -> None:
+        self.process, self.mode, self.cache = process, mode, cache
 
     @property
     def explicit(self) -> bool:
@@ -254,12 +253,12 @@ def farm(lab, proxy, pki, tmp_path):
             lab.tproxy(8080, dports=[80, 443, 8081])
             listen = ["--listen", DUAL]
         else:
-            listen = ["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24"]
+            listen = ["--listen", f"tcp:3128:interface={GW_CLIENT4}", "--allow-clients", "192.0.2.0/24"]
         port = 8080 if mode == "tproxy" else 3128
         process = proxy([*listen, "--taps", "logger,cache", "--tap-option", f"cache.dir={cache}",
                          "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"]),
                          "--metrics", "tcp:9108:interface=127.0.0.1"], wait=[(port, "tcp"), (9108, "tcp")])
-        return Farm(lab, process, mode, cache)
+        return Farm(process, mode, cache)
 
     return start
 

@@ -475,6 +475,7 @@ class ServerPKI:
         from tinspect.layers.tls.ca import CertificateAuthority, LeafCertificates
 
         workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
         if authority is None:
             authority = CertificateAuthority.generate(workdir / "server-ca", common_name=common_name)
         self.authority = authority
