@@ -355,8 +355,6 @@ class CacheTap(Tap):
                                 fill.digest)
         if resp.body is None:
             where = "its body is larger than --max-body"
-        elif req.stream_id is not None:
-            where = "HTTP/2 (the proxy follows redirects on HTTP/1.1 only)"
         if isinstance(where, str):
             self._abandon(fill, flow, f"not kept: redirect not followed: {where}")
             return resp
