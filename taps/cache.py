@@ -40,6 +40,11 @@ signed query is a hit.
   kept under the original URL's key (a registry's blob under its digest,
   fetched from the CDN it redirects to). Credentials go along only to the
   same origin.
+* An entry fetched with credentials (``Authorization`` or ``Cookie``) is
+  private (``"credentials": true`` in its ``.json``): a hit on it sends a
+  ``HEAD`` of the URL with the new request's own headers to the origin in its
+  place, and only a ``200`` or a redirect serves it from disk; otherwise the
+  request goes to the origin (one round trip per private hit).
 * Responses other than a plain 200, or marked ``no-store``/``private``, are
   not kept.
 * The directory is capped at ``max_size`` bytes: the least recently used
@@ -101,11 +106,16 @@ def _size(text: str | int) -> int:
     return int(m.group(1)) * _SIZES[m.group(2).upper()]
 
 
+def _credentials(req: Request) -> bool:
+    """Whether ``req`` says who its client is (what it gets may be that client's alone)."""
+    return "authorization" in req.headers or "cookie" in req.headers
+
+
 class _Fill:
     """One response being written to the cache while it streams to its client."""
 
     __slots__ = ("key", "url", "request", "flow_id", "lock", "tracked", "tmp", "file", "hash", "written", "expected",
-                 "digest", "meta", "waiters", "hops")
+                 "digest", "meta", "waiters", "hops", "credentials")
 
     def __init__(self, key: str, url: str, digest: str | None, request: Request, flow_id: Any, lock: int) -> None:
         self.key, self.url, self.digest, self.flow_id, self.lock = key, url, digest, flow_id, lock
@@ -119,6 +129,7 @@ class _Fill:
         self.meta: dict = {}
         self.waiters: list[Deferred] = []
         self.hops = 0  # redirects followed so far; `request` is then the last one sent
+        self.credentials = _credentials(request)  # its entry is private: hits are confirmed with the origin
 
 
 class CacheTap(Tap):
@@ -186,9 +197,15 @@ class CacheTap(Tap):
         return unit
 
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
-        """A redirect answering a fetch this tap keeps comes whole: the tap answers it with the
-        request it follows it with, which a layer takes only in place of a whole response."""
-        if type(message) is not Response or message.status not in REDIRECT_STATUSES or not self.max_redirects:
+        """A redirect answering a fetch this tap keeps, and the answer to a check that a
+        request may read a private entry, come whole: the tap answers them with a request,
+        which a layer takes only in place of a whole response."""
+        if type(message) is not Response:
+            return False
+        checks = flow.state.get("cache.checks")
+        if checks and id(message.request) in checks:
+            return True
+        if message.status not in REDIRECT_STATUSES or not self.max_redirects:
             return False
         return self._tracked(message.request, flow) is not None
 
@@ -201,6 +218,11 @@ class CacheTap(Tap):
     def _request(self, req: Request, flow: Flow) -> Any:
         if self._tracked(req, flow) is not None:
             return req  # a redirect this tap follows: it belongs to the client's request's fill
+        passing = flow.state.get("cache.pass")
+        if passing and passing.pop(id(req), None) is req:
+            return req  # decided already, after checking it may read a private entry
+        if KEY_HEADER in req.headers:
+            del req.headers[KEY_HEADER]  # only the tap names entries to its server
         if req.method not in ("GET", "HEAD") or not cacheable(req.url, self.patterns, self.exclude):
             return req
         key, digest = cache_key(req.url)
@@ -219,9 +241,10 @@ class CacheTap(Tap):
             waiting.addCallback(lambda stored: self._hit(req, key, flow) if stored else req)
             waiting.addTimeout(WAIT_LIMIT, reactor, onTimeoutCancel=lambda result, timeout: req)
             return waiting
-        if fill is not None and not ranged and fill.file is not None:
+        if fill is not None and not ranged and fill.file is not None and not fill.credentials:
             # HTTP/2: the request goes on at once, to the cache's own server, which answers it
-            # when the fetch is stored; the fetch's response is known to be one it keeps.
+            # when the fetch is stored; the fetch's response is known to be one it keeps. (A
+            # private one goes to the origin: its check cannot come before the entry exists.)
             self.log.info("flow {flow_id}: cache: {url} is being fetched; the cache answers when it is stored",
                           flow_id=flow.id, url=req.url)
             return self._route(req, key)
@@ -274,13 +297,15 @@ class CacheTap(Tap):
         self._evict()
         return key in self.index
 
-    def _hit(self, req: Request, key: str, flow: Flow) -> Request:
+    def _hit(self, req: Request, key: str, flow: Flow, confirmed: bool = False) -> Request:
         if key not in self.index:  # evicted while waiting
             return req
         if not (self.objects / key).exists():  # evicted by another worker sharing the directory
             size, _ = self.index.pop(key)
             self.total -= size
             return req
+        if not confirmed and self._private(key):
+            return self._check(req, key, flow)
         self.index[key][1] = time.time()
         try:
             os.utime(self.objects / f"{key}.json")
@@ -290,6 +315,36 @@ class CacheTap(Tap):
         self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
         flow.verdict = "cached"
         return self._route(req, key)
+
+    def _private(self, key: str) -> bool:
+        """Whether ``key``'s entry was fetched with credentials (its ``.json`` says so)."""
+        try:
+            return bool(json.loads((self.objects / f"{key}.json").read_text()).get("credentials"))
+        except (OSError, ValueError):
+            return True  # unreadable: treated as the stricter kind
+
+    def _check(self, req: Request, key: str, flow: Flow) -> Request:
+        """Ask the origin, with ``req``'s own credentials, whether ``req`` may read ``key``'s
+        private entry: a ``HEAD`` goes in its place, and its answer decides (`_checked`)."""
+        head = Request("HEAD", req.target, req.headers.copy(), version=req.version, scheme=req.scheme,
+                       authority=req.authority, body=b"", stream_id=req.stream_id, destination=req.destination)
+        flow.state.setdefault("cache.checks", {})[id(head)] = (head, req, key)
+        self.log.info("flow {flow_id}: cache: {url} was fetched with credentials; asking the origin whether this "
+                      "request may read it", flow_id=flow.id, url=req.url)
+        return head
+
+    def _checked(self, resp: Response, req: Request, key: str, flow: Flow) -> Request:
+        """The origin answered the ``HEAD`` of `_check`: ``200`` or a redirect serves ``req`` from
+        disk; anything else (``401``, ``403``, ``404``...) sends it to the origin."""
+        if resp.status == 200 or resp.status in REDIRECT_STATUSES:
+            answer = self._hit(req, key, flow, confirmed=True)
+        else:
+            self.log.info("flow {flow_id}: cache: the origin answered {status} for {url}; not served from the cache",
+                          flow_id=flow.id, status=resp.status, url=req.url)
+            self.misses += 1
+            answer = req
+        flow.state.setdefault("cache.pass", {})[id(answer)] = answer
+        return answer
 
     def _route(self, req: Request, key: str) -> Request:
         req.destination = self._server()
@@ -310,6 +365,11 @@ class CacheTap(Tap):
     # -- responses being written ---------------------------------------------------------
 
     def _response(self, resp: Response, flow: Flow) -> Response | Request:
+        checks = flow.state.get("cache.checks")
+        if checks and not resp.interim:
+            check = checks.pop(id(resp.request), None)
+            if check is not None and check[0] is resp.request:
+                return self._checked(resp, check[1], check[2], flow)
         fill = self._tracked(resp.request, flow)
         if fill is None or resp.interim:
             return resp
@@ -332,7 +392,7 @@ class CacheTap(Tap):
         if why:
             self._abandon(fill, flow, why)
             return resp
-        fill.meta = {"url": fill.url, "stored": time.time(),
+        fill.meta = {"url": fill.url, "stored": time.time(), **({"credentials": True} if fill.credentials else {}),
                      **{name: resp.headers.get(name) for name in ("content-type", "content-encoding", "etag",
                                                                      "last-modified") if name in resp.headers}}
         fill.tmp = self.tmp / f"{fill.key}.{os.getpid()}.{id(fill)}"
