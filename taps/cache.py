@@ -15,9 +15,13 @@ signed query is a hit.
 * Workers (``--workers``) share the directory: entries appear by rename,
   so a reader sees a whole file or none, and a worker finding an entry it
   did not store indexes it. One worker at a time fetches a key into the
-  cache, holding ``locks/<key>`` (`fcntl.flock`); a request for that key in
-  another worker meanwhile goes to the server and streams through, not
-  kept, rather than wait on a process it cannot hear from.
+  cache, holding ``locks/<key>`` (`fcntl.flock`, the file removed as the
+  lock is let go). A request for that key in another worker meanwhile waits
+  for that fetch, looking every `POLL` seconds (on HTTP/1.1 in the tap, on
+  HTTP/2 at the tap's own server) for up to `WAIT_LIMIT` seconds, and is then
+  served from disk; if the fetch ends without an entry, the waiting worker
+  fetches it itself (HTTP/1.1) or answers 502 (HTTP/2). So one upstream fetch
+  serves every worker.
 
 * Hits are served by a small HTTP server of the tap's own on loopback
   (`twisted.web.static.File`: streamed from disk with back-pressure, and
@@ -88,6 +92,8 @@ __all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 
 KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
 WAIT_LIMIT = 120  # seconds a request waits for another's fetch before going to the server itself
+POLL = 0.1  # seconds between looks at a fetch another worker is making (its lock, its entry)
+PRIVATE_MARK = b"credentials"  # what a lock file holds while its fetch is of a private entry
 _SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -165,6 +171,10 @@ class CacheTap(Tap):
             parts = leftover.name.split(".")
             if len(parts) < 2 or not parts[1].isdigit() or not Path(f"/proc/{parts[1]}").exists():
                 leftover.unlink(missing_ok=True)
+        for stale in self.locks.iterdir():  # left by a worker that crashed: nobody holds them
+            held = self._lock(stale.name) if CACHE_KEY.fullmatch(stale.name) else None
+            if held is not None:
+                self._unlock(stale.name, held)
         self.index: dict[str, list] = {}  # key -> [size, last used]
         for meta in self.objects.glob("*.json"):
             body = meta.with_suffix("")
@@ -251,38 +261,139 @@ class CacheTap(Tap):
         if req.method == "GET" and not ranged and fill is None:
             lock = self._lock(key)
             if lock is not None and self._adopt(key):  # stored by another worker since we looked
-                os.close(lock)
+                self._unlock(key, lock)
                 return self._hit(req, key, flow)
-            if lock is None:
-                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; streamed through, not kept",
+            if lock is not None:
+                self._fill(req, key, digest, flow, lock)
+            elif req.stream_id is None:
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; waiting for it",
                               flow_id=flow.id, url=req.url)
+                waiting = self._other_worker(key)
+                waiting.addCallback(self._other_worker_done, req, key, digest, flow)
+                return waiting
+            elif not self._private_fetch(key):
+                # HTTP/2: the cache's own server waits for that fetch, not this connection's streams.
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; the cache answers when it "
+                              "is stored", flow_id=flow.id, url=req.url)
+                return self._route(req, key)
             else:
-                self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
-                fill.tracked = flow.state.setdefault("cache", {})
-                fill.tracked[id(req)] = fill
-                self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}, a private entry; streamed "
+                              "through, not kept", flow_id=flow.id, url=req.url)
         self.misses += 1
         return req
+
+    def _fill(self, req: Request, key: str, digest: str | None, flow: Flow, lock: int) -> None:
+        """Start keeping the answer to ``req``, this process holding ``key``'s ``lock``."""
+        self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
+        fill.tracked = flow.state.setdefault("cache", {})
+        fill.tracked[id(req)] = fill
+        if fill.credentials:  # so that other workers know before it is stored (`_private_fetch`)
+            try:
+                os.write(lock, PRIVATE_MARK)
+            except OSError:
+                pass  # they then find out from the entry, and fail closed (`_Objects._stored`)
+        self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+
+    def _other_worker(self, key: str) -> Deferred:
+        """Wait for the fetch of ``key`` another worker sharing the directory is making.
+
+        Looks every `POLL` seconds whether the entry is stored, or the lock is
+        free (that worker let go without storing it, or died), for up to
+        `WAIT_LIMIT` seconds. A worker cannot hear from another; a look costs
+        two system calls.
+
+        Returns:
+            A Deferred firing with ``True`` once the entry is stored, with the
+            lock (a descriptor, now this process's) when it was let go without
+            the entry, or with ``None`` when the wait ran out.
+        """
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + WAIT_LIMIT
+        call: Any = None
+        done: Deferred = Deferred(lambda _: call.cancel() if call is not None and call.active() else None)
+
+        def look() -> None:
+            nonlocal call
+            if key in self.index or self._adopt(key):
+                done.callback(True)
+                return
+            lock = self._lock(key)
+            if lock is not None:
+                if self._adopt(key):
+                    self._unlock(key, lock)
+                    done.callback(True)
+                else:
+                    done.callback(lock)
+                return
+            if time.monotonic() >= deadline:
+                done.callback(None)
+                return
+            call = reactor.callLater(POLL, look)
+
+        call = reactor.callLater(POLL, look)
+        return done
+
+    def _other_worker_done(self, result: bool | int | None, req: Request, key: str, digest: str | None,
+                           flow: Flow) -> Request:
+        """The wait of `_other_worker` for ``req`` (HTTP/1.1) ended: a hit, this worker's fetch, or the server."""
+        if result is True:
+            return self._hit(req, key, flow)
+        self.misses += 1
+        if result is None:
+            self.log.info("flow {flow_id}: cache: the other worker's fetch of {url} took over {limit} s; streamed "
+                          "through, not kept", flow_id=flow.id, url=req.url, limit=WAIT_LIMIT)
+        elif flow.closed or key in self._fills:
+            self._unlock(key, result)
+        else:
+            self._fill(req, key, digest, flow, result)
+        return req
+
+    def _private_fetch(self, key: str) -> bool:
+        """Whether the fetch of ``key`` another worker holds the lock for is of a private entry."""
+        try:
+            return (self.locks / key).read_bytes() == PRIVATE_MARK
+        except OSError:
+            return False
 
     def _lock(self, key: str) -> int | None:
         """This process's hold on fetching ``key`` into the shared directory, or ``None`` if another has it.
 
         A non-blocking `fcntl.flock` on ``locks/<key>``: the kernel drops it
         when the descriptor closes, so a crashed worker holds nothing. The
-        lock files stay (empty); deleting one could split two workers onto
-        two files of the same name.
+        holder removes the file before letting go (`_unlock`), so lock files
+        do not pile up; a process that opened the file before it was removed
+        and locks it afterwards holds a file nobody else can find, which is
+        why the lock counts only when the name still leads to the descriptor's
+        file, else it is taken again on the file the name leads to now.
         """
-        try:
-            fd = os.open(self.locks / key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            self.log.warn("cache: cannot lock {key}: {error}", key=key, error=e.strerror)
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        path = self.locks / key
+        for _ in range(8):  # each retry means another worker took and let go the lock meanwhile
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                self.log.warn("cache: cannot lock {key}: {error}", key=key, error=e.strerror)
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except OSError:
+                pass  # removed by the holder before us, after we opened it
             os.close(fd)
-            return None
-        return fd
+        return None
+
+    def _unlock(self, key: str, fd: int) -> None:
+        """Let go of `_lock`'s hold, removing the file first (while still holding it)."""
+        try:
+            os.unlink(self.locks / key)
+        except OSError:
+            pass
+        os.close(fd)
 
     def _adopt(self, key: str) -> bool:
         """Index an entry another worker sharing the directory has stored."""
@@ -508,7 +619,7 @@ class CacheTap(Tap):
 
     def _release(self, fill: _Fill, stored: bool) -> None:
         if fill.lock is not None:  # after the rename: whoever takes the lock next finds the entry
-            os.close(fill.lock)
+            self._unlock(fill.key, fill.lock)
             fill.lock = None
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
@@ -564,13 +675,28 @@ class _Objects(Resource):
             fill.waiters.append(waiting)
             waiting.addCallback(self._stored, request, key, gone)
             return NOT_DONE_YET
+        if CACHE_KEY.fullmatch(key) and not path.exists():
+            lock = self.tap._lock(key)
+            if lock is None:  # another worker is fetching it (the tap routed the request here for that)
+                gone = request.notifyFinish()
+                gone.addErrback(lambda _: None)
+                waiting = self.tap._other_worker(key)
+                waiting.addCallback(self._other_worker_done, request, key, gone)
+                return NOT_DONE_YET
+            self.tap._unlock(key, lock)
         return self._serve(request, key)
+
+    def _other_worker_done(self, result: bool | int | None, request: Any, key: str, gone: Deferred) -> None:
+        """The fetch of another worker a request waited for has ended (or the wait ran out)."""
+        if isinstance(result, int) and result is not True:
+            self.tap._unlock(key, result)
+        self._stored(result is True, request, key, gone)
 
     def _stored(self, stored: bool, request: Any, key: str, gone: Deferred) -> None:
         """The fetch a request waited for has ended."""
         if request.finished or gone.called:
             return
-        if stored:
+        if stored and not self.tap._private(key):
             result = self._serve(request, key)
         else:
             request.setResponseCode(502)

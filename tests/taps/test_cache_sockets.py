@@ -287,3 +287,29 @@ def test_a_client_cannot_name_an_entry_to_the_caches_own_server(origin, proxies,
     (own,) = ports - {proxy.port}
     status, _, body = proxy.get(f"http://127.0.0.1:{own}/anything", {"X-Tinspect-Cache-Key": f"sha256-{DIGEST}"})
     assert (status, body) == (404, b"not in the cache\n")
+
+
+def test_two_proxy_processes_sharing_a_directory_fetch_a_blob_once(origin, proxies, tmp_path):
+    """Two workers asked for the same blob at once: the second waits for the first's fetch and serves it from
+    disk, so registry and CDN each see one request; no lock file is left."""
+    origin.cdn.rate = 400_000  # the 300 kB blob streams for most of a second
+    one, two = proxies(), proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(one.get(url)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while origin.cdn.count("GET", "/cdn/") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status, headers, body = two.get(url)
+    thread.join(30)
+    assert (status, body == BLOB, headers.get("x-tinspect-cache")) == (200, True, "hit")
+    assert first[0][0] == 200 and first[0][2] == BLOB
+    assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
+    assert two.logged("another worker is fetching")
+    stored(tmp_path / "cache")
+    locks = tmp_path / "cache" / "locks"
+    deadline = time.monotonic() + 10  # released just after the entry is renamed into place
+    while list(locks.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(locks.iterdir()) == []
