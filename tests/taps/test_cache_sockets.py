@@ -108,6 +108,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+def stored(cache: Path, key: str = f"sha256-{DIGEST}") -> dict:
+    """The metadata of ``key``'s entry once it is in place (the proxy renames it in after the client has
+    read the last byte, so the test waits for it, up to a bound)."""
+    meta = cache / "objects" / f"{key}.json"
+    deadline = time.monotonic() + 10
+    while not meta.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return json.loads(meta.read_text())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -146,6 +156,14 @@ class ProxyProcess:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def logged(self, text: str) -> bool:
+        """Whether the log says ``text``, waiting for it a while (the proxy may write it after the client
+        has read its answer)."""
+        deadline = time.monotonic() + 10
+        while text not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return text in self.log()
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -187,13 +205,13 @@ def test_a_redirected_blob_is_followed_by_the_proxy_kept_under_its_digest_and_th
     status, headers, body = proxy.get(url)
     assert (status, hashlib.sha256(body).hexdigest()) == (200, DIGEST)
     assert "x-tinspect-cache" not in headers
+    meta = stored(tmp_path / "cache")
     status, headers, body = proxy.get(url)
     assert (status, body == BLOB, headers.get("x-tinspect-cache")) == (200, True, "hit")
     assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
     assert (tmp_path / "cache" / "objects" / f"sha256-{DIGEST}").read_bytes() == BLOB
-    meta = json.loads((tmp_path / "cache" / "objects" / f"sha256-{DIGEST}.json").read_text())
     assert meta["url"] == url
-    assert "following it to http://127.0.0.1:" in proxy.log()
+    assert proxy.logged("following it to http://127.0.0.1:")
 
 
 def test_redirects_are_not_followed_with_max_redirects_0(origin, proxies, tmp_path):
@@ -210,9 +228,9 @@ def test_a_redirected_blob_with_the_wrong_digest_is_relayed_not_kept_and_reporte
     proxy = proxies()
     status, _, body = proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
     assert (status, body) == (200, b"corrupted " * 1000)
+    assert proxy.logged("is not the digest the URL names")
     assert list((tmp_path / "cache" / "objects").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
-    assert "is not the digest the URL names" in proxy.log()
 
 
 def test_a_redirected_transfer_cut_half_way_leaves_nothing(origin, proxies, tmp_path):
@@ -221,9 +239,77 @@ def test_a_redirected_transfer_cut_half_way_leaves_nothing(origin, proxies, tmp_
     proxy = proxies()
     with pytest.raises((http.client.IncompleteRead, ConnectionResetError)):
         proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
-    deadline = time.monotonic() + 10
-    while "not kept: the transfer was cut" not in proxy.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "not kept: the transfer was cut" in proxy.log()
+    assert proxy.logged("not kept: the transfer was cut")
     assert list((tmp_path / "cache" / "objects").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
+
+
+def test_a_private_entry_is_served_only_after_the_origin_confirms_each_request_with_its_own_credentials(
+        origin, proxies, tmp_path):
+    """Fetched with a token: a request with a wrong or no token goes to the origin (401); a right one is
+    confirmed by a HEAD with its own token and served from disk."""
+    origin.token = "right"
+    proxy = proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+    status, _, body = proxy.get(url, {"Authorization": "Bearer right"})
+    assert (status, body == BLOB) == (200, True)
+    assert stored(tmp_path / "cache")["credentials"] is True
+    assert proxy.get(url, {"Authorization": "Bearer wrong"})[0] == 401
+    assert proxy.get(url)[0] == 401
+    status, headers, body = proxy.get(url, {"Authorization": "Bearer right"})
+    assert (status, body == BLOB, headers.get("x-tinspect-cache")) == (200, True, "hit")
+    heads = [(path, auth) for method, path, auth in origin.requests if method == "HEAD"]
+    assert heads == [(BLOB_PATH, "Bearer wrong"), (BLOB_PATH, None), (BLOB_PATH, "Bearer right")]
+    assert origin.count("GET", "/v2/") == 3  # the first fetch, and the two refused requests
+    assert origin.cdn.count("GET", "/cdn/") == 1 and all(auth is None for _, _, auth in origin.cdn.requests)
+
+
+def test_an_entry_fetched_without_credentials_is_served_without_asking(origin, proxies, tmp_path):
+    """A public entry's hits cost no round trip, whatever the later request carries."""
+    proxy = proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+    proxy.get(url)
+    assert "credentials" not in stored(tmp_path / "cache")
+    assert proxy.get(url, {"Cookie": "session=1"})[2] == BLOB
+    assert [m for m, _, _ in origin.requests] == ["GET"]
+
+
+def test_a_client_cannot_name_an_entry_to_the_caches_own_server(origin, proxies, tmp_path):
+    """A request to the tap's loopback server carrying the tap's key header has the header removed on the way:
+    the server does not hand it the entry (private or not) it names."""
+    proxy = proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+    proxy.get(url)
+    stored(tmp_path / "cache")
+    proxy.get(url)  # a hit: the tap's own server listens now
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={proxy.proc.pid}," in line}
+    (own,) = ports - {proxy.port}
+    status, _, body = proxy.get(f"http://127.0.0.1:{own}/anything", {"X-Tinspect-Cache-Key": f"sha256-{DIGEST}"})
+    assert (status, body) == (404, b"not in the cache\n")
+
+
+def test_two_proxy_processes_sharing_a_directory_fetch_a_blob_once(origin, proxies, tmp_path):
+    """Two workers asked for the same blob at once: the second waits for the first's fetch and serves it from
+    disk, so registry and CDN each see one request; no lock file is left."""
+    origin.cdn.rate = 400_000  # the 300 kB blob streams for most of a second
+    one, two = proxies(), proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(one.get(url)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while origin.cdn.count("GET", "/cdn/") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status, headers, body = two.get(url)
+    thread.join(30)
+    assert (status, body == BLOB, headers.get("x-tinspect-cache")) == (200, True, "hit")
+    assert first[0][0] == 200 and first[0][2] == BLOB
+    assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
+    assert two.logged("another worker is fetching")
+    stored(tmp_path / "cache")
+    locks = tmp_path / "cache" / "locks"
+    deadline = time.monotonic() + 10  # released just after the entry is renamed into place
+    while list(locks.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(locks.iterdir()) == []

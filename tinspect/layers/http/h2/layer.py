@@ -419,6 +419,12 @@ class H2Layer:
             st = self._stream_of(unit)
             if st is None or st.answered:
                 return
+            if st.response is not None:
+                # A tap answered the server's whole response with this request (a redirect it
+                # follows itself): it goes in that one's place, on a new upstream stream.
+                if st.response_started or unit.body is None or not st.request_done:
+                    raise RuntimeError("taps can only send a whole request in place of a whole response")
+                st.response = st.resp_trailers = st.up_id = None
             st.request = unit
             route = unit.destination
             if route is not None and route != self.flow.dst:

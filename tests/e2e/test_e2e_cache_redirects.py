@@ -1,0 +1,59 @@
+"""End to end, the cache following a registry's 307 to its "CDN" itself: curl through TPROXY, HTTP/1.1 and h2c."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from tests.conftest import DUAL
+from tinspect.lab.netlab import SERVER4, SERVER_NAME, Nginx
+
+pytestmark = pytest.mark.netns
+
+LAYER = os.urandom(1 << 20)
+DIGEST = hashlib.sha256(LAYER).hexdigest()
+BLOB = f"/v2/library/app/blobs/sha256:{DIGEST}"
+CDN = f"/cdn/registry/v2/blobs/sha256/{DIGEST[:2]}/{DIGEST}/data"
+
+# The registry's blob URL answers 307 to the CDN's (the server's address instead of its name: another
+# origin) with a signed query that changes on every request, as Docker Hub and GHCR do.
+REDIRECT = (r'location ~ "^/v2/library/app/blobs/sha256:(([0-9a-f]{2})[0-9a-f]{62})$" { '
+            f"return 307 http://{SERVER4}/cdn/registry/v2/blobs/sha256/$2/$1/data?sig=$request_id; }}")
+
+
+@pytest.fixture
+def registry(lab, tmp_path):
+    """nginx as registry (the 307) and CDN (the bytes, under /cdn/)."""
+    web = Nginx(lab, lab.server, tmp_path / "nginx", extra=REDIRECT)
+    target = web.root / CDN.lstrip("/")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(LAYER)
+    return web.start()
+
+
+def cdn_fetches(web):
+    return sum(1 for _, line, _ in web.access_log() if line.split()[1].startswith(CDN))
+
+
+def registry_fetches(web):
+    return sum(1 for _, line, _ in web.access_log() if line.split()[1] == BLOB)
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2-prior-knowledge"])
+def test_a_registry_blob_redirected_to_a_cdn_is_fetched_once_and_then_served_from_disk(lab, proxy, registry,
+                                                                                        tmp_path, http):
+    """curl gets the layer (not the 307) twice; the CDN's log shows it once, the second GET reaches nobody."""
+    lab.tproxy(8080, dports=[80])
+    p = proxy(["--listen", DUAL, "--taps", "cache", "--tap-option", f"cache.dir={tmp_path / 'cache'}"],
+              wait=[(8080, "tcp")])
+    got = []
+    for _ in range(2):
+        out = lab.exec(lab.client, "sh", "-c", f"curl -sS {http} -w '%{{http_code}}\\n' -o /tmp/layer.$$ "
+                       f"http://{SERVER_NAME}{BLOB} && sha256sum </tmp/layer.$$; rm -f /tmp/layer.$$", timeout=30)
+        got.append(out.stdout.split()[:2])
+    assert got == [["200", DIGEST]] * 2, got
+    assert (registry_fetches(registry), cdn_fetches(registry)) == (1, 1), registry.access_log()
+    assert (tmp_path / "cache" / "objects" / f"sha256-{DIGEST}").read_bytes() == LAYER
+    assert f"answered 307; following it to http://{SERVER4}/cdn/" in p.log()
