@@ -167,11 +167,13 @@ def packages(tmp_path_factory):
 
 
 @pytest.fixture
-def registry(lab, tmp_path, pki, image):
+def registry(request, lab, tmp_path, pki, image):
     """docker-registry on the server's loopback holding the image (pushed with skopeo), behind nginx on
     HTTPS for server.test, which answers blob GETs with a 307 to cdn.test (another address, its own
     server block and access log ``cdn.log``) and a query signed anew for every request; the CDN serves the
-    registry's blob files and refuses unsigned requests."""
+    registry's blob files and refuses unsigned requests. Parametrized (indirect) with ``"user:password"``,
+    nginx asks for those credentials (basic auth) for everything under /v2/, as a private registry does."""
+    credentials = getattr(request, "param", None)
     storage = tmp_path / "registry"
     config = tmp_path / "registry.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {storage}\n"
@@ -185,20 +187,27 @@ def registry(lab, tmp_path, pki, image):
     lab.add_host(CDN_NAME, CDN4)
     cdn = ServerPKI(tmp_path / "cdn-pki", authority=pki["authority"], name=CDN_NAME, addresses=[CDN4])
     work = tmp_path / "nginx"
-    front = ("location /v2/ { proxy_pass http://127.0.0.1:5000; proxy_set_header Host $http_host; "
+    auth = ""
+    if credentials:
+        user, password = credentials.split(":", 1)
+        (tmp_path / "htpasswd").write_text(f"{user}:{{PLAIN}}{password}\n")
+        auth = f'auth_basic "lab registry"; auth_basic_user_file {tmp_path / "htpasswd"}; '
+    # Blob GETs go to a redirecting server of nginx's own on loopback: proxy_pass runs after auth_basic,
+    # where a `return` in the front would answer before it, letting anyone have the redirect.
+    front = (auth + "location /v2/ { proxy_pass http://127.0.0.1:5000; proxy_set_header Host $http_host; "
              "proxy_set_header X-Forwarded-Proto https; }\n"
-             'location ~ "^/v2/.+/blobs/sha256:(?<xx>[0-9a-f]{2})(?<rest>[0-9a-f]{62})$" {\n'
-             "    if ($request_method = GET) {\n"
-             f"        return 307 https://{CDN_NAME}/docker/registry/v2/blobs/sha256/$xx/$xx$rest/data"
-             "?expires=$msec&sig=$request_id;\n"
-             "    }\n"
-             "    proxy_pass http://127.0.0.1:5000;\n"
-             "}\n")
-    cdn_server = (f"server {{ listen {CDN4}:443 ssl http2; server_name {CDN_NAME}; "
-                  f"ssl_certificate {cdn.chain}; ssl_certificate_key {cdn.key}; "
-                  f"access_log {work}/cdn.log conn; root {storage}; "
-                  'location / { if ($arg_sig = "") { return 403; } } }')
-    web = Nginx(lab, lab.server, work, tls=(pki["chain"], pki["key"]), extra=front, more=cdn_server)
+             'location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{64}$" { proxy_pass http://$blobs; proxy_redirect off; '
+             "proxy_set_header Host $http_host; }\n")
+    servers = ("map $request_method $blobs { GET 127.0.0.1:5001; default 127.0.0.1:5000; }\n"
+               "server { listen 127.0.0.1:5001; access_log off; "
+               'location ~ "^/v2/.+/blobs/sha256:(?<xx>[0-9a-f]{2})(?<rest>[0-9a-f]{62})$" { '
+               f"return 307 https://{CDN_NAME}/docker/registry/v2/blobs/sha256/$xx/$xx$rest/data"
+               "?expires=$msec&sig=$request_id; } }\n"
+               f"server {{ listen {CDN4}:443 ssl http2; server_name {CDN_NAME}; "
+               f"ssl_certificate {cdn.chain}; ssl_certificate_key {cdn.key}; "
+               f"access_log {work}/cdn.log conn; root {storage}; "
+               'location / { if ($arg_sig = "") { return 403; } } }')
+    web = Nginx(lab, lab.server, work, tls=(pki["chain"], pki["key"]), extra=front, more=servers)
     web.start()
     lab.wait_listening(lab.server, 443)
     web.storage = storage
@@ -285,15 +294,16 @@ def requests(web: Nginx, log: str = "access.log") -> list[str]:
 # -- skopeo ---------------------------------------------------------------------------------------------------
 
 
-def skopeo_copy(lab, farm: Farm, pki, out: Path, check: bool = True,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def skopeo_copy(lab, farm: Farm, pki, out: Path, check: bool = True, env: dict[str, str] | None = None,
+                creds: str | None = None) -> subprocess.CompletedProcess:
     """``skopeo copy`` of the image from the registry to a ``dir:`` layout, trusting our CA (the proxy's),
-    with ``env`` added to its environment."""
+    with ``env`` added to its environment, logging in with ``creds`` (``user:password``) if given."""
     certs = out.parent / "certs"
     certs.mkdir(exist_ok=True)
     shutil.copy(pki["ours"], certs / "ca.crt")
-    argv = ["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(certs), "--src-no-creds",
-            f"docker://server.test/{IMAGE}:1", f"dir:{out}"]
+    argv = ["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(certs),
+            *(["--src-creds", creds] if creds else ["--src-no-creds"]), f"docker://server.test/{IMAGE}:1",
+            f"dir:{out}"]
     return run(lab, *argv, env={**({"HTTPS_PROXY": EXPLICIT} if farm.explicit else {}), **(env or {})}, check=check)
 
 
@@ -343,6 +353,32 @@ def test_the_proxy_follows_the_registry_redirect_so_the_client_never_reaches_the
         assert sha256((tmp_path / "two" / digest).read_bytes()) == digest
     assert sorted(requests(registry, "cdn.log")) == sorted(cdn_path(d) for d in image["blobs"])
     assert requests(registry).count(blob_path(image["blobs"][0])) == 1
+
+
+@pytest.mark.parametrize("registry", ["builder:s3cret"], indirect=True)
+def test_a_private_image_is_copied_twice_and_every_hit_is_confirmed_with_the_clients_credentials(
+        lab, registry, farm, pki, image, tmp_path):
+    """A registry that wants credentials: skopeo with them copies twice, the second time every blob from
+    the cache after a HEAD with its own credentials that the registry allowed, and the CDN serves each blob
+    once; curl asking for a cached layer with wrong credentials or none gets the registry's 401, not the
+    layer."""
+    f = farm("tproxy")
+    skopeo_copy(lab, f, pki, tmp_path / "one", creds="builder:s3cret")
+    after_first = len(registry.access_log())
+    skopeo_copy(lab, f, pki, tmp_path / "two", creds="builder:s3cret")
+    for digest in image["blobs"]:
+        assert sha256((tmp_path / "two" / digest).read_bytes()) == digest
+    later = [(request.split()[0], request.split()[1], status) for _, request, status in
+             registry.access_log()[after_first:] if "/blobs/" in request]
+    assert sorted(later) == sorted(("HEAD", f"/v2/{IMAGE}/blobs/sha256:{d}", "200") for d in image["blobs"])
+    assert sorted(requests(registry, "cdn.log")) == sorted(cdn_path(d) for d in image["blobs"])
+    assert metrics(lab)["tinspect_cache_hits_total"] == len(image["blobs"])
+    layer = image["blobs"][1]
+    for who in (["-u", "builder:wrong"], []):
+        denied = run(lab, "curl", "-sS", "--cacert", str(pki["ours"]), *who, "-o", "/dev/null", "-w", "%{http_code}",
+                     f"https://server.test/v2/{IMAGE}/blobs/sha256:{layer}")
+        assert denied.stdout == "401", denied.stdout
+    assert metrics(lab)["tinspect_cache_hits_total"] == len(image["blobs"])
 
 
 def test_a_corrupted_layer_is_refused_by_skopeo_and_not_kept(lab, registry, farm, pki, image, tmp_path):
