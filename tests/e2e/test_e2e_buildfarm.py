@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -244,19 +245,23 @@ class Farm:
         """The key of every entry stored."""
         return sorted(meta.stem for meta in (self.cache / "objects").glob("*.json"))
 
-    def log(self, pattern: str) -> str:
-        """The proxy's log once it matches ``pattern`` (log lines are written after the client is served)."""
+    def log(self, pattern: str, worker: int = 0) -> str:
+        """The log of the proxy (or of its extra ``worker``) once it matches ``pattern``, or after 10 s
+        (log lines are written after the client is served; an extra worker starts after the proxy)."""
+        path = self.process.logfile.with_name(self.process.logfile.name + (f".worker{worker}" if worker else ""))
         deadline = time.monotonic() + 10
-        while not re.search(pattern, self.process.log()) and time.monotonic() < deadline:
+        while not re.search(pattern, text := path.read_text() if path.exists() else "") and \
+                time.monotonic() < deadline:
             time.sleep(0.1)
-        return self.process.log()
+        return text
 
 
 @pytest.fixture
 def farm(lab, proxy, pki, tmp_path):
-    """``farm(mode)``: start the proxy with the cache tap (and --metrics), trusting the lab servers' CA."""
+    """``farm(mode, *options)``: start the proxy with the cache tap (and --metrics), trusting the lab servers'
+    CA."""
 
-    def start(mode: str) -> Farm:
+    def start(mode: str, *extra: str) -> Farm:
         cache = tmp_path / "cache"
         if mode == "tproxy":
             lab.tproxy(8080, dports=[80, 443, 8081])
@@ -266,7 +271,7 @@ def farm(lab, proxy, pki, tmp_path):
         port = 8080 if mode == "tproxy" else 3128
         process = proxy([*listen, "--taps", "logger,cache", "--tap-option", f"cache.dir={cache}",
                          "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"]),
-                         "--metrics", "tcp:9108:interface=127.0.0.1"], wait=[(port, "tcp"), (9108, "tcp")])
+                         "--metrics", "tcp:9108:interface=127.0.0.1", *extra], wait=[(port, "tcp"), (9108, "tcp")])
         return Farm(process, mode, cache)
 
     return start
@@ -294,17 +299,22 @@ def requests(web: Nginx, log: str = "access.log") -> list[str]:
 # -- skopeo ---------------------------------------------------------------------------------------------------
 
 
-def skopeo_copy(lab, farm: Farm, pki, out: Path, check: bool = True, env: dict[str, str] | None = None,
-                creds: str | None = None) -> subprocess.CompletedProcess:
-    """``skopeo copy`` of the image from the registry to a ``dir:`` layout, trusting our CA (the proxy's),
-    with ``env`` added to its environment, logging in with ``creds`` (``user:password``) if given."""
+def skopeo_argv(pki, out: Path, creds: str | None = None) -> list[str]:
+    """``skopeo copy`` of the image from the registry to a ``dir:`` layout at ``out``, trusting our CA (the
+    proxy's), logging in with ``creds`` (``user:password``) if given."""
     certs = out.parent / "certs"
     certs.mkdir(exist_ok=True)
     shutil.copy(pki["ours"], certs / "ca.crt")
-    argv = ["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(certs),
+    return ["skopeo", "--insecure-policy", "copy", "--src-cert-dir", str(certs),
             *(["--src-creds", creds] if creds else ["--src-no-creds"]), f"docker://server.test/{IMAGE}:1",
             f"dir:{out}"]
-    return run(lab, *argv, env={**({"HTTPS_PROXY": EXPLICIT} if farm.explicit else {}), **(env or {})}, check=check)
+
+
+def skopeo_copy(lab, farm: Farm, pki, out: Path, check: bool = True, env: dict[str, str] | None = None,
+                creds: str | None = None) -> subprocess.CompletedProcess:
+    """Run `skopeo_argv` in the client namespace through ``farm``, with ``env`` added."""
+    return run(lab, *skopeo_argv(pki, out, creds),
+               env={**({"HTTPS_PROXY": EXPLICIT} if farm.explicit else {}), **(env or {})}, check=check)
 
 
 def cdn_path(digest: str) -> str:
@@ -353,6 +363,26 @@ def test_the_proxy_follows_the_registry_redirect_so_the_client_never_reaches_the
         assert sha256((tmp_path / "two" / digest).read_bytes()) == digest
     assert sorted(requests(registry, "cdn.log")) == sorted(cdn_path(d) for d in image["blobs"])
     assert requests(registry).count(blob_path(image["blobs"][0])) == 1
+
+
+def test_concurrent_copies_through_two_workers_fetch_each_blob_once(lab, registry, farm, pki, image, tmp_path):
+    """Four skopeo copies at once through --workers 2 (the kernel spreads their connections over both
+    workers): all whole, and the CDN serves each blob once, the workers sharing the cache directory and
+    its locks."""
+    f = farm("tproxy", "--workers", "2")
+    f.log("listening on", worker=1)
+    copies = [tmp_path / f"copy{n}" for n in range(4)]
+    script = "".join(f"{shlex.join(skopeo_argv(pki, out))} & p{n}=$!\n" for n, out in enumerate(copies))
+    script += "".join(f"wait $p{n} || rc=1\n" for n in range(len(copies))) + "exit ${rc:-0}\n"
+    run(lab, "sh", "-c", script)
+    for out in copies:
+        for digest in image["blobs"]:
+            assert sha256((out / digest).read_bytes()) == digest
+    assert sorted(requests(registry, "cdn.log")) == sorted(cdn_path(d) for d in image["blobs"])
+    assert f.stored_keys() == sorted(f"sha256-{d}" for d in image["blobs"])
+    assert list((f.cache / "tmp").iterdir()) == []
+    for worker in (0, 1):  # 4 clients' dozen connections, hashed over two sockets: both had some
+        assert re.search(r"cache: (hit|miss|waiting)", f.log("cache: ", worker)), worker
 
 
 @pytest.mark.parametrize("registry", ["builder:s3cret"], indirect=True)
