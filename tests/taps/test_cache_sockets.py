@@ -313,3 +313,28 @@ def test_two_proxy_processes_sharing_a_directory_fetch_a_blob_once(origin, proxi
     while list(locks.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert list(locks.iterdir()) == []
+
+
+def test_two_proxy_processes_fetch_a_blob_once_for_http2_clients_too(origin, proxies, tmp_path):
+    """The same over HTTP/2 (curl, h2c in a CONNECT tunnel): the second worker's request waits at its cache
+    server, not on its connection, and is answered from the first worker's entry."""
+    origin.cdn.rate = 400_000
+    one, two = proxies(), proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+
+    def curl(proxy):
+        return subprocess.run(["curl", "-sS", "-p", "-x", f"http://127.0.0.1:{proxy.port}", "--http2-prior-knowledge",
+                               "-D", "/dev/stderr", url], capture_output=True, timeout=60)
+
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(curl(one)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while origin.cdn.count("GET", "/cdn/") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = curl(two)
+    thread.join(60)
+    assert first[0].stdout == BLOB and second.stdout == BLOB, (first[0].stderr, second.stderr)
+    assert b"HTTP/2 200" in second.stderr and b"x-tinspect-cache: hit" in second.stderr
+    assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
+    assert two.logged("another worker is fetching") and two.logged("the cache answers when it is stored")
