@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,10 +226,16 @@ def test_redirects_are_not_followed_with_max_redirects_0(origin, proxies, tmp_pa
 def test_a_redirected_blob_with_the_wrong_digest_is_relayed_not_kept_and_reported(origin, proxies, tmp_path):
     """The CDN serves other bytes than the digest names: the client gets them, the cache keeps nothing, says so."""
     origin.cdn.blobs[DIGEST] = b"corrupted " * 1000
-    proxy = proxies()
+    metrics = _free_port()
+    proxy = proxies("--metrics", f"tcp:{metrics}:interface=127.0.0.1")
     status, _, body = proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
     assert (status, body) == (200, b"corrupted " * 1000)
     assert proxy.logged("is not the digest the URL names")
+    assert re.search(r"flow \d+: cache: http://\S+ not kept: sha256 [0-9a-f]{64} is not the digest", proxy.log())
+    conn = http.client.HTTPConnection("127.0.0.1", metrics, timeout=30)
+    conn.request("GET", "/metrics")
+    assert "tinspect_cache_digest_mismatches_total 1" in conn.getresponse().read().decode().splitlines()
+    conn.close()
     assert list((tmp_path / "cache" / "objects").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
