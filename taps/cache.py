@@ -343,7 +343,7 @@ class CacheTap(Tap):
         if result is None:
             self.log.info("flow {flow_id}: cache: the other worker's fetch of {url} took over {limit} s; streamed "
                           "through, not kept", flow_id=flow.id, url=req.url, limit=WAIT_LIMIT)
-        elif flow.closed or key in self._fills:
+        elif flow.closed:
             self._unlock(key, result)
         else:
             self._fill(req, key, digest, flow, result)

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,10 +226,16 @@ def test_redirects_are_not_followed_with_max_redirects_0(origin, proxies, tmp_pa
 def test_a_redirected_blob_with_the_wrong_digest_is_relayed_not_kept_and_reported(origin, proxies, tmp_path):
     """The CDN serves other bytes than the digest names: the client gets them, the cache keeps nothing, says so."""
     origin.cdn.blobs[DIGEST] = b"corrupted " * 1000
-    proxy = proxies()
+    metrics = _free_port()
+    proxy = proxies("--metrics", f"tcp:{metrics}:interface=127.0.0.1")
     status, _, body = proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
     assert (status, body) == (200, b"corrupted " * 1000)
     assert proxy.logged("is not the digest the URL names")
+    assert re.search(r"flow \d+: cache: http://\S+ not kept: sha256 [0-9a-f]{64} is not the digest", proxy.log())
+    conn = http.client.HTTPConnection("127.0.0.1", metrics, timeout=30)
+    conn.request("GET", "/metrics")
+    assert "tinspect_cache_digest_mismatches_total 1" in conn.getresponse().read().decode().splitlines()
+    conn.close()
     assert list((tmp_path / "cache" / "objects").iterdir()) == []
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
@@ -313,3 +320,28 @@ def test_two_proxy_processes_sharing_a_directory_fetch_a_blob_once(origin, proxi
     while list(locks.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert list(locks.iterdir()) == []
+
+
+def test_two_proxy_processes_fetch_a_blob_once_for_http2_clients_too(origin, proxies, tmp_path):
+    """The same over HTTP/2 (curl, h2c in a CONNECT tunnel): the second worker's request waits at its cache
+    server, not on its connection, and is answered from the first worker's entry."""
+    origin.cdn.rate = 400_000
+    one, two = proxies(), proxies()
+    url = f"http://127.0.0.1:{origin.port}{BLOB_PATH}"
+
+    def curl(proxy):
+        return subprocess.run(["curl", "-sS", "-p", "-x", f"http://127.0.0.1:{proxy.port}", "--http2-prior-knowledge",
+                               "-D", "/dev/stderr", url], capture_output=True, timeout=60)
+
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(curl(one)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while origin.cdn.count("GET", "/cdn/") == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = curl(two)
+    thread.join(60)
+    assert first[0].stdout == BLOB and second.stdout == BLOB, (first[0].stderr, second.stderr)
+    assert b"HTTP/2 200" in second.stderr and b"x-tinspect-cache: hit" in second.stderr
+    assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
+    assert two.logged("another worker is fetching") and two.logged("the cache answers when it is stored")

@@ -471,6 +471,10 @@ class Http1Layer:
             self._answer(ex, _loop_page(dst, req))
             return
         ex.response_submitted = False
+        if up is not None and up is self.upstream and req.host != ex.request.host:
+            # Another host, even at the same address: a connection of its own, its TLS verified for it.
+            up.close()
+            self._forget_upstream()
         self._send_request(ex, req)
 
     # -- upstream events ------------------------------------------------------
