@@ -202,18 +202,18 @@ class Lab:
             self._rule("-t", "mangle", "-A", "TINSPECT_DIVERT", "-j", "MARK", "--set-mark", "1", v6=v6)
             self._rule("-t", "mangle", "-A", "TINSPECT_DIVERT", "-j", "ACCEPT", v6=v6)
 
-    def add_host(self, name: str, *addresses: str) -> None:
-        """Make ``name`` resolve to ``addresses`` in every namespace (another server, say a CDN)."""
-        for ns in self.namespaces:
-            with open(_NETNS_ETC / ns / "hosts", "a") as hosts:
-                hosts.writelines(f"{address} {name}\n" for address in addresses)
-
     def redirect(self, port: int, proto: str = "tcp", dports: Sequence[int] | None = None) -> None:
         """Divert the client's traffic to local ``port`` with NAT REDIRECT."""
         for v6 in (False, True):
             match = ["-p", proto, *(["-m", "multiport", "--dports", ",".join(map(str, dports))] if dports else [])]
             self._rule("-t", "nat", "-A", "PREROUTING", "-i", "c0", *match, "-j", "REDIRECT", "--to-ports",
                        str(port), v6=v6)
+
+    def add_host(self, name: str, *addresses: str) -> None:
+        """Make ``name`` resolve to ``addresses`` in every namespace (another server, say a CDN)."""
+        for ns in self.namespaces:
+            with open(_NETNS_ETC / ns / "hosts", "a") as hosts:
+                hosts.writelines(f"{address} {name}\n" for address in addresses)
 
     def clear_rules(self) -> None:
         """Remove every diversion (back to plain routing)."""
