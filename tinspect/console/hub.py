@@ -1,6 +1,8 @@
 """Sans-IO fan-out of console records to live subscribers (server-sent event streams).
 
-Each subscriber is a ``write`` callable plus a ``pending`` callable telling how many
+Subscribers get records' summaries (`tinspect.console.ring.summary`): the
+detail of a flow is fetched when it is opened, so an event stays small however
+much the record holds. Each subscriber is a ``write`` callable plus a ``pending`` callable telling how many
 bytes it has not yet handed to the kernel. A subscriber whose backlog passes
 ``max_pending`` is dropped (its ``close`` called) instead of buffered without bound:
 a slow browser tab must not grow the proxy's memory.
@@ -12,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tinspect.console.ring import FlowRing
+from tinspect.console.ring import FlowRing, summary
 
 
 def sse_event(record: dict[str, Any]) -> bytes:
@@ -47,7 +49,7 @@ class Hub:
         """Add ``sub`` and send it every kept record, oldest first."""
         self.subscribers.append(sub)
         for record in self.ring.records():
-            sub.write(sse_event(record))
+            sub.write(sse_event(summary(record)))
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget ``sub`` (its stream ended)."""
@@ -55,9 +57,12 @@ class Hub:
             self.subscribers.remove(sub)
 
     def publish(self, record: dict[str, Any]) -> None:
-        """Keep ``record`` and send it to every subscriber that keeps up."""
+        """Keep ``record`` and send its summary to every subscriber that keeps up
+        (no serialising at all while no page is open)."""
         self.ring.put(record)
-        event = sse_event(self.ring.get(record["id"]) or record)
+        if not self.subscribers:
+            return
+        event = sse_event(summary(self.ring.get(record["id"]) or record))
         for sub in list(self.subscribers):
             if sub.pending() > self.max_pending:
                 self.unsubscribe(sub)
