@@ -115,12 +115,16 @@ class Browser:
                 loaded machine is slow, and no assertion here is about speed).
         """
         deadline = time.monotonic() + timeout
+        problem = ""
         while True:
-            value = self.js(expression)
+            try:
+                value = self.js(expression)
+            except CDPError as e:  # the page is still loading, or the element not there yet
+                value, problem = None, f" (last: {e})"
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"the page never showed {what or expression}")
+                raise AssertionError(f"the page never showed {what or expression}{problem}")
             time.sleep(0.1)
 
     def screenshot(self) -> bytes:
