@@ -106,6 +106,25 @@ def test_a_connection_ended_mid_response_ends_its_exchange_with_an_error(make_ne
     assert r["done"] and r["status"] == 200 and r["error"]
 
 
+def test_the_proxys_own_error_page_says_what_went_wrong(make_net):
+    """An upstream that refuses: the client's 502 page is recorded with the reason as the error;
+    a server's own 404 is no error."""
+    hub = Hub(10)
+    net = make_net(ConsoleFeed(hub).wrap([]))
+    c = net.transparent()
+    net.pending()[0].refuse()
+    c.send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    while net.pending():
+        net.pending()[0].refuse()
+    assert c.take().startswith(b"HTTP/1.1 502")
+    (r,) = records(hub)
+    assert r["status"] == 502 and "refused" in r["error"] and r["done"]
+    hub2, net2, c2, s2 = proxied(make_net)
+    c2.send(b"GET /x HTTP/1.1\r\nHost: a.example\r\n\r\n")
+    s2.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n404 gone\n")
+    assert records(hub2)[0]["error"] is None
+
+
 def test_a_raw_tcp_flow_gets_a_record_of_its_own_at_its_first_bytes(make_net):
     """Bytes that are not HTTP: one flow record, shown at once, sized in both directions when it ends."""
     hub, net, c, s = proxied(make_net)

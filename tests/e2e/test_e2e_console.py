@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.cdp import Browser, png_pixels
-from tests.conftest import DUAL, client_run
+from tests.conftest import DUAL, REPO, client_run
 from tinspect.lab.netlab import CLIENT4, SERVER4, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
@@ -38,11 +39,13 @@ def console(lab, proxy, pki, tmp_path):
     (web.root / "blocked").mkdir()
     (web.root / "blocked" / "page").write_text("the server never sees this\n")
     web.start()
+    ws = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "ws-echo", "8765", cwd=REPO)
     lab.wait_listening(lab.server, 80)
     lab.wait_listening(lab.server, 443)
+    lab.wait_listening(lab.server, 8765, proc=ws)
     rules = tmp_path / "rules.txt"
     rules.write_text("block url=/blocked/\n")
-    lab.tproxy(8080, dports=[80, 443])
+    lab.tproxy(8080, dports=[80, 81, 443, 8765])  # nothing listens on 81
     proxy(["--listen", DUAL, "--taps", "filter", "--tap-option", f"filter.rules={rules}",
            "--console", "tcp:8081", "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"])],
           wait=[(8080, "tcp"), (8081, "tcp")])
@@ -112,15 +115,27 @@ def test_flows_appear_live_filter_narrows_detail_shows_heads_and_a_block_shows_b
     timings = browser.js("document.getElementById('timings').innerText")
     assert "connect" in timings and "first byte" in timings and "total" in timings
 
+    assert client_run(lab, sys.executable, "-m", "tests.peers", "ws-ask", f"ws://{SERVER4}:8765/", "over ws") == \
+        "over ws\n"
+    ws = row_of(browser, f"{SERVER4}:8765/")
+    assert cell(ws, "protocol") == "WebSocket" and cell(ws, "status") == "101"
+    browser.js(f"document.querySelector('tr[data-id=\"{ws}\"]').click()")
+    messages = browser.wait_for("(() => { const t = document.getElementById('ws').innerText;"
+                                " return t.includes('over ws') ? t : null })()", what="the WebSocket messages")
+    assert "→" in messages and "←" in messages  # the message out and its echo back
+
 
 def test_the_page_is_not_blank(lab, pki, console):
     """A screenshot of the console with flows in it has many colours in the table's area, not one."""
     browser = console
     for path in ("/", "/blocked/page", "/missing"):
         curl(lab, pki, f"http://{SERVER4}{path}")
+    assert client_run(lab, sys.executable, "-m", "tests.peers", "ws-ask", f"ws://{SERVER4}:8765/", "hello") == "hello\n"
     curl(lab, pki, f"https://{SERVER_NAME}/", "--http2")
-    row_of(browser, "/missing")
-    browser.wait_for(f"({ROWS}).filter(tr => !tr.classList.contains('pending')).length >= 4", what="four rows")
+    curl(lab, pki, f"http://{SERVER4}:81/")  # refused upstream: the proxy's own 502
+    refused = row_of(browser, f"{SERVER4}:81/")
+    assert "refused" in browser.js(f"document.querySelector('tr[data-id=\"{refused}\"] .col-error').textContent")
+    browser.wait_for(f"({ROWS}).filter(tr => !tr.classList.contains('pending')).length >= 6", what="six rows")
     shots = os.environ.get("TINSPECT_CONSOLE_SHOTS")
     list_png = browser.screenshot()
     browser.js(f"({ROWS}).find(tr => tr.querySelector('.col-url').textContent.endsWith('{SERVER_NAME}/')).click()")

@@ -242,6 +242,7 @@ class ConsoleFeed:
             fs.ws = ex
             self._finish(fs, ex, now)
         elif resp.body is not None:
+            record["error"] = _proxy_error(resp)
             ex.resp_size = len(resp.body)
             self._keep(ex.resp_body, resp.body)
             self._finish(fs, ex, now)
@@ -366,6 +367,18 @@ class ConsoleFeed:
 
     def _body(self, kept: bytearray, size: int) -> dict:
         return encode_body(bytes(kept), self.body_cap, size) if self.body_cap else {"size": size}
+
+
+def _proxy_error(resp: Response) -> str | None:
+    """What went wrong, when ``resp`` is the proxy's own error page (`tinspect.units.error_page`:
+    an upstream refused or timed out, a bad request); ``None`` for anything else."""
+    body = resp.body
+    if resp.status < 400 or not body or not body.startswith(b"%d " % resp.status):
+        return None
+    _, found, rest = body[:1024].partition(b"\n\ntinspect: ")
+    if not found:
+        return None
+    return rest.decode("utf-8", "replace").strip() or None
 
 
 def _stream(message: Request | Response) -> int | None:
