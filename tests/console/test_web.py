@@ -22,7 +22,7 @@ def get(port, path, auth=None, stream=False):
         data = b""
         while chunk := s.recv(65536):
             data += chunk
-            if stream and data.count(b"data: ") >= 2:
+            if stream and data.count(b"data: {\"id\"") >= 2:
                 break
         return data
 

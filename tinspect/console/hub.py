@@ -2,7 +2,12 @@
 
 Subscribers get records' summaries (`tinspect.console.ring.summary`): the
 detail of a flow is fetched when it is opened, so an event stays small however
-much the record holds. Each subscriber is a ``write`` callable plus a ``pending`` callable telling how many
+much the record holds. Updates are coalesced: `publish` only marks a record
+changed, and `flush` (the site calls it a few times a second while a page is
+open) sends each changed record once, in its latest state, so a quick
+exchange's three updates (request, response, end) cost one event, and a page
+being open costs the proxy per interval, not per unit. Each subscriber is a
+``write`` callable plus a ``pending`` callable telling how many
 bytes it has not yet handed to the kernel. A subscriber whose backlog passes
 ``max_pending`` is dropped (its ``close`` called) instead of buffered without bound:
 a slow browser tab must not grow the proxy's memory.
@@ -44,6 +49,7 @@ class Hub:
         self.max_pending = max_pending
         self.subscribers: list[Subscriber] = []
         self.dropped = 0
+        self._changed: dict[str, dict[str, Any]] = {}  # records published since the last flush, by id
 
     def subscribe(self, sub: Subscriber) -> None:
         """Add ``sub`` and send it every kept record, oldest first."""
@@ -57,12 +63,22 @@ class Hub:
             self.subscribers.remove(sub)
 
     def publish(self, record: dict[str, Any]) -> None:
-        """Keep ``record`` and send its summary to every subscriber that keeps up
-        (no serialising at all while no page is open)."""
+        """Keep ``record``; the next `flush` sends it (nothing is noted while no page is open)."""
         self.ring.put(record)
+        if self.subscribers:
+            changed = self._changed
+            changed[record["id"]] = record
+            if len(changed) > self.ring.capacity:  # more than the ring holds changed in one interval
+                del changed[next(iter(changed))]
+
+    def flush(self) -> None:
+        """Send every record published since the last flush, once each, to every subscriber that keeps up."""
+        if not self._changed:
+            return
+        changed, self._changed = self._changed, {}
         if not self.subscribers:
             return
-        event = sse_event(summary(self.ring.get(record["id"]) or record))
+        event = b"".join(sse_event(summary(self.ring.get(key) or record)) for key, record in changed.items())
         for sub in list(self.subscribers):
             if sub.pending() > self.max_pending:
                 self.unsubscribe(sub)

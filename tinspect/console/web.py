@@ -20,6 +20,7 @@ import json
 from importlib import resources
 from typing import Any
 
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -31,22 +32,31 @@ from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
 from tinspect.net.addresses import format_addr, normalize_host
 from tinspect.taplib.har import to_har
 
-__all__ = ["console_site"]
+__all__ = ["console_site", "FLUSH_INTERVAL"]
 
 _TYPES = {"html": b"text/html; charset=utf-8", "js": b"text/javascript; charset=utf-8",
           "css": b"text/css; charset=utf-8", "svg": b"image/svg+xml"}
 _FILTERS = ("host", "client", "status", "text")
 
 
-def console_site(hub: Hub, auth: ProxyAuth | None = None, clients: ClientNetworks | None = None) -> Site:
-    """The site serving ``hub``.
+FLUSH_INTERVAL = 0.1
+"""Seconds between sends of the changed records to the open pages (`Hub.flush`)."""
+
+
+def console_site(hub: Hub, auth: ProxyAuth | None = None, clients: ClientNetworks | None = None,
+                 reactor: Any = None) -> Site:
+    """The site serving ``hub``; while it listens, changed records go to the open pages every
+    `FLUSH_INTERVAL` seconds.
 
     Args:
         hub: the records.
         auth: the credentials every request must carry (Basic), or ``None``.
         clients: the networks served, or ``None`` for every client.
+        reactor: schedules the sends (the global reactor when ``None``).
     """
-    site = _ConsoleSite(_Root(hub, auth), clients)
+    site = _ConsoleSite(_Root(hub, auth), clients, LoopingCall(hub.flush))
+    if reactor is not None:
+        site.flusher.clock = reactor
     site.displayTracebacks = False
     return site
 
@@ -58,9 +68,19 @@ class _ConsoleSite(Site):
     noisy = False
     _log = Logger()
 
-    def __init__(self, root: Resource, clients: ClientNetworks | None) -> None:
+    def __init__(self, root: Resource, clients: ClientNetworks | None, flusher: LoopingCall) -> None:
         super().__init__(root)
         self.clients = clients
+        self.flusher = flusher
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.flusher.start(FLUSH_INTERVAL, now=False)
+
+    def stopFactory(self) -> None:
+        if self.flusher.running:
+            self.flusher.stop()
+        super().stopFactory()
 
     def buildProtocol(self, addr: Any) -> Any:
         host = normalize_host(getattr(addr, "host", ""))
