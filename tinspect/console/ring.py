@@ -18,6 +18,8 @@ _CURL_SKIP = {"content-length", "host", "transfer-encoding", "connection", "prox
 
 HEAD_CAP = 8192
 """Bytes of header names and values kept per message head (`heads`)."""
+HEAD_FIELDS = 100
+"""Header fields kept per message head: many tiny fields cost more than their bytes."""
 
 
 class FlowRing:
@@ -64,13 +66,14 @@ def heads(message: Any, cap: int = HEAD_CAP) -> dict[str, Any]:
     """A request's or response's head as JSON: first line fields and header pairs.
 
     Header fields are kept in order while their names and values add up to
-    at most ``cap`` bytes; ``headers_cut`` counts the fields left out, so a
-    head of many large cookies costs the console ``cap`` bytes, not more.
+    at most ``cap`` bytes, `HEAD_FIELDS` fields at most; ``headers_cut``
+    counts the fields left out, so a head of many large cookies costs the
+    console ``cap`` bytes, not more.
     """
     kept, used, cut = [], 0, 0
     for name, value in message.headers.items():
         size = len(name) + len(value)
-        if used + size > cap:
+        if used + size > cap or len(kept) >= HEAD_FIELDS:
             cut += 1
             continue
         used += size
