@@ -106,6 +106,23 @@ def test_a_connection_ended_mid_response_ends_its_exchange_with_an_error(make_ne
     assert r["done"] and r["status"] == 200 and r["error"]
 
 
+def test_an_explicit_connect_is_one_record_and_the_tunnel_its_own(make_net):
+    """CONNECT through the explicit proxy, then a request inside the tunnel: the CONNECT is a 200
+    record of its own, and the inner exchange gets its response."""
+    hub = Hub(10)
+    net = make_net(ConsoleFeed(hub).wrap([]), allow_clients=("192.0.2.0/24",))
+    c = net.explicit()
+    c.send(b"CONNECT 192.0.2.30:80 HTTP/1.1\r\nHost: 192.0.2.30:80\r\n\r\n")
+    s = net.dials[0].accept()
+    assert c.take().startswith(b"HTTP/1.1 200")
+    c.send(b"GET /in HTTP/1.1\r\nHost: inner.example\r\n\r\n")
+    assert s.take().startswith(b"GET /in")
+    s.send(b"HTTP/1.1 204 No Content\r\n\r\n")
+    connect, inner = records(hub)
+    assert (connect["method"], connect["status"], connect["done"], connect["error"]) == ("CONNECT", 200, True, None)
+    assert (inner["url"], inner["status"], inner["done"]) == ("http://inner.example/in", 204, True)
+
+
 def test_the_proxys_own_error_page_says_what_went_wrong(make_net):
     """An upstream that refuses: the client's 502 page is recorded with the reason as the error;
     a server's own 404 is no error."""

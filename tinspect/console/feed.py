@@ -63,7 +63,7 @@ class _Exchange:
     """One request/response exchange being recorded."""
 
     __slots__ = ("record", "detail", "stream", "reached", "seen_response", "answered", "d_request", "d_response",
-                 "req_body", "req_size", "resp_body", "resp_size")
+                 "req_body", "req_size", "resp_body", "resp_size", "tunnel")
 
     def __init__(self, record: dict, stream: int | None, decisions: int) -> None:
         self.record = record
@@ -78,6 +78,7 @@ class _Exchange:
         self.req_size = 0
         self.resp_body = bytearray()
         self.resp_size = 0
+        self.tunnel = False  # the explicit proxy's CONNECT: its 200 does not cross the taps
 
 
 class _FlowState:
@@ -155,6 +156,7 @@ class ConsoleFeed:
         fs = self._state(flow)
         fs.count += 1
         now = self.clock()
+        self._tunnelled(fs, now)
         record = self._base(flow, f"{flow.id}.{fs.count}", "exchange", now)
         record.update(method=req.method, url=req.url, host=req.host or record["host"])
         detail = record["detail"]
@@ -203,6 +205,7 @@ class ConsoleFeed:
         if ex is None:
             return
         ex.reached = True
+        ex.tunnel = req.method == "CONNECT" and flow.mode == "explicit"
         if flow.decisions != ex.d_request:
             ex.record["verdict"] = flow.verdict
 
@@ -289,6 +292,8 @@ class ConsoleFeed:
     def payload(self, unit: Data | Datagram, flow: Flow) -> None:
         """The head saw raw bytes: counted; the flow's own record is shown at the first."""
         fs = self._state(flow)
+        if fs.h1:
+            self._tunnelled(fs, self.clock())
         if unit.direction is TO_SERVER:
             fs.up += len(unit.data)
         else:
@@ -304,6 +309,8 @@ class ConsoleFeed:
         now = self.clock()
         error = flow.error
         if fs is not None:
+            if flow.timings.upstream_connected is not None:
+                self._tunnelled(fs, now)
             for ex in [*fs.h1, *fs.h2.values()]:
                 ex.record["error"] = error or "the connection ended before the response did"
                 self._finish(fs, ex, now)
@@ -312,7 +319,7 @@ class ConsoleFeed:
                 record["duration"] = now - record["time"]
                 record["error"] = error
                 self.hub.publish(record)
-            if fs.count:
+            if fs.count and fs.conn is None:
                 return
         record = fs.conn if fs is not None and fs.conn is not None else None
         if record is None:
@@ -327,6 +334,13 @@ class ConsoleFeed:
         if flow.quic_version:
             detail["quic_version"] = flow.quic_version
         self.hub.publish(record)
+
+    def _tunnelled(self, fs: _FlowState, now: float) -> None:
+        """Something crossed (or ended) a tunnel the explicit proxy opened: its CONNECT was answered 200."""
+        for ex in [e for e in fs.h1 if e.tunnel and not e.answered]:
+            ex.answered = True
+            ex.record["status"] = 200
+            self._finish(fs, ex, now)
 
     def _finish(self, fs: _FlowState, ex: _Exchange, now: float) -> None:
         record, detail = ex.record, ex.detail
