@@ -13,6 +13,7 @@ SANS_IO = [
     "tinspect/units.py",
     "tinspect/headers.py",
     "tinspect/flow.py",
+    "tinspect/console/feed.py",
     "tinspect/console/hub.py",
     "tinspect/console/ring.py",
     "tinspect/layers/sniff.py",

@@ -104,6 +104,9 @@ class Flow:
             ``"blocked"``, ``"local"`` (answered by a tap), ``"passthrough"``
             (TLS relayed untouched), ``"cached"``, or ``None`` (proxied as is).
             A tap that decides sets it; the last decision on the flow wins.
+        decisions: how many times `verdict` was set, so that a reader (the
+            console) tells a decision made on this exchange from an earlier
+            one's, even when both say the same.
         state: free per-flow storage for taps; key it by your tap's name.
     """
 
@@ -134,7 +137,8 @@ class Flow:
         self.ended: float | None = None
         self.timings = Timings(self.started, clock)
         self.error: str | None = None
-        self.verdict: str | None = None
+        self._verdict: str | None = None
+        self.decisions = 0
         self.state: dict[str, Any] = {}
         self._clock = clock
         self._arms: dict[Direction, FlowArm] | None = None
@@ -144,6 +148,16 @@ class Flow:
         return (
             f"<Flow {self.id} {self.protocol} {format_addr(self.client)} -> {format_addr(self.dst)}>"
         )
+
+    @property
+    def verdict(self) -> str | None:
+        """What the taps or the proxy decided (see the class docstring)."""
+        return self._verdict
+
+    @verdict.setter
+    def verdict(self, value: str | None) -> None:
+        self._verdict = value
+        self.decisions += 1
 
     @property
     def closed(self) -> bool:

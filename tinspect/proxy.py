@@ -115,6 +115,36 @@ class _MetricsListener(_PortService):
         self._log.info("metrics on http://{address}/metrics", address=format_addr(address))
 
 
+class _ConsoleListener(_PortService):
+    """``--console ENDPOINT``: the live web console (`tinspect.console`). It
+    refuses to serve a non-loopback address without authentication: the
+    console shows every flow's heads, credentials included."""
+
+    _log = Logger()
+
+    def __init__(self, ctx: ProxyContext, endpoint: str, site_args: tuple) -> None:
+        self.ctx = ctx
+        self.endpoint = endpoint
+        self.site_args = site_args
+        self.setName(f"console {endpoint}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        from tinspect.console.web import console_site  # twisted.web only when asked for
+        from tinspect.layers.http.explicit import ClientNetworks
+
+        where = f"--console {self.endpoint}"
+        hub, auth, clients = self.site_args
+        address = self._bind(where, self.endpoint, console_site(hub, auth, clients))
+        if auth is None and address[0] not in ClientNetworks(("127.0.0.0/8", "::1/128")):
+            self.port.stopListening()
+            self.port = None
+            raise ListenError(f"{where}: {address[0]} is not a loopback address, and the console shows every "
+                              f"flow's headers: require a password (--console-auth) or bind 127.0.0.1")
+        self._log.info("console on http://{address}/ ({auth})", address=format_addr(address),
+                       auth="password required" if auth is not None else "no password: loopback only")
+
+
 class _WorkerMetrics(Service):
     """A worker's counters for worker 0 to sum: its exposition on a Unix socket."""
 
@@ -254,6 +284,7 @@ class Proxy(MultiService):
     def __init__(self, taps: Iterable[Tap] = (), settings: Settings | None = None, reactor: Any = None) -> None:
         super().__init__()
         self.ctx = compose(ProxyContext(TapChain(taps), settings, reactor))
+        self.console: Any = None  # the console's tinspect.console.hub.Hub, with serve_console
 
     @property
     def flows(self):
@@ -282,6 +313,40 @@ class Proxy(MultiService):
         """
         self.ctx.metrics.measure(self.ctx.chain)
         _MetricsListener(self.ctx, endpoint, tuple(workers)).setServiceParent(self)
+        return self
+
+    def serve_console(self, endpoint: str, flows: int = 2000, credentials: Iterable[str] = (),
+                      clients: Iterable[str] | None = None, body_cap: int | None = None) -> "Proxy":
+        """Serve the live web console at ``http://ENDPOINT/`` (a Twisted server endpoint string).
+
+        Its feed wraps the tap chain (`tinspect.console.feed`): call this
+        before the proxy starts. The records are in `console`.
+
+        Args:
+            flows: records kept (the most recent flows and exchanges).
+            credentials: ``USER:PASSWORD`` strings, one of which every request
+                must carry (Basic); without any, only a loopback address is served.
+            clients: networks (CIDRs) whose clients may connect; by default
+                loopback and private networks, as for the explicit proxy.
+            body_cap: bytes kept of each body (`tinspect.console.feed.BODY_CAP`).
+
+        Raises:
+            ValueError: a bad count, credential or network.
+        """
+        from tinspect.console.feed import BODY_CAP, ConsoleFeed
+        from tinspect.console.hub import Hub
+        from tinspect.layers.http.explicit import LOCAL_NETWORKS, ClientNetworks, ProxyAuth
+
+        credentials = list(credentials)
+        auth = ProxyAuth(credentials, realm="tinspect console") if credentials else None
+        networks = ClientNetworks(tuple(clients) if clients else LOCAL_NETWORKS)
+        self.console = Hub(flows)
+        feed = ConsoleFeed(self.console, BODY_CAP if body_cap is None else body_cap)
+        old = self.ctx.chain
+        self.ctx.chain = TapChain(feed.wrap(old.taps))
+        if old.measuring:
+            self.ctx.chain.measure()
+        _ConsoleListener(self.ctx, endpoint, (self.console, auth, networks)).setServiceParent(self)
         return self
 
     def serve_worker_metrics(self, path: str) -> "Proxy":

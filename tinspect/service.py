@@ -33,7 +33,8 @@ from tinspect.taplib.loader import TapLoadError, build_taps, parse_tap_names
 __all__ = ["Options", "makeService"]
 
 
-_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients", "upstream-proxy", "client-cert"}
+_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients", "upstream-proxy", "client-cert",
+               "console-auth", "console-clients"}
 
 
 class Options(usage.Options):
@@ -46,6 +47,7 @@ class Options(usage.Options):
         "       [--upstream-proxy 'URL [for PATTERN,...]']... [--upstream-proxy-ca PEM] [--upstream-proxy-connect]\n"
         "       [--client-cert PATTERN=CERT.pem[,KEY.pem]]... [--passthrough-client-auth] [--spoof-source]\n"
         "       [--workers N] [--allow-clients CIDR,...]... [--metrics ENDPOINT] [--log-json PATH]\n"
+        "       [--console ENDPOINT [--console-auth USER:PASSWORD]... [--console-flows N]]\n"
         "       [--config tinspect.toml]  (timeouts and limits: see below)"
     )
 
@@ -95,6 +97,9 @@ the host is passed through from then on so the client can present its own.
 ({", ".join(BUILTIN)}), entry-point names (group tinspect.taps), module:Class, or
 ALIAS=module:Class. --tap-option NAME.KEY=VALUE sets a tap's option.
 
+--console ENDPOINT serves a live web console of the flows (loopback unless
+--console-auth or --console-auth-file gives it a password; see docs/console.md).
+
 --workers N runs N processes sharing the TCP listening ports (SO_REUSEPORT;
 tcp:, tcp6: and tproxy: listeners); --udp stays in the first. The others log
 next to it (LOGFILE.workerN).
@@ -133,6 +138,12 @@ next to it (LOGFILE.workerN).
         ["quic", None, "refuse", "QUIC connections no tap or --passthrough decides: refuse (dropped: the browser "
                                  "falls back to TCP, where it is inspected) or pass (relayed, name logged)."],
         ["quic-ports", None, "443", "Destination ports whose transparent UDP is read as QUIC (comma-separated)."],
+        # The live web console (tinspect/console; nothing of it exists without --console)
+        ["console", None, None, "Serve the live web console at http://ENDPOINT/ (a bare PORT: "
+                                "tcp:PORT:interface=127.0.0.1; tcp: without interface= binds loopback too)."],
+        ["console-flows", None, 2000, "Flows and exchanges the console keeps in memory (the most recent).", int],
+        ["console-body", None, 4096, "Bytes the console keeps of each body (0: sizes only).", int],
+        ["console-auth-file", None, None, "A file of USER:PASSWORD lines: the console requires one (Basic)."],
     ]
 
     optFlags = [
@@ -157,6 +168,8 @@ next to it (LOGFILE.workerN).
         self["passthrough"] = []
         self["upstream_proxy"] = []
         self["client_certs"] = []
+        self["console_auth"] = []
+        self["console_clients"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         argv = list(sys.argv[1:] if options is None else options)
@@ -219,6 +232,20 @@ next to it (LOGFILE.workerN).
             raise usage.UsageError(f"--allow-clients: {e}") from None
         self["allow_clients"] += parts
 
+    def opt_console_auth(self, credentials: str) -> None:
+        """USER:PASSWORD the console requires (Basic; repeatable; --console-auth-file keeps it out of ps)."""
+        self["console_auth"].append(credentials)
+
+    def opt_console_clients(self, networks: str) -> None:
+        """Serve the console only to clients in these networks (comma-separated CIDRs; repeatable).
+        Default: loopback and private networks, as for the explicit proxy."""
+        parts = [n for n in networks.split(",") if n.strip()]
+        try:
+            ClientNetworks(parts)
+        except ValueError as e:
+            raise usage.UsageError(f"--console-clients: {e}") from None
+        self["console_clients"] += parts
+
     def opt_proxy_auth(self, credentials: str) -> None:
         """USER:PASSWORD the explicit proxy requires (Basic; repeatable)."""
         self["proxy_auth"].append(credentials)
@@ -270,6 +297,26 @@ next to it (LOGFILE.workerN).
             self["auth"] = ProxyAuth(self["proxy_auth"]) if self["proxy_auth"] else None
         except ValueError as e:
             raise usage.UsageError(f"--proxy-auth: {e}") from None
+        self._console_options()
+
+    def _console_options(self) -> None:
+        """Check the console's options; ``console`` becomes an endpoint string, loopback unless told."""
+        if self["console-flows"] < 1 or self["console-body"] < 0:
+            raise usage.UsageError("--console-flows must be positive and --console-body not negative")
+        if self["console-auth-file"]:
+            try:
+                with open(self["console-auth-file"], encoding="utf-8") as f:
+                    lines = [line.strip() for line in f]
+            except OSError as e:
+                raise usage.UsageError(f"--console-auth-file {self['console-auth-file']}: {e.strerror}") from None
+            self["console_auth"] += [line for line in lines if line and not line.startswith("#")]
+        try:
+            if self["console_auth"]:
+                ProxyAuth(self["console_auth"])
+        except ValueError as e:
+            raise usage.UsageError(f"--console-auth: {str(e).replace('proxy credentials', 'credentials')}") from None
+        if self["console"]:
+            self["console"] = console_endpoint(self["console"])
 
 
 def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
@@ -315,6 +362,9 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         if options["worker-metrics"]:
             proxy.serve_worker_metrics(options["worker-metrics"])
         return proxy  # UDP sessions and the metrics endpoint live in worker 0
+    if options["console"]:  # worker 0's flows only: see docs/console.md
+        proxy.serve_console(options["console"], options["console-flows"], options["console_auth"],
+                            options["console_clients"], options["console-body"])
     sockets: list[str | None] = [None] * (options["workers"] - 1)  # each extra worker's metrics socket
     if options["metrics"]:
         if options["workers"] > 1:
@@ -328,6 +378,17 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         argvs = [worker_argv(sys.argv, options["argv"], n, metrics_socket=path) for n, path in enumerate(sockets, 1)]
         Workers(proxy.ctx.reactor, argvs, proxy.ctx.metrics).setServiceParent(proxy)
     return proxy
+
+
+def console_endpoint(text: str) -> str:
+    """The endpoint ``--console`` binds: a bare port, or a ``tcp:``/``tcp6:`` endpoint
+    without ``interface=``, on loopback; anything else as given."""
+    if text.isdigit():
+        return f"tcp:{text}:interface=127.0.0.1"
+    kind = text.split(":", 1)[0]
+    if kind in ("tcp", "tcp6") and "interface=" not in text:
+        return text + (":interface=127.0.0.1" if kind == "tcp" else ":interface=\\:\\:1")
+    return text
 
 
 class _RemoveWhenStopped(Service):

@@ -34,6 +34,11 @@ def test_plain_pip_install_registers_twistd_plugin(tmp_path):
         [python, "-m", "tinspect", "install-unit", "--unit-dir", str(tmp_path / "unit"), "--config-dir",
          str(tmp_path / "etc")], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert unit.returncode == 0, unit.stderr  # the unit and the nftables file ship as package data
+    console = subprocess.run(
+        [python, "-c", "from importlib import resources; d = resources.files('tinspect.console') / 'static'; "
+                       "print(sorted(p.name for p in d.iterdir()), d)"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=True).stdout
+    assert "['console.css', 'console.js', 'index.html']" in console and str(env_dir) in console  # the console's page
     assert f"ExecStart={env_dir}/bin/" in (tmp_path / "unit" / "tinspect.service").read_text()  # this Python's
     plugins_dir = next((env_dir / "lib").glob("python3*/site-packages/twisted/plugins"))
     assert (plugins_dir / "tinspect_plugin.py").exists()

@@ -31,6 +31,7 @@ def test_new_subscriber_gets_the_ring_then_live_updates():
     sink = Sink()
     hub.subscribe(sink.sub())
     hub.publish({"id": "2", "status": 200})
+    hub.flush()
     assert [json.loads(e[6:]) for e in sink.out] == [{"id": "1"}, {"id": "2"}, {"id": "2", "status": 200}]
 
 
@@ -42,6 +43,51 @@ def test_a_slow_subscriber_is_dropped_not_buffered():
     hub.subscribe(fast.sub())
     slow.held = 101
     hub.publish({"id": "1"})
+    hub.flush()
     hub.publish({"id": "2"})
+    hub.flush()
     assert slow.closed and slow.out == [] and hub.dropped == 1
     assert len(fast.out) == 2 and len(hub.subscribers) == 1
+
+
+def test_without_a_page_open_nothing_is_serialised(monkeypatch):
+    """Publishing with no subscriber only keeps the record: no JSON is made per update."""
+    import tinspect.console.hub as hub_module
+
+    made = []
+    monkeypatch.setattr(hub_module, "sse_event", lambda record: made.append(record) or b"")
+    hub = Hub(5)
+    hub.publish({"id": "1"})
+    hub.publish({"id": "1", "status": 200})
+    assert made == [] and hub.ring.get("1") == {"id": "1", "status": 200}
+    hub.subscribe(Sink().sub())
+    hub.publish({"id": "2"})
+    hub.flush()
+    assert [r["id"] for r in made] == ["1", "2"]
+
+
+def test_events_carry_the_summary_not_the_detail():
+    """A subscriber gets a record without its detail; the ring keeps the detail."""
+    hub = Hub(5)
+    sink = Sink()
+    hub.subscribe(sink.sub())
+    hub.publish({"id": "1", "status": 200, "detail": {"request": {"headers": [["A", "b"]]}}})
+    hub.flush()
+    assert [json.loads(e[6:]) for e in sink.out] == [{"id": "1", "status": 200}]
+    assert hub.ring.get("1")["detail"]["request"]["headers"] == [["A", "b"]]
+
+
+def test_updates_between_flushes_are_one_event_in_the_latest_state():
+    """A record published three times before a flush goes out once, as it is last; a flush with
+    nothing changed sends nothing."""
+    hub = Hub(5)
+    sink = Sink()
+    hub.subscribe(sink.sub())
+    record = {"id": "1", "status": None}
+    hub.publish(record)
+    record["status"] = 200
+    hub.publish(record)
+    hub.publish({"id": "1", "done": True})
+    hub.flush()
+    hub.flush()
+    assert [json.loads(e[6:]) for e in sink.out] == [{"id": "1", "status": 200, "done": True}]

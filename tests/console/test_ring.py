@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinspect.console import FlowRing, curl_command, flow_record, heads, matches
+from tinspect.console import FlowRing, curl_command, heads, matches, summary
 
 
 def test_ring_evicts_oldest_past_capacity():
@@ -72,22 +72,6 @@ def test_curl_command_round_trips_through_the_shell():
                                 "-H", "X-Q: it's", "--data-raw", "a=1"]
 
 
-def test_flow_record_summarises_a_tls_flow_without_timings():
-    """A flow becomes a JSON-ready record; missing timings read as None, not an error."""
-    import json
-
-    from tinspect import Flow
-
-    flow = Flow(("2001:db8::5", 4000), ("203.0.113.7", 443), protocol="h2")
-    flow.sni, flow.alpn, flow.tls_version = "example.org", "h2", "TLSv1.3"
-    rec = flow_record(flow)
-    assert rec["client"] == "[2001:db8::5]:4000"
-    assert rec["host"] == "example.org" and rec["url"] == "203.0.113.7:443"
-    assert rec["tls"]["alpn"] == "h2" and rec["duration"] is None
-    assert rec["timings"]["upstream_connected"] is None
-    json.dumps(rec)
-
-
 def test_heads_of_request_and_response():
     """Heads keep the first line and every header pair in order."""
     from tinspect.headers import Headers
@@ -98,3 +82,18 @@ def test_heads_of_request_and_response():
     assert heads(req) == {"version": "HTTP/1.1", "headers": [("Host", "x"), ("A", "1")],
                           "method": "GET", "url": "http://x/a"}
     assert heads(resp)["status"] == 404 and heads(resp)["headers"] == [("B", "2")]
+
+
+def test_heads_are_cut_at_the_cap_and_say_how_much():
+    """Fields past the cap's bytes are left out and counted; those before are kept in order."""
+    from tinspect.headers import Headers
+    from tinspect.units import Response
+
+    resp = Response(200, headers=Headers([("A", "1"), ("Big", "x" * 50), ("B", "2"), ("C", "3")]))
+    assert heads(resp, cap=10) == {"version": "HTTP/1.1", "headers": [("A", "1"), ("B", "2"), ("C", "3")],
+                                   "headers_cut": 1, "status": 200, "reason": ""}
+
+
+def test_summary_leaves_the_detail_out():
+    """The list's summary is the record minus its detail."""
+    assert summary({"id": "1", "status": 200, "detail": {"x": 1}}) == {"id": "1", "status": 200}

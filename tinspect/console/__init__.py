@@ -1,5 +1,5 @@
-"""The live web console: a bounded ring of flow summaries, their filters and curl commands."""
+"""The live web console: a bounded ring of flow records, its feed, filters and curl commands."""
 
-from tinspect.console.ring import FlowRing, curl_command, flow_record, heads, matches
+from tinspect.console.ring import FlowRing, curl_command, heads, matches, summary
 
-__all__ = ["FlowRing", "curl_command", "flow_record", "heads", "matches"]
+__all__ = ["FlowRing", "curl_command", "heads", "matches", "summary"]

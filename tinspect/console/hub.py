@@ -1,6 +1,13 @@
 """Sans-IO fan-out of console records to live subscribers (server-sent event streams).
 
-Each subscriber is a ``write`` callable plus a ``pending`` callable telling how many
+Subscribers get records' summaries (`tinspect.console.ring.summary`): the
+detail of a flow is fetched when it is opened, so an event stays small however
+much the record holds. Updates are coalesced: `publish` only marks a record
+changed, and `flush` (the site calls it a few times a second while a page is
+open) sends each changed record once, in its latest state, so a quick
+exchange's three updates (request, response, end) cost one event, and a page
+being open costs the proxy per interval, not per unit. Each subscriber is a
+``write`` callable plus a ``pending`` callable telling how many
 bytes it has not yet handed to the kernel. A subscriber whose backlog passes
 ``max_pending`` is dropped (its ``close`` called) instead of buffered without bound:
 a slow browser tab must not grow the proxy's memory.
@@ -12,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tinspect.console.ring import FlowRing
+from tinspect.console.ring import FlowRing, summary
 
 
 def sse_event(record: dict[str, Any]) -> bytes:
@@ -42,12 +49,13 @@ class Hub:
         self.max_pending = max_pending
         self.subscribers: list[Subscriber] = []
         self.dropped = 0
+        self._changed: dict[str, dict[str, Any]] = {}  # records published since the last flush, by id
 
     def subscribe(self, sub: Subscriber) -> None:
         """Add ``sub`` and send it every kept record, oldest first."""
         self.subscribers.append(sub)
         for record in self.ring.records():
-            sub.write(sse_event(record))
+            sub.write(sse_event(summary(record)))
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget ``sub`` (its stream ended)."""
@@ -55,9 +63,22 @@ class Hub:
             self.subscribers.remove(sub)
 
     def publish(self, record: dict[str, Any]) -> None:
-        """Keep ``record`` and send it to every subscriber that keeps up."""
+        """Keep ``record``; the next `flush` sends it (nothing is noted while no page is open)."""
         self.ring.put(record)
-        event = sse_event(self.ring.get(record["id"]) or record)
+        if self.subscribers:
+            changed = self._changed
+            changed[record["id"]] = record
+            if len(changed) > self.ring.capacity:  # more than the ring holds changed in one interval
+                del changed[next(iter(changed))]
+
+    def flush(self) -> None:
+        """Send every record published since the last flush, once each, to every subscriber that keeps up."""
+        if not self._changed:
+            return
+        changed, self._changed = self._changed, {}
+        if not self.subscribers:
+            return
+        event = b"".join(sse_event(summary(self.ring.get(key) or record)) for key, record in changed.items())
         for sub in list(self.subscribers):
             if sub.pending() > self.max_pending:
                 self.unsubscribe(sub)

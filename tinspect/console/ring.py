@@ -1,7 +1,10 @@
 """Sans-IO core of the console: the ring of recent flow records, filtering, curl commands.
 
 The console keeps plain dictionaries (JSON-ready) rather than live ``Flow`` objects so
-that the memory it holds is bounded by ``capacity`` records whatever the proxy does.
+that the memory it holds is bounded by ``capacity`` records whatever the proxy does;
+`tinspect.console.feed` makes them, each of bounded size (`heads` cuts heads at
+`HEAD_CAP`). A record is its summary fields (the list's columns) and a ``detail``
+dict, served only when one flow is opened.
 """
 
 from __future__ import annotations
@@ -11,7 +14,12 @@ from collections import OrderedDict
 from typing import Any, Iterable
 
 # Headers curl computes itself; repeating them would make the command lie about the body.
-_CURL_SKIP = {"content-length", "host", "transfer-encoding", "connection"}
+_CURL_SKIP = {"content-length", "host", "transfer-encoding", "connection", "proxy-connection", "keep-alive"}
+
+HEAD_CAP = 8192
+"""Bytes of header names and values kept per message head (`heads`)."""
+HEAD_FIELDS = 100
+"""Header fields kept per message head: many tiny fields cost more than their bytes."""
 
 
 class FlowRing:
@@ -49,51 +57,30 @@ class FlowRing:
         return list(self._records.values())
 
 
-def format_addr(addr: tuple[str, int] | None) -> str:
-    """``host:port`` (IPv6 in brackets), or ``""`` when unknown."""
-    if not addr:
-        return ""
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without its ``detail``: what the list and the live stream carry."""
+    return {key: value for key, value in record.items() if key != "detail"}
 
 
-def flow_record(flow: Any, key: str | None = None) -> dict[str, Any]:
-    """A JSON-ready summary of ``flow`` (a connection, or one exchange when ``key`` is set).
+def heads(message: Any, cap: int = HEAD_CAP) -> dict[str, Any]:
+    """A request's or response's head as JSON: first line fields and header pairs.
 
-    Timings come from ``flow.timings`` when the proxy records them (``None`` fields
-    otherwise), so the console works with or without them.
-
-    Args:
-        flow: a `tinspect.Flow`.
-        key: the record id; the flow's id for connection-level records.
+    Header fields are kept in order while their names and values add up to
+    at most ``cap`` bytes, `HEAD_FIELDS` fields at most; ``headers_cut``
+    counts the fields left out, so a head of many large cookies costs the
+    console ``cap`` bytes, not more.
     """
-    timings = getattr(flow, "timings", None)
-    stamps = {name: getattr(timings, name, None) for name in
-              ("accepted", "upstream_connected", "client_tls_done", "upstream_tls_done", "ended")}
-    dst = flow.dst
-    return {
-        "id": key or flow.id,
-        "flow": flow.id,
-        "time": flow.started,
-        "client": format_addr(flow.client),
-        "protocol": flow.protocol,
-        "host": flow.sni or (dst[0] if dst else ""),
-        "url": format_addr(dst),
-        "method": None,
-        "status": None,
-        "size": 0,
-        "duration": (flow.ended - flow.started) if flow.ended else None,
-        "verdict": getattr(flow, "verdict", None),
-        "error": flow.error,
-        "tls": {"sni": flow.sni, "alpn": flow.alpn, "version": flow.tls_version,
-                "upstream_cert": flow.upstream_cert} if flow.tls_version else None,
-        "timings": stamps,
-    }
-
-
-def heads(message: Any) -> dict[str, Any]:
-    """A request's or response's head as JSON: first line fields and header pairs."""
-    out: dict[str, Any] = {"version": message.version, "headers": message.headers.items()}
+    kept, used, cut = [], 0, 0
+    for name, value in message.headers.items():
+        size = len(name) + len(value)
+        if used + size > cap or len(kept) >= HEAD_FIELDS:
+            cut += 1
+            continue
+        used += size
+        kept.append((name, value))
+    out: dict[str, Any] = {"version": message.version, "headers": kept}
+    if cut:
+        out["headers_cut"] = cut
     if hasattr(message, "method"):
         out.update(method=message.method, url=message.url)
     else:
@@ -110,7 +97,8 @@ def matches(record: dict[str, Any], *, host: str = "", client: str = "",
         host: substring of the host, case-insensitive.
         client: prefix of the client address.
         status: a status code (``"404"``) or class (``"4xx"``).
-        text: substring of the method, URL, verdict or error, case-insensitive.
+        text: substring of the method, URL, host, protocol, verdict or error,
+            case-insensitive.
     """
     if host and host.lower() not in str(record.get("host") or "").lower():
         return False
@@ -124,7 +112,7 @@ def matches(record: dict[str, Any], *, host: str = "", client: str = "",
         elif code != status:
             return False
     if text:
-        hay = " ".join(str(record.get(k) or "") for k in ("method", "url", "verdict", "error"))
+        hay = " ".join(str(record.get(k) or "") for k in ("method", "url", "host", "protocol", "verdict", "error"))
         if text.lower() not in hay.lower():
             return False
     return True

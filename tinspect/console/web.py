@@ -1,63 +1,148 @@
 """The ``--console`` site (twisted.web, loaded only with it): the page, the records, the live stream.
 
-Routes: ``/`` the page (package data in ``static/``), ``/api/flows`` every kept
-record as JSON, ``/api/flows/<id>`` one record, ``/events`` the server-sent
-event stream fed by the `tinspect.console.hub.Hub`. With ``auth`` set every
-route asks for HTTP Basic authentication.
+Routes: ``/`` the page and its files (package data in ``static/``),
+``/api/flows`` the kept records' summaries as JSON, ``/api/flows/<id>`` one
+record whole (its ``detail``, and a ``curl`` command line for a request),
+``/api/har`` a HAR 1.2 file of the records the filters select (the same
+``host``, ``client``, ``status`` and ``text`` query parameters as the page's
+filters, `tinspect.console.ring.matches`; or ``ids=ID,ID``), and ``/events``
+the server-sent event stream fed by the `tinspect.console.hub.Hub`.
+
+With ``auth`` every route asks for HTTP Basic authentication; with
+``clients`` a connection from outside those networks is closed at once
+(logged), as the explicit proxy does with its clients.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 from importlib import resources
 from typing import Any
 
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tinspect._compat import pending_bytes
 from tinspect.console.hub import Hub, Subscriber
+from tinspect.console.ring import curl_command, matches, summary
+from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
+from tinspect.net.addresses import format_addr, normalize_host
+from tinspect.taplib.har import to_har
 
-__all__ = ["console_site"]
+__all__ = ["console_site", "FLUSH_INTERVAL"]
 
 _TYPES = {"html": b"text/html; charset=utf-8", "js": b"text/javascript; charset=utf-8",
-          "css": b"text/css; charset=utf-8"}
+          "css": b"text/css; charset=utf-8", "svg": b"image/svg+xml"}
+_FILTERS = ("host", "client", "status", "text")
 
 
-def console_site(hub: Hub, auth: str | None = None) -> Site:
-    """The site serving ``hub``; ``auth`` is ``"user:password"`` for Basic authentication."""
-    site = Site(_Root(hub, auth))
+FLUSH_INTERVAL = 0.1
+"""Seconds between sends of the changed records to the open pages (`Hub.flush`)."""
+
+
+def console_site(hub: Hub, auth: ProxyAuth | None = None, clients: ClientNetworks | None = None,
+                 reactor: Any = None) -> Site:
+    """The site serving ``hub``; while it listens, changed records go to the open pages every
+    `FLUSH_INTERVAL` seconds.
+
+    Args:
+        hub: the records.
+        auth: the credentials every request must carry (Basic), or ``None``.
+        clients: the networks served, or ``None`` for every client.
+        reactor: schedules the sends (the global reactor when ``None``).
+    """
+    site = _ConsoleSite(_Root(hub, auth), clients, LoopingCall(hub.flush))
+    if reactor is not None:
+        site.flusher.clock = reactor
     site.displayTracebacks = False
     return site
+
+
+class _ConsoleSite(Site):
+    """A Site that serves only its client networks and logs no access lines
+    (a page's stream is one long request)."""
+
+    noisy = False
+    _log = Logger()
+
+    def __init__(self, root: Resource, clients: ClientNetworks | None, flusher: LoopingCall) -> None:
+        super().__init__(root)
+        self.clients = clients
+        self.flusher = flusher
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.flusher.start(FLUSH_INTERVAL, now=False)
+
+    def stopFactory(self) -> None:
+        if self.flusher.running:
+            self.flusher.stop()
+        super().stopFactory()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = normalize_host(getattr(addr, "host", ""))
+        if self.clients is not None and host not in self.clients:
+            self._log.warn("refusing {client} on --console: not in the client networks it serves ({networks})",
+                           client=format_addr((host, addr.port)), networks=str(self.clients))
+            return None  # Twisted closes the connection
+        return super().buildProtocol(addr)
+
+    def log(self, request: Any) -> None:
+        pass
 
 
 class _Root(Resource):
     isLeaf = True
 
-    def __init__(self, hub: Hub, auth: str | None) -> None:
+    def __init__(self, hub: Hub, auth: ProxyAuth | None) -> None:
         super().__init__()
         self.hub = hub
-        self._auth = b"Basic " + base64.b64encode(auth.encode()) if auth else None
+        self._auth = auth
 
     def render_GET(self, request: Request) -> Any:
-        if self._auth and not hmac.compare_digest(request.getHeader(b"authorization") or b"", self._auth):
+        if self._auth is not None and not self._auth.check(request.getHeader(b"authorization")):
             request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", b'Basic realm="tinspect console"')
+            request.setHeader(b"www-authenticate", b'Basic realm="tinspect console", charset="UTF-8"')
             return b"authentication required\n"
         request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
         path = request.path.decode("latin-1")
         if path == "/events":
             return self._stream(request)
         if path == "/api/flows":
-            return self._json(request, self.hub.ring.records())
+            return self._json(request, [summary(r) for r in self._selected(request)])
+        if path == "/api/har":
+            request.setHeader(b"content-disposition", b'attachment; filename="tinspect.har"')
+            return self._json(request, self._har(self._selected(request)))
         if path.startswith("/api/flows/"):
             record = self.hub.ring.get(path.rsplit("/", 1)[1])
             if record is None:
                 request.setResponseCode(404)
                 return b"no such flow (evicted from the console's ring?)\n"
-            return self._json(request, record)
+            return self._json(request, {**record, "curl": _curl(record)})
+        return self._static(request, path)
+
+    def _selected(self, request: Request) -> list[dict]:
+        """The records the query's filters (or ``ids``) select, oldest first."""
+        args = {key: _arg(request, key) for key in (*_FILTERS, "ids")}
+        ids = {i for i in args.pop("ids").split(",") if i}
+        return [r for r in self.hub.ring.records() if (not ids or r["id"] in ids) and matches(r, **args)]
+
+    @staticmethod
+    def _har(records: list[dict]) -> dict:
+        """HAR of ``records``' exchanges (the recorder's format, which they share) and WebSocket messages."""
+        entries: list[dict] = []
+        for record in records:
+            detail = record.get("detail") or {}
+            if detail.get("type") == "exchange" and detail.get("timings"):
+                entries += [detail, *detail.get("websocket", ())]
+        return to_har(entries)
+
+    @staticmethod
+    def _static(request: Request, path: str) -> bytes:
         name = "index.html" if path == "/" else path.lstrip("/")
         if "/" in name or name.rsplit(".", 1)[-1] not in _TYPES:
             request.setResponseCode(404)
@@ -68,6 +153,7 @@ class _Root(Resource):
             request.setResponseCode(404)
             return b"not found\n"
         request.setHeader(b"content-type", _TYPES[name.rsplit(".", 1)[1]])
+        request.setHeader(b"content-security-policy", b"default-src 'self'; img-src 'self' data:")
         return body
 
     @staticmethod
@@ -79,7 +165,27 @@ class _Root(Resource):
         request.setHeader(b"content-type", b"text/event-stream")
         transport = request.channel.transport
         sub = Subscriber(request.write, lambda: pending_bytes(transport), request.finish)
-        request.write(b": tinspect console\n\n")
+        request.write(b": tinspect console\n\nevent: config\ndata: "
+                      + json.dumps({"capacity": self.hub.ring.capacity}).encode() + b"\n\n")
         self.hub.subscribe(sub)
         request.notifyFinish().addBoth(lambda _: self.hub.unsubscribe(sub))
         return NOT_DONE_YET
+
+
+def _arg(request: Request, name: str) -> str:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else ""
+
+
+def _curl(record: dict) -> str | None:
+    """The curl command repeating a record's request; its body only when kept whole."""
+    req = (record.get("detail") or {}).get("request")
+    if not req:
+        return None
+    body = req.get("body") or {}
+    data = None
+    if "text" in body and not body.get("truncated"):
+        data = body["text"].encode("utf-8")
+    elif "base64" in body and not body.get("truncated"):
+        data = base64.b64decode(body["base64"])
+    return curl_command(req["method"], req["url"], req["headers"], data)
