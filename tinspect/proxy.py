@@ -344,8 +344,8 @@ class Proxy(MultiService):
         feed = ConsoleFeed(self.console, BODY_CAP if body_cap is None else body_cap)
         old = self.ctx.chain
         self.ctx.chain = TapChain(feed.wrap(old.taps))
-        if old.measuring:
-            self.ctx.chain.measure()
+        if old.metrics is not None:
+            self.ctx.chain.measure(old.metrics)
         _ConsoleListener(self.ctx, endpoint, (self.console, auth, networks)).setServiceParent(self)
         return self
 
