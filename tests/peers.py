@@ -1,6 +1,7 @@
 """Small network peers for end-to-end tests, run inside lab namespaces.
 
     python -m tests.peers udp-echo PORT            echo datagrams (IPv4 and IPv6)
+    python -m tests.peers udp-who PORT             answer each datagram with its sender's address
     python -m tests.peers udp-ask HOST PORT MSG... send each MSG, print each reply
     python -m tests.peers slow-read HOST PORT RATE read at RATE bytes/s, print "<sha256> <count>"
     python -m tests.peers reset-server PORT        send "partial", then reset (RST) each connection
@@ -39,6 +40,16 @@ def udp_echo(port: int) -> None:
     while True:
         data, addr = sock.recvfrom(65535)
         sock.sendto(b"echo:" + data, addr)
+
+
+def udp_who(port: int) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    while True:
+        _, addr = sock.recvfrom(65535)
+        host = addr[0].removeprefix("::ffff:")
+        sock.sendto(host.encode(), addr)
 
 
 def udp_ask(host: str, port: int, messages: list[str]) -> None:
@@ -260,6 +271,8 @@ if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     if cmd == "udp-echo":
         udp_echo(int(args[0]))
+    elif cmd == "udp-who":
+        udp_who(int(args[0]))
     elif cmd == "udp-ask":
         udp_ask(args[0], int(args[1]), args[2:])
     elif cmd == "slow-read":

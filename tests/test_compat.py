@@ -12,7 +12,9 @@ import datetime
 import importlib
 import importlib.metadata
 import inspect
+import os
 import pathlib
+import socket
 import sys
 import textwrap
 
@@ -588,3 +590,25 @@ def test_the_reach_check_passes_our_own_private_names(loaded_libraries):
     """A private name our own code defines is ours to use, even where a library has the same one."""
     assert library_reaches("class A:\n    def f(self, other): return other._paused + self._log", loaded_libraries,
                            {"_log", "_paused"}) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_from_binds_a_transparent_socket_to_the_given_source():
+    """`connect_from`'s socket has IP_TRANSPARENT, set before Twisted binds it to the source address."""
+    if os.geteuid() != 0:
+        pytest.skip("IP_TRANSPARENT needs CAP_NET_ADMIN")
+    server = _Peer()
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(lambda: server))
+    try:
+        client = _Peer()
+        await compat.connect_from(reactor, "127.0.0.1", port.getHost().port, Factory.forProtocol(lambda: client),
+                                  5, "127.0.0.5")
+        await server.made
+        assert server.transport.getPeer().host == "127.0.0.5", changed("twisted", "the connector's bindAddress is unused")
+        sock = client.transport.getHandle()
+        assert sock.getsockopt(socket.SOL_IP, 19) == 1, \
+            changed("twisted", "tcp.Client no longer makes its socket with createInternetSocket")
+        assert type(client.transport) in compat._TCP, "fast_write would not know the transparent client"
+        client.transport.abortConnection()
+    finally:
+        await port.stopListening()

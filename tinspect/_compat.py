@@ -50,6 +50,13 @@ against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
    big, bad UTF-8, handshake and close timeouts) goes through
    ``WebSocketProtocol._fail_connection(code, reason)``, which has no public
    hook.
+8. Twisted's TCP client socket (`connect_from`). ``tcp.Connector._makeTransport``
+   builds the ``tcp.Client``, whose ``__init__`` makes its socket with
+   ``createInternetSocket`` and binds it to the connector's ``bindAddress``
+   right after; overriding both sets IP_TRANSPARENT before that bind (to a
+   client's address, which is not the gateway's), and the endpoints'
+   ``_WrappingFactory`` turns the connect into a cancellable Deferred as
+   ``TCP4ClientEndpoint.connect`` does.
 
 autobahn is imported only by the functions that need it (the WebSocket
 layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
@@ -65,6 +72,10 @@ from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated
 from hyperframe.frame import DataFrame, GoAwayFrame
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import _WrappingFactory
+
+from tinspect.net.sockets import make_transparent
 
 __all__ = [
     "fast_write",
@@ -77,12 +88,22 @@ __all__ = [
     "cheap_data_frame_repr",
     "quiet_autobahn_colours",
     "AutobahnSide",
+    "connect_from",
 ]
 
 
 # -- 1. Twisted's TCP write queue -------------------------------------------------
 
-_TCP = (tcp.Server, tcp.Client)
+class _TransparentClient(tcp.Client):
+    """A TCP client whose socket may bind to an address that is not the host's."""
+
+    def createInternetSocket(self):
+        sock = super().createInternetSocket()
+        make_transparent(sock, client=True)
+        return sock
+
+
+_TCP = (tcp.Server, tcp.Client, _TransparentClient)
 
 
 def fast_write(transport: Any, data: bytes) -> None:
@@ -270,3 +291,25 @@ class AutobahnSide:
     def connection_failing(self, code: int, reason: str) -> None:
         """autobahn is failing the open connection with ``code`` and
         ``reason`` (it closes it next); nothing by default."""
+
+
+# -- 8. Twisted's TCP client socket ----------------------------------------------
+
+
+class _TransparentConnector(tcp.Connector):
+    def _makeTransport(self) -> tcp.Client:
+        return _TransparentClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+def connect_from(reactor: Any, host: str, port: int, factory: Any, timeout: float, source: str) -> Deferred:
+    """Connect to the IP literal ``host`` from ``source``, an address of another
+    machine (a client's: IP_TRANSPARENT), with an ephemeral port.
+
+    Returns:
+        A Deferred firing with the connected protocol (cancel it to give up);
+        a socket that cannot be made transparent or bound fails it with
+        ``ConnectBindError``.
+    """
+    wrapping = _WrappingFactory(factory)
+    _TransparentConnector(host, port, wrapping, timeout, (source, 0), reactor).connect()
+    return wrapping._onConnection

@@ -94,6 +94,12 @@ class Settings:
             the system trust store.
         upstream_proxy_connect: send plain HTTP to an ``http://`` parent through CONNECT
             tunnels too, not as absolute-form requests.
+        client_certs: ``--client-cert PATTERN=CERT.pem[,KEY.pem]`` entries: the
+            certificate presented to matching servers that ask for one.
+        passthrough_client_auth: pass through, from then on, hosts that ask
+            for a client certificate none of ``client_certs`` is for.
+        spoof_source: upstream connections leave from the client's address
+            (IP_TRANSPARENT; ``--spoof-source``).
     """
 
     connect_timeout: float = 10.0
@@ -129,6 +135,9 @@ class Settings:
     upstream_proxies: tuple[str, ...] = ()
     upstream_proxy_ca: str | None = None
     upstream_proxy_connect: bool = False
+    client_certs: tuple[str, ...] = ()
+    passthrough_client_auth: bool = False
+    spoof_source: bool = False
 
 
 class ProxyContext:

@@ -22,6 +22,7 @@ from taps import BUILTIN
 from tinspect.cli.config import ConfigError, config_argv, split_config
 from tinspect.context import Settings
 from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
+from tinspect.layers.tls.policy import ClientCertificate
 from tinspect.listen.spec import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.listen.workers import Workers, shared_endpoint, worker_argv
 from tinspect.net.parent import ParentRules
@@ -32,7 +33,7 @@ from tinspect.taplib.loader import TapLoadError, build_taps, parse_tap_names
 __all__ = ["Options", "makeService"]
 
 
-_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients", "upstream-proxy"}
+_REPEATABLE = {"listen", "udp", "passthrough", "proxy-auth", "allow-clients", "upstream-proxy", "client-cert"}
 
 
 class Options(usage.Options):
@@ -43,6 +44,7 @@ class Options(usage.Options):
         "       [--max-body BYTES] [--max-message BYTES] [--proxy-auth USER:PASSWORD]... [--ca-cert PEM --ca-key PEM | --state-dir DIR]\n"
         "       [--upstream-ca PEM] [--insecure-upstream] [--passthrough PATTERN]... [--passthrough-rejected]\n"
         "       [--upstream-proxy 'URL [for PATTERN,...]']... [--upstream-proxy-ca PEM] [--upstream-proxy-connect]\n"
+        "       [--client-cert PATTERN=CERT.pem[,KEY.pem]]... [--passthrough-client-auth] [--spoof-source]\n"
         "       [--workers N] [--allow-clients CIDR,...]... [--metrics ENDPOINT] [--log-json PATH]\n"
         "       [--config tinspect.toml]  (timeouts and limits: see below)"
     )
@@ -81,6 +83,13 @@ store, or --upstream-ca), then the client gets a leaf certificate for the
 name it asked for, signed by the CA (--ca-cert/--ca-key, or one generated
 into --state-dir; print it with `tinspect ca`). --passthrough PATTERN relays
 matching hosts untouched; --no-tls relays all TLS untouched.
+
+A server that asks for a client certificate gets the one of the first
+--client-cert PATTERN=CERT.pem[,KEY.pem] (repeatable) its name or address
+matches; with none it goes on without one, or, with --passthrough-client-auth,
+the host is passed through from then on so the client can present its own.
+--spoof-source makes upstream connections leave from the client's address
+(IP_TRANSPARENT; needs the return-route recipe of docs/gateway.md).
 
 --taps NAMES: comma-separated, in chain order: built-in names
 ({", ".join(BUILTIN)}), entry-point names (group tinspect.taps), module:Class, or
@@ -132,6 +141,9 @@ next to it (LOGFILE.workerN).
         ["upstream-proxy-connect", None, "Send plain HTTP to an http:// parent proxy through CONNECT, not as "
                                          "absolute-form requests."],
         ["no-tls", None, "Do not intercept TLS: relay it raw."],
+        ["passthrough-client-auth", None, "Pass through, from then on, hosts that ask for a client certificate "
+                                          "none of --client-cert is for."],
+        ["spoof-source", None, "Connect upstream from the client's address (IP_TRANSPARENT, any port)."],
         ["worker", None, "(internal) This process is an extra worker of --workers."],
     ]
 
@@ -144,6 +156,7 @@ next to it (LOGFILE.workerN).
         self["allow_clients"] = []
         self["passthrough"] = []
         self["upstream_proxy"] = []
+        self["client_certs"] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         argv = list(sys.argv[1:] if options is None else options)
@@ -187,6 +200,14 @@ next to it (LOGFILE.workerN).
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["upstream_proxy"].append(rule)
+    def opt_client_cert(self, text: str) -> None:
+        """PATTERN=CERT.pem[,KEY.pem]: the certificate for servers matching PATTERN that ask for one
+        (repeatable; first match wins)."""
+        try:
+            ClientCertificate.parse(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--client-cert: {e}") from None
+        self["client_certs"].append(text)
 
     def opt_allow_clients(self, networks: str) -> None:
         """Serve only clients in these networks (comma-separated CIDRs; repeatable). Default: the explicit
@@ -281,6 +302,9 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
         intercept_tls=not options["no-tls"],
         quic=options["quic"],
         quic_ports=options["quic_ports"],
+        client_certs=tuple(options["client_certs"]),
+        passthrough_client_auth=bool(options["passthrough-client-auth"]),
+        spoof_source=bool(options["spoof-source"]),
     )
     proxy = TwistdProxy(options["tap_objects"], settings, reactor)
     if options["log-json"]:

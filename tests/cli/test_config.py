@@ -102,3 +102,18 @@ def test_a_bad_upstream_proxy_is_refused_without_its_password(tmp_path):
     with pytest.raises(usage.UsageError) as e:
         parse(tmp_path, 'upstream-proxy = "gopher://u:hunter2@198.51.100.3"\n')
     assert "scheme" in str(e.value) and "hunter2" not in str(e.value)
+def test_client_certs_and_source_addresses_come_from_the_file(tmp_path):
+    """client-cert (a list), passthrough-client-auth and spoof-source in TOML reach the service's settings."""
+    from tinspect.service import makeService
+
+    options = parse(tmp_path, 'client-cert = ["*.corp.example=a.pem,a.key", "10.0.0.0/8=b.pem"]\n'
+                              "passthrough-client-auth = true\nspoof-source = true\n", "--listen", "tcp:0")
+    settings = makeService(options).ctx.settings
+    assert settings.client_certs == ("*.corp.example=a.pem,a.key", "10.0.0.0/8=b.pem")
+    assert settings.passthrough_client_auth and settings.spoof_source
+
+
+def test_a_malformed_client_cert_is_refused_at_start(tmp_path):
+    """--client-cert without PATTERN=CERT is a usage error quoting it."""
+    with pytest.raises(usage.UsageError, match=r"--client-cert: 'a.pem': expected PATTERN=CERT.pem"):
+        parse(tmp_path, "", "--client-cert", "a.pem")

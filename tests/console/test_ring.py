@@ -3,7 +3,8 @@
 import shlex
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tinspect.console import FlowRing, curl_command, flow_record, heads, matches
 

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinspect.net.parent import ConnectReplyReader, ParentProxy, ParentRefused, ParentRules, Socks5Dialogue, \
-    connect_request, proxy_fields
+from tinspect.net.parent import (
+    ConnectReplyReader,
+    ParentProxy,
+    ParentRefused,
+    ParentRules,
+    Socks5Dialogue,
+    connect_request,
+    proxy_fields,
+)
 
 SQUID = "http://alice:s3cr%40t@198.51.100.2:3128"
 

@@ -20,7 +20,7 @@ several values)::
 The file becomes command-line arguments placed before the real ones, so the
 command line overrides it: a later single-valued option wins, and an option
 that may be repeated (``listen``, ``udp``, ``passthrough``, ``proxy-auth``,
-``allow-clients``, ``upstream-proxy``) given on the command line replaces the file's list; a
+``allow-clients``, ``upstream-proxy``, ``client-cert``) given on the command line replaces the file's list; a
 ``--tap-option TAP.KEY=...`` replaces the file's value of that key, and a
 ``--taps`` that leaves a tap out leaves its table out. A mistake is
 reported with the file and the key. No I/O but reading the file.

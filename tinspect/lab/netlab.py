@@ -202,12 +202,30 @@ class Lab:
             self._rule("-t", "mangle", "-A", "TINSPECT_DIVERT", "-j", "MARK", "--set-mark", "1", v6=v6)
             self._rule("-t", "mangle", "-A", "TINSPECT_DIVERT", "-j", "ACCEPT", v6=v6)
 
+    def spoof_return(self, proto: str = "tcp") -> None:
+        """Deliver to the proxy the servers' answers to connections it made from a
+        client's address (``--spoof-source``), the recipe of docs/gateway.md: they
+        come in on the server side, addressed to the client, and belong to a
+        transparent socket of the proxy's, so they are marked and routed locally
+        (``fwmark 1 lookup 100``, table 100: ``local default dev lo``) instead of
+        being forwarded to the client."""
+        for v6 in (False, True):
+            self._ensure_divert(v6)
+            self._rule("-t", "mangle", "-A", "PREROUTING", "-i", "s0", "-p", proto, "-m", "socket", "--transparent",
+                       "-j", "TINSPECT_DIVERT", v6=v6)
+
     def redirect(self, port: int, proto: str = "tcp", dports: Sequence[int] | None = None) -> None:
         """Divert the client's traffic to local ``port`` with NAT REDIRECT."""
         for v6 in (False, True):
             match = ["-p", proto, *(["-m", "multiport", "--dports", ",".join(map(str, dports))] if dports else [])]
             self._rule("-t", "nat", "-A", "PREROUTING", "-i", "c0", *match, "-j", "REDIRECT", "--to-ports",
                        str(port), v6=v6)
+
+    def add_host(self, name: str, *addresses: str) -> None:
+        """Make ``name`` resolve to ``addresses`` in every namespace (another server, say a CDN)."""
+        for ns in self.namespaces:
+            with open(_NETNS_ETC / ns / "hosts", "a") as hosts:
+                hosts.writelines(f"{address} {name}\n" for address in addresses)
 
     def clear_rules(self) -> None:
         """Remove every diversion (back to plain routing)."""
@@ -302,6 +320,8 @@ class Nginx:
             and 1.3, h2 and http/1.1) on port 443.
         http2: the plain port speaks HTTP/2 with prior knowledge (h2c) instead
             of HTTP/1.1 (nginx 1.22 cannot offer both on one plain port).
+        more: more directives for the ``http`` block, after the ``server``
+            block (another ``server`` block, say).
 
     The access log (`access_log`) has one line per request:
     ``<connection serial> <request line> <status>``, so a test can tell
@@ -309,8 +329,9 @@ class Nginx:
     """
 
     def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80, extra: str = "",
-                 tls: tuple[Path, Path] | None = None, http2: bool = False) -> None:
+                 tls: tuple[Path, Path] | None = None, http2: bool = False, more: str = "") -> None:
         self.lab = lab
+        self.more = more
         self.http2 = http2
         self.extra = extra
         self.tls = tls
@@ -341,6 +362,8 @@ events {{ worker_connections 1024; }}
 http {{
     log_format conn '$connection "$request" $status';
     access_log {self.workdir}/access.log conn;
+    log_format clients '$remote_addr "$request" $status';
+    access_log {self.workdir}/clients.log clients;
     client_body_temp_path {self.workdir}/body;
     proxy_temp_path {self.workdir}/proxy;
     fastcgi_temp_path {self.workdir}/fastcgi;
@@ -356,6 +379,7 @@ http {{
         root {self.root};
         {self.extra}
     }}
+    {self.more}
 }}
 """
         )
@@ -364,9 +388,10 @@ http {{
         self.lab.wait_listening(self.ns, self.port, proc=self.proc)
         return self
 
-    def access_log(self) -> list[tuple[str, str, str]]:
-        """``(connection serial, request line, status)`` per request so far."""
-        path = self.workdir / "access.log"
+    def access_log(self, name: str = "access.log") -> list[tuple[str, str, str]]:
+        """``(connection serial, request line, status)`` per request so far, from ``name`` in the
+        work directory (another server block's log, in the same ``conn`` format, say)."""
+        path = self.workdir / name
         lines = path.read_text().splitlines() if path.exists() else []
         out = []
         for line in lines:
@@ -374,6 +399,12 @@ http {{
             request, _, status = rest.rpartition(" ")
             out.append((conn, request.strip('"'), status))
         return out
+
+
+    def client_addresses(self) -> list[str]:
+        """The client address nginx saw, per request so far (``$remote_addr``)."""
+        path = self.workdir / "clients.log"
+        return [line.partition(" ")[0] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 class ProxyProcess:
@@ -447,22 +478,28 @@ class ServerPKI:
         authority: issue the certificate from this CA instead of a new one
             (a `tinspect.layers.tls.ca.CertificateAuthority`; the benchmark's bare relay
             poses as the server with one from the proxy's CA).
+        name, addresses: what the certificate is for (another server of the
+            lab's, say a CDN, gets one from the same ``authority``).
 
     Attributes:
         chain: leaf then CA certificate, PEM (``ssl_certificate``).
         key: the leaf's key, PEM, unencrypted, 0600.
         ca: the CA certificate, PEM: what ``--upstream-ca`` trusts.
+        authority: the CA itself, to issue more certificates from.
     """
 
-    def __init__(self, workdir: Path, common_name: str = "Lab server CA", authority: Any = None) -> None:
+    def __init__(self, workdir: Path, common_name: str = "Lab server CA", authority: Any = None,
+                 name: str = SERVER_NAME, addresses: Sequence[str] = (SERVER4, SERVER6)) -> None:
         from cryptography.hazmat.primitives import serialization
 
         from tinspect.layers.tls.ca import CertificateAuthority, LeafCertificates
 
         workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
         if authority is None:
             authority = CertificateAuthority.generate(workdir / "server-ca", common_name=common_name)
-        cert, key = LeafCertificates(authority).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
+        self.authority = authority
+        cert, key = LeafCertificates(authority).get_cryptography(name, list(addresses))
         self.chain = workdir / "server-chain.pem"
         self.chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + authority.cert_pem)
         self.key = workdir / "server-key.pem"

@@ -29,6 +29,9 @@ timer; when it expires the session and its flow close. When a listener holds
   connection (a session as above, which gets the held datagrams first) or
   refuses it (its datagrams dropped). See the QUIC block below.
 
+With ``--spoof-source`` a session's upstream socket is bound, IP_TRANSPARENT,
+to the client's address (an ephemeral port), so the server sees the client.
+
 Datagram sources cannot be paused: while a tap is slow, a session's arm queues
 a bounded number of datagrams and drops the rest (UDP is lossy anyway), with
 a log line.
@@ -51,7 +54,7 @@ from tinspect.flow import Flow
 from tinspect.layers.quic.initial import QuicHello, peek_dcid
 from tinspect.layers.quic.policy import QuicStart, Unreadable, version_name
 from tinspect.net.addresses import format_addr, normalize_host
-from tinspect.net.sockets import recv_with_orig_dst, transparent_socket
+from tinspect.net.sockets import SocketError, recv_with_orig_dst, transparent_socket
 from tinspect.units import TO_CLIENT, TO_SERVER, Datagram, Unit, raw_payload
 
 __all__ = ["UDPSession", "ForwardUDP", "TransparentUDP"]
@@ -69,6 +72,10 @@ class UDPSession:
         flow: the session's flow (``transport="udp"``).
         send_to_client: sends a reply payload to the client.
         on_closed: called once when the session ends.
+
+    Raises:
+        SocketError: with ``--spoof-source``, the upstream socket cannot be
+            bound to the client's address (the caller closes the flow).
     """
 
     _log = Logger()
@@ -80,12 +87,24 @@ class UDPSession:
         send_to_client: Callable[[bytes], None],
         on_closed: Callable[["UDPSession"], None],
     ) -> None:
+        reactor = ctx.reactor
+        host, port = flow.dst
+        self._upstream = _Upstream(self)
+        client = flow.client[0]
+        if ctx.settings.spoof_source and (":" in client) == (":" in host):
+            # The server sees the client's address; the return route delivers its replies here.
+            sock = transparent_socket(socket.SOCK_DGRAM, client, 0)
+            try:
+                self._port = reactor.adoptDatagramPort(sock.fileno(), sock.family, self._upstream)
+            finally:
+                sock.close()  # the reactor has its own copy of the descriptor
+        else:
+            self._port = reactor.listenUDP(0, self._upstream, interface="::" if ":" in host else "")
         self.ctx = ctx
         self.flow = flow
         self._send_to_client = send_to_client
         self._on_closed = on_closed
         self.closed = False
-        reactor = ctx.reactor
         self.arms = {
             TO_SERVER: Arm(ctx.chain, flow, TO_SERVER, self._to_server, on_error=self._tap_failed,
                            max_pending=_MAX_PENDING),
@@ -93,9 +112,6 @@ class UDPSession:
                            max_pending=_MAX_PENDING),
         }
         flow.attach(self.arms, self.close)
-        self._upstream = _Upstream(self)
-        host, port = flow.dst
-        self._port = reactor.listenUDP(0, self._upstream, interface="::" if ":" in host else "")
         self._port.connect(host, port)
         self._timer = reactor.callLater(ctx.settings.udp_idle_timeout, self._expire)
 
@@ -200,12 +216,16 @@ class ForwardUDP(DatagramProtocol):
             if not self.ctx.open_flow(flow):
                 self.ctx.close_flow(flow)
                 return
-            session = UDPSession(
-                self.ctx,
-                flow,
-                lambda payload, addr=addr: self.transport.write(payload, addr),
-                lambda s, key=client: self.sessions.discard(key),
-            )
+            try:
+                session = UDPSession(
+                    self.ctx,
+                    flow,
+                    lambda payload, addr=addr: self.transport.write(payload, addr),
+                    lambda s, key=client: self.sessions.discard(key),
+                )
+            except SocketError as e:
+                _unspoofable(self.ctx, flow, e)
+                return
             self.sessions.add(client, session)
         session.from_client(data)
 
@@ -299,12 +319,17 @@ class TransparentUDP:
             self.ctx.reactor.addReader(replier)
         self._users[dst] = self._users.get(dst, 0) + 1
         sock = replier.sock
-        session = UDPSession(
-            self.ctx,
-            flow,
-            lambda payload: _sendto(sock, payload, flow.client),  # flow.client follows a QUIC client that moves
-            lambda s: self._session_closed(s, dst),
-        )
+        try:
+            session = UDPSession(
+                self.ctx,
+                flow,
+                lambda payload: _sendto(sock, payload, flow.client),  # flow.client follows a QUIC client that moves
+                lambda s: self._session_closed(s, dst),
+            )
+        except SocketError as e:
+            self._release(dst)
+            _unspoofable(self.ctx, flow, e)
+            return None
         self.sessions.add((flow.client, dst), session)
         return session
 
@@ -313,6 +338,10 @@ class TransparentUDP:
         if self.sessions.get(key) is session:
             self.sessions.discard(key)
         self._forget_cids(session, dst)
+        self._release(dst)
+
+    def _release(self, dst: tuple[str, int]) -> None:
+        """One session fewer replies from ``dst``; its socket closes with the last."""
         self._users[dst] -= 1
         if not self._users[dst]:
             del self._users[dst]
@@ -517,6 +546,12 @@ class _RefusedQuic:
         if self._timer.active():
             self._timer.cancel()
         self._on_closed(self)
+
+
+def _unspoofable(ctx: ProxyContext, flow: Flow, error: SocketError) -> None:
+    """A session that cannot leave from its client's address does not start (fail closed)."""
+    Logger().warn("flow {flow_id}: --spoof-source: {err}; dropping the session", flow_id=flow.id, err=str(error))
+    ctx.close_flow(flow, "cannot bind the client's address upstream")
 
 
 def _sendto(sock: socket.socket, payload: bytes, addr: tuple[str, int]) -> None:

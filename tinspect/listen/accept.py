@@ -9,8 +9,10 @@ first) and lets the `Sniffer` choose the layer that carries the connection.
 
 from __future__ import annotations
 
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
@@ -150,10 +152,11 @@ class TCPProxyFactory(_ListenerFactory):
             transport.abortConnection()
             ctx.close_flow(flow)
             return
-        shell, d = open_upstream(ctx, dst, None, timings=flow.timings)
+        shell, d = open_upstream(ctx, dst, None, timings=flow.timings, client=addr)
         Sniffer(ctx, Handoff(flow, client, Upstream(shell, connecting=d), lambda: ctx.close_flow(flow)))
 
 
+@implementer(IProtocolNegotiationFactory)
 class ExplicitProxyFactory(_ListenerFactory):
     """Builds a `ClientConnection` per client of the explicit proxy.
 
@@ -167,6 +170,12 @@ class ExplicitProxyFactory(_ListenerFactory):
     """
 
     default_clients = LOCAL_NETWORKS  # not an open relay, whatever interface it listens on
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """ALPN on an HTTPS proxy listener (``explicit@ssl:...``): the proxy speaks
+        HTTP/1.1. Twisted's ``ssl:`` endpoint asks its factory; without an answer it
+        selects nothing in a way OpenSSL turns into an ``internal_error`` alert."""
+        return [b"http/1.1"]
 
     def __init__(self, ctx: ProxyContext, listener: str) -> None:
         self.ctx = ctx

@@ -20,9 +20,9 @@ import typing
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -135,8 +135,12 @@ class ClientConnection(Protocol):
         self.factory.start(self)
 
     def handshakeCompleted(self) -> None:
-        # A ClientHandshakeHandler: the layer that started TLS carries the client until then.
-        self.handler.client_handshake_done()
+        # A ClientHandshakeHandler: the layer that started TLS carries the client until then. A
+        # handshake no layer started (an HTTPS proxy listener's, `ssl:`, done by the endpoint)
+        # is no news to the layer carrying the client.
+        done = getattr(self.handler, "client_handshake_done", None)
+        if done is not None:
+            done()
 
     def dataReceived(self, data: bytes) -> None:
         self.handler.client_data(data)
@@ -267,6 +271,7 @@ def open_upstream(
     tls: Any = None,
     timings: Any = None,
     direct: bool = False,
+    client: tuple[str, int] | None = None,
 ) -> tuple[ServerConnection, Deferred]:
     """Start connecting to ``dst``; events go to ``handler`` (or to whatever
     handler the returned shell has by then).
@@ -279,6 +284,8 @@ def open_upstream(
             (and its TLS) comes up.
         direct: connect to ``dst`` itself, whatever the parent proxy rules say (``dst``
             is an HTTP parent that absolute-form requests go to).
+        client: the client's address; with ``--spoof-source`` a direct
+            connection leaves from it.
 
     Returns:
         The shell and the connect Deferred (cancel it to give up). A failure
@@ -298,7 +305,8 @@ def open_upstream(
             d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
             return shell, d
         parent_tls = _parent_tls(ctx, parent.host)
-    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout, parent, parent_tls)
+    source = client[0] if client is not None and ctx.settings.spoof_source else None
+    d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout, parent, parent_tls, source)
     d.addErrback(_connect_failed, ctx, shell)
     return shell, d
 

@@ -43,7 +43,9 @@ IPV6_TRANSPARENT = 75
 IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
 IPV6_RECVORIGDSTADDR = 74
 SO_ORIGINAL_DST = 80
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 IP6T_SO_ORIGINAL_DST = 80
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class SocketError(Exception):
@@ -53,6 +55,30 @@ class SocketError(Exception):
 def family_for(host: str) -> socket.AddressFamily:
     """``AF_INET6`` for IPv6 literals, ``AF_INET`` otherwise (including ``""``)."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+_PRIVILEGE = "TPROXY needs root, CAP_NET_ADMIN or CAP_NET_RAW"
+
+
+def make_transparent(sock: socket.socket, client: bool = False) -> None:
+    """Set IP_TRANSPARENT (IPV6_TRANSPARENT) on ``sock``: it may then bind to an
+    address that is not the host's, and a listener accepts TPROXY's connections.
+
+    A ``client`` TCP socket (not yet bound) also gets
+    IP_BIND_ADDRESS_NO_PORT: its port is chosen at connect time, for the
+    4-tuple, so one client address can carry as many connections as it has
+    destinations times ports.
+
+    Raises:
+        PermissionError: without CAP_NET_ADMIN or CAP_NET_RAW (the message says so).
+    """
+    v6 = sock.family == socket.AF_INET6
+    try:
+        sock.setsockopt(SOL_IPV6 if v6 else SOL_IP, IPV6_TRANSPARENT if v6 else IP_TRANSPARENT, 1)
+    except PermissionError as e:
+        raise PermissionError(e.errno, f"{e.strerror} ({_PRIVILEGE})") from None
+    if client and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
 
 
 def transparent_socket(
@@ -90,18 +116,11 @@ def transparent_socket(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            if not transparent:
-                pass
-            elif family == socket.AF_INET6:
-                sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
-            else:
-                sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
-        except PermissionError as e:
-            raise SocketError(
-                f"cannot make a transparent socket on {where}: {e.strerror} "
-                "(TPROXY needs root, CAP_NET_ADMIN or CAP_NET_RAW)"
-            ) from None
+        if transparent:
+            try:
+                make_transparent(sock)
+            except PermissionError as e:
+                raise SocketError(f"cannot make a transparent socket on {where}: {e.strerror} ({_PRIVILEGE})") from None
         if recv_orig_dst:
             enable_orig_dst(sock)
         try:
@@ -181,14 +200,26 @@ def recv_with_orig_dst(
 
 
 def raise_fd_limit(wanted: int) -> tuple[int, int]:
-    """Raise this process's soft limit on open files towards ``wanted`` (never
-    above the hard limit, never lower than it is); returns ``(soft, hard)``
-    after. A proxy needs two descriptors per proxied connection, and the
-    usual soft limit of 1024 would cut it off at about 500.
+    """Raise this process's limit on open files towards ``wanted`` (never lower
+    than it is); returns ``(soft, hard)`` after. A proxy needs two descriptors
+    per proxied connection, and the usual soft limit of 1024 would cut it off
+    at about 500.
+
+    The soft limit goes up to the hard one. When ``wanted`` is above the hard
+    limit too, the hard limit is raised with it if the process may
+    (CAP_SYS_RESOURCE: twistd before it drops root, up to ``fs.nr_open``);
+    otherwise the soft limit stops at the hard one.
     """
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+        except (ValueError, OSError):
+            pass  # not privileged, or above fs.nr_open: the hard limit stays
+        else:
+            return wanted, wanted
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -3,7 +3,9 @@ plain words why one failed.
 
 Every layer connects upstream the same way: an IP literal (the usual case in
 transparent mode) goes straight to a TCP endpoint with no resolver involved, a
-host name (explicit proxy) goes through `HostnameEndpoint`. Failures are turned
+host name (explicit proxy) goes through `HostnameEndpoint`. With
+``--spoof-source`` the socket binds to the client's address first
+(`tinspect._compat.connect_from`). Failures are turned
 into a short reason (`describe_failure`) that logs and error pages can show.
 
 Through a parent proxy (``--upstream-proxy``, `tinspect.net.parent`), the TCP
@@ -18,6 +20,7 @@ refuses fails the connect with a `ParentRefused` naming it and its answer.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Any
 
 from twisted.internet import error
@@ -25,9 +28,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tinspect._compat import connect_from
 from tinspect.net.addresses import is_ip
 from tinspect.net.parent import (
     ConnectReplyReader,
@@ -53,7 +58,7 @@ def _endpoint(reactor: Any, dst: tuple[str, int], timeout: float) -> Any:
 
 def connect(
     reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float,
-    parent: ParentProxy | None = None, parent_tls: Any = None,
+    parent: ParentProxy | None = None, parent_tls: Any = None, source: str | None = None,
 ) -> Deferred:
     """Connect to ``dst`` with ``factory``, through ``parent`` if given.
 
@@ -64,12 +69,17 @@ def connect(
         timeout: seconds before giving up (the parent's dialogue included).
         parent: the parent proxy to go through, or ``None``.
         parent_tls: the client TLS options for an ``https://`` parent.
+        source: leave from this address, a client's (``--spoof-source``:
+            IP_TRANSPARENT, an ephemeral port); used for a direct connection
+            when ``dst`` is an address of the same family (a name is resolved
+            first). Through a parent the servers see the parent, so it is not
+            used there.
 
     Returns:
         A Deferred firing with the connected protocol.
     """
     if parent is None:
-        return _endpoint(reactor, dst, timeout).connect(factory)
+        return _direct(reactor, dst, factory, timeout, source)
     endpoint = _endpoint(reactor, parent.address, timeout)
     if parent.scheme == "https":
         endpoint = wrapClientTLS(parent_tls, endpoint)
@@ -229,6 +239,31 @@ class ParentTunnel(Protocol):
             self._dialogue.close()
         except ParentRefused as e:
             self._fail(e)
+
+
+def _direct(reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float, source: str | None) -> Deferred:
+    if source is None:
+        return _endpoint(reactor, dst, timeout).connect(factory)
+    host, port = dst
+    if not is_ip(host):
+        return _resolve_then_connect(reactor, host, port, factory, timeout, source)
+    if ipaddress.ip_address(source).version == ipaddress.ip_address(host).version:
+        return connect_from(reactor, host, port, factory, timeout, source)
+    return _endpoint(reactor, dst, timeout).connect(factory)
+
+
+def _resolve_then_connect(reactor: Any, host: str, port: int, factory: Factory, timeout: float, source: str) -> Deferred:
+    """A name, from a client's address: its first address of the client's family."""
+    family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
+
+    def resolved(infos: list) -> Deferred:
+        if not infos:
+            raise error.DNSLookupError(f"{host} has no address of the client's family")
+        return connect_from(reactor, infos[0][4][0], port, factory, timeout, source)
+
+    d = deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+    d.addErrback(lambda failure: Failure(error.DNSLookupError(host)) if failure.check(OSError) else failure)
+    return d.addCallback(resolved)
 
 
 def describe_failure(failure: Failure) -> str:

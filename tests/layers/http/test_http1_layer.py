@@ -798,6 +798,24 @@ def test_upstream_refused_before_the_client_spoke_still_gets_a_502(make_net):
     assert net.leftovers() == CLEAN
 
 
+def test_a_connect_refused_before_the_request_is_one_attempt_counted_once(make_net):
+    """The request after a refused connect at accept is answered with that refusal, not connected
+    again: one dial, one upstream connect failure; the next request on the connection dials anew."""
+    net = make_net()
+    c = net.transparent()
+    net.pending()[0].refuse()
+    c.send(get())
+    assert c.take() == page(502, b"Bad Gateway", b"cannot reach 192.0.2.10:80: connection refused")
+    assert len(net.dials) == 1 and net.ctx.metrics.connect_failures == {"refused": 1}
+    c.send(get(b"/again"))
+    (dial,) = net.pending()
+    dial.refuse()
+    assert c.take() == page(502, b"Bad Gateway", b"cannot reach 192.0.2.10:80: connection refused")
+    assert len(net.dials) == 2 and net.ctx.metrics.connect_failures == {"refused": 2}
+    c.eof()
+    assert net.leftovers() == CLEAN
+
+
 def test_connect_timeout_gives_a_504(make_net):
     """No answer to the connect within connect_timeout: a 504 page, and not a moment before."""
     net = make_net(connect_timeout=3)

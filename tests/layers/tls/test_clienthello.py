@@ -17,11 +17,11 @@ from OpenSSL import SSL
 
 import tinspect.layers.tls.clienthello as clienthello_module
 from tinspect.layers.tls.clienthello import (
+    ACCESS_DENIED,
+    UNRECOGNIZED_NAME,
     ClientHello,
     ClientHelloError,
     ClientHelloReader,
-    ACCESS_DENIED,
-    UNRECOGNIZED_NAME,
     NotTLS,
     alert_record,
     looks_like_tls,

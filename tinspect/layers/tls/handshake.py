@@ -10,6 +10,12 @@ from Twisted we import only the two connection-creator interfaces that
   towards the client, presenting a minted leaf and mirroring upstream ALPN.
 * :func:`summarize_certificate`: an upstream certificate for taps and logs.
 
+Client certificates (``--client-cert``) live in contexts of their own, one
+per entry, built like the shared one: a server matching an entry's pattern
+is connected to with that context, and OpenSSL presents the certificate
+only if the server asks for one (a CertificateRequest). Whether a server
+asked is seen by an info callback (``--passthrough-client-auth``).
+
 Passthrough rules and client failures are in ``tinspect/layers/tls/policy.py``.
 
 Theory of operation
@@ -60,7 +66,7 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSS
 from zope.interface import implementer
 
 from tinspect.layers.tls.ca import LeafCertificates
-from tinspect.layers.tls.policy import describe_error
+from tinspect.layers.tls.policy import ClientCertificate, describe_error
 from tinspect.net.addresses import is_ip
 
 __all__ = [
@@ -93,6 +99,8 @@ _VERIFY_ERRORS = {
     68: "CA signature digest algorithm too weak", 79: "invalid CA certificate",
 }  # fmt: skip
 
+# SSL_state_string_long once the client read a CertificateRequest (TLS 1.2 and 1.3 alike).
+_READ_CERTIFICATE_REQUEST = b"SSLv3/TLS read server certificate request"
 
 
 def _cn(name: x509.Name) -> str | None:
@@ -191,9 +199,15 @@ class UpstreamTLS:
     """
 
     def __init__(
-        self, ca_file: str | os.PathLike | None = None, *, insecure: bool = False, session_cache_size: int = 1024
+        self,
+        ca_file: str | os.PathLike | None = None,
+        *,
+        insecure: bool = False,
+        session_cache_size: int = 1024,
+        client_certs: Sequence[ClientCertificate] = (),
+        watch_certificate_requests: bool = False,
     ) -> None:
-        """Build the shared context.
+        """Build the shared context, and one more per client certificate.
 
         Args:
             ca_file: PEM bundle of trusted CAs (``--upstream-ca``); else the
@@ -202,15 +216,31 @@ class UpstreamTLS:
                 ``/etc/ssl/certs/ca-certificates.crt`` on Debian).
             insecure: Do not abort handshakes that fail verification.
             session_cache_size: Upstream sessions kept for resumption; 0: none.
+            client_certs: ``--client-cert`` entries, first match wins: a
+                server matching one gets its certificate when it asks for one.
+            watch_certificate_requests: Note, for each handshake, whether the
+                server asked for a client certificate
+                (`UpstreamHandshake.certificate_requested`); it costs an info
+                callback per handshake step, so only ``--passthrough-client-auth``
+                turns it on.
 
         Raises:
-            ValueError: ``ca_file`` cannot be read or holds no certificate.
+            ValueError: ``ca_file`` cannot be read or holds no certificate; a
+                client certificate or key cannot be loaded or do not match.
         """
         self.insecure = insecure
         self.handshakes: collections.Counter[tuple[str, str, str]] = collections.Counter()  # see _Creator.count
         self._sessions: collections.OrderedDict[tuple, SSL.Session] = collections.OrderedDict()
         self._session_cache_size = session_cache_size
         self._handshakes: weakref.WeakKeyDictionary[SSL.Connection, UpstreamHandshake] = weakref.WeakKeyDictionary()
+        self._ca_file = ca_file
+        self._watch = watch_certificate_requests
+        self.context = self._new_context()
+        # A context per certificate: OpenSSL sends a context's chain (intermediates
+        # included), which pyOpenSSL cannot set per connection.
+        self._client_certs = [(entry, self._new_context(entry)) for entry in client_certs]
+
+    def _new_context(self, client_cert: ClientCertificate | None = None) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(_OPTIONS)
@@ -218,14 +248,34 @@ class UpstreamTLS:
         ctx.set_verify(SSL.VERIFY_PEER, self._on_verify)
         # We keep sessions per upstream ourselves; OpenSSL's store would only grow.
         ctx.set_session_cache_mode(SSL.SESS_CACHE_CLIENT | SSL.SESS_CACHE_NO_INTERNAL_STORE)
-        if ca_file is None:
+        if self._ca_file is None:
             ctx.set_default_verify_paths()
         else:
             try:
-                ctx.load_verify_locations(os.fsencode(ca_file))
+                ctx.load_verify_locations(os.fsencode(self._ca_file))
             except SSL.Error as e:
-                raise ValueError(f"{os.fsdecode(ca_file)}: cannot load upstream CA certificates ({e})") from e
-        self.context = ctx
+                raise ValueError(f"{os.fsdecode(self._ca_file)}: cannot load upstream CA certificates ({e})") from e
+        if client_cert is not None:
+            try:
+                ctx.use_certificate_chain_file(os.fsencode(client_cert.cert))
+                ctx.use_privatekey_file(os.fsencode(client_cert.key))
+                ctx.check_privatekey()
+            except SSL.Error as e:
+                raise ValueError(
+                    f"client certificate for {client_cert.pattern}: cannot use {client_cert.cert}"
+                    f" with key {client_cert.key} ({describe_error(e)})"
+                ) from e
+        if self._watch:
+            ctx.set_info_callback(self._on_info)
+        return ctx
+
+    def client_certificate(self, *names: str | None) -> tuple[ClientCertificate | None, SSL.Context]:
+        """The client certificate for a server (its SNI, its address: the first
+        entry either matches), and the context that presents it."""
+        for entry, ctx in self._client_certs:
+            if entry.patterns.match(*names):
+                return entry, ctx
+        return None, self.context
 
     def creator(
         self, sni: str | None, alpn: Sequence[bytes] = (), ip: str | None = None, port: int | None = None
@@ -241,6 +291,12 @@ class UpstreamTLS:
             port: The upstream port; only part of the session cache key.
         """
         return UpstreamHandshake(self, sni, alpn, ip, port)
+
+    def _on_info(self, conn: SSL.Connection, where: int, ret: int) -> None:
+        if where & SSL.SSL_CB_CONNECT_LOOP and conn.get_state_string() == _READ_CERTIFICATE_REQUEST:
+            handshake = self._handshakes.get(conn)
+            if handshake is not None:
+                handshake.certificate_requested = True
 
     def _on_verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         handshake = self._handshakes.get(conn)
@@ -292,11 +348,14 @@ class _Creator:
     def _make(self) -> SSL.Connection:
         if self._connection is not None:
             raise RuntimeError(f"a {type(self).__name__} makes one connection; ask for a new one")
-        conn = SSL.Connection(self._owner.context, None)
+        conn = SSL.Connection(self._starting_context(), None)
         self._configure(conn)
         self._owner._handshakes[conn] = self
         self._connection = weakref.ref(conn)
         return conn
+
+    def _starting_context(self) -> SSL.Context:
+        return self._owner.context
 
     def _configure(self, conn: SSL.Connection) -> None:
         pass
@@ -328,7 +387,13 @@ class UpstreamHandshake(_Creator):
         name: What the certificate is verified against (the SNI, or the IP).
         alpn_offers: The ALPN protocols offered.
         connection: The ``SSL.Connection``, once made.
+        client_cert: The ``--client-cert`` entry presented if the server asks
+            for a certificate, or ``None``.
+        certificate_requested: The server asked for a client certificate
+            (known only when the owner watches for it).
     """
+
+    certificate_requested = False
 
     def __init__(
         self, owner: UpstreamTLS, sni: str | None, alpn: Sequence[bytes], ip: str | None, port: int | None
@@ -341,9 +406,13 @@ class UpstreamHandshake(_Creator):
         self.name = sni or ip
         self.alpn_offers = list(alpn)
         self._session_key = (self.name, ip, port)
+        self.client_cert, self._ctx = owner.client_certificate(sni, ip)
         self._error: str | None = None
         self._name_checked = False
         self._verify_called = False
+
+    def _starting_context(self) -> SSL.Context:
+        return self._ctx
 
     def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
         """``IOpenSSLClientConnectionCreator``: make the connection (Twisted sets connect state)."""

@@ -30,13 +30,16 @@ When the upstream cannot be reached or fails verification, the client
 handshake is still completed (with a leaf for the name it asked for) so that
 an HTTP client can be told why in a 502 page; anything else is closed with a
 logged reason. A client that rejects our certificate (an alert) is logged,
-and with ``--passthrough-rejected`` its host is passed through from then on.
+and with ``--passthrough-rejected`` its host is passed through from then on;
+with ``--passthrough-client-auth`` so is a host whose server asked (in step
+3) for a client certificate we have none for (``--client-cert``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -45,10 +48,16 @@ from tinspect.context import ProxyContext, Settings
 from tinspect.flow import Flow
 from tinspect.layers.raw import start_tls
 from tinspect.layers.tls.ca import CAError, CertificateAuthority, LeafCertificates
-from tinspect.layers.tls.clienthello import ACCESS_DENIED, ClientHello, ClientHelloError, ClientHelloReader, \
-    NotTLS, alert_record
+from tinspect.layers.tls.clienthello import (
+    ACCESS_DENIED,
+    ClientHello,
+    ClientHelloError,
+    ClientHelloReader,
+    NotTLS,
+    alert_record,
+)
 from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
-from tinspect.layers.tls.policy import PassthroughPolicy, classify_client_failure
+from tinspect.layers.tls.policy import ClientCertificate, PassthroughPolicy, classify_client_failure
 from tinspect.net.addresses import format_addr
 from tinspect.net.handoff import Handoff, Upstream, relay_raw
 from tinspect.net.shells import ServerConnection
@@ -74,6 +83,10 @@ class Interception:
         learn: pass through, from then on, hosts whose clients rejected our
             certificate.
         leaf_cache_size: leaf certificates kept.
+        client_certs: ``--client-cert`` entries (`ClientCertificate`), first match wins.
+        passthrough_client_auth: pass through, from then on, hosts that asked
+            for a client certificate none of ``client_certs`` is for, so the
+            real client can authenticate itself.
     """
 
     _log = Logger()
@@ -87,10 +100,14 @@ class Interception:
         passthrough: tuple[str, ...] = (),
         learn: bool = False,
         leaf_cache_size: int = 1024,
+        client_certs: tuple[ClientCertificate, ...] = (),
+        passthrough_client_auth: bool = False,
     ) -> None:
         self.ca = ca
         self.leaves = LeafCertificates(ca, leaf_cache_size)
-        self.upstream = UpstreamTLS(upstream_ca, insecure=insecure)
+        self.upstream = UpstreamTLS(upstream_ca, insecure=insecure, client_certs=client_certs,
+                                    watch_certificate_requests=passthrough_client_auth)
+        self.passthrough_client_auth = passthrough_client_auth
         self.client_facing = ClientFacingTLS(self.leaves)
         self.passthrough = PassthroughPolicy(passthrough, learn=learn)
         self.insecure = insecure
@@ -117,7 +134,8 @@ class Interception:
 
         Raises:
             CAError: the CA cannot be loaded or generated.
-            ValueError: ``upstream_ca`` or a passthrough pattern is unusable.
+            ValueError: ``upstream_ca``, a passthrough pattern or a client
+                certificate is unusable.
         """
         if settings.ca_cert or settings.ca_key:
             if not (settings.ca_cert and settings.ca_key):
@@ -139,6 +157,8 @@ class Interception:
             passthrough=tuple(settings.passthrough),
             learn=settings.passthrough_rejected,
             leaf_cache_size=settings.leaf_cache_size,
+            client_certs=tuple(ClientCertificate.parse(text) for text in settings.client_certs),
+            passthrough_client_auth=settings.passthrough_client_auth,
         )
 
 
@@ -284,6 +304,8 @@ class TlsLayer:
                 dst=format_addr(self.flow.dst),
                 reason=problem,
             )
+        if hs.certificate_requested and hs.client_cert is None and self.tls.passthrough_client_auth:
+            self._learn_client_auth()
         cert = hs.peer_certificate()
         summary = summarize_certificate(cert) if cert is not None else None
         self.flow.upstream_cert = summary
@@ -321,13 +343,23 @@ class TlsLayer:
         self._hello = hello
         self.flow.sni = hello.sni
         name = self._name()
-        passthrough = self.tls.passthrough.should_pass(name, self.flow.dst[0])
+        # A tunnel inside an HTTPS proxy listener's TLS (`ssl:`): Twisted cannot start TLS in
+        # TLS, so it is passed through (and a block can only be an alert).
+        nested = ISSLTransport.providedBy(self._client.transport)
+        passthrough = nested or self.tls.passthrough.should_pass(name, self.flow.dst[0])
         verdict = self.ctx.chain.tls_block(name, self.flow, not passthrough)
         if verdict == "alert" or (verdict == "page" and passthrough):
             self._refuse(name)
             return
         if verdict == "page":
             self._blocked(name)
+            return
+        if nested:
+            self._log.info(
+                "flow {flow_id}: TLS for {name} inside the proxy listener's own TLS is passed through untouched",
+                flow_id=self.flow.id, name=name,
+            )
+            self._relay_raw()
             return
         if passthrough or self.ctx.chain.tls_passthrough(name, self.flow):
             self.flow.verdict = "passthrough"
@@ -412,6 +444,21 @@ class TlsLayer:
         replay = self._hello.raw + self._reader.leftover
         replay_into_tls(transport, replay)
         transport.resumeProducing()
+
+    def _learn_client_auth(self) -> None:
+        """The server asked for a client certificate and we have none for it: this
+        connection goes on without one (the server decides what that means), the
+        next ones to the host pass through, so the client can present its own."""
+        name = self._name()
+        learned = self.tls.passthrough.learn_host(name)
+        self._log.warn(
+            "flow {flow_id}: {name} ({dst}) asked for a client certificate and none is configured for it; "
+            "{what}",
+            flow_id=self.flow.id,
+            name=name,
+            dst=format_addr(self.flow.dst),
+            what="passing it through from now on (--passthrough-client-auth)" if learned else "already learned",
+        )
 
     def _name(self) -> str:
         hello = self._hello

@@ -3,6 +3,8 @@
 * :class:`PassthroughPolicy`: which connections keep their TLS untouched
   (``--passthrough PATTERN``), and which hosts to stop intercepting after a
   client rejected our certificate (pinned apps; ``--passthrough-rejected``).
+* :class:`HostPatterns`: host patterns (names, globs, IPs, CIDRs), shared with
+  :class:`ClientCertificate` (``--client-cert PATTERN=CERT.pem[,KEY.pem]``).
 * :func:`classify_client_failure`: did the client reject our certificate, or
   just go away?  Also the short reason strings the TLS layer logs.
 
@@ -23,16 +25,21 @@ from OpenSSL import SSL
 
 from tinspect.net.addresses import canonical_host, is_ip
 
-__all__ = ["ClientFailure", "ClientFailureKind", "PassthroughPolicy", "classify_client_failure", "describe_error"]
+__all__ = [
+    "ClientCertificate",
+    "ClientFailure",
+    "ClientFailureKind",
+    "HostPatterns",
+    "PassthroughPolicy",
+    "classify_client_failure",
+    "describe_error",
+]
 
 
 class PassthroughPolicy:
     """Decides which connections keep their TLS untouched (sans-IO).
 
-    Patterns are exact names (``api.example``), fnmatch globs
-    (``*.bank.example`` matches any depth below, not the apex; ``?`` and
-    ``[...]`` work too), IP literals or CIDR networks.  Names compare
-    case-insensitively without a trailing dot; give IDNs in ``xn--`` form, as
+    Patterns are `HostPatterns`; give IDNs in ``xn--`` form, as
     SNI carries them.  In learning mode, hosts whose clients rejected our
     certificate (pinned apps, clients without our CA) pass through from then
     on; they are kept in memory only, in an LRU of ``max_learned`` entries.
@@ -46,21 +53,7 @@ class PassthroughPolicy:
         """
         self.learn = learn
         self._max_learned = max_learned
-        self._exact: set[str] = set()
-        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        globs = []
-        for pattern in patterns:
-            norm = canonical_host(pattern)
-            if not norm:
-                raise ValueError(f"empty passthrough pattern: {pattern!r}")
-            try:
-                self._networks.append(ipaddress.ip_network(norm, strict=False))
-            except ValueError:
-                if any(c in norm for c in "*?["):
-                    globs.append(fnmatch.translate(norm))
-                else:
-                    self._exact.add(norm)
-        self._glob = re.compile("|".join(globs)) if globs else None
+        self._patterns = HostPatterns(patterns, what="passthrough")
         self._learned: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @property
@@ -82,12 +75,8 @@ class PassthroughPolicy:
             if norm in self._learned:
                 self._learned.move_to_end(norm)
                 return True
-            if norm in self._exact or (self._glob is not None and self._glob.match(norm)):
+            if self._patterns.match_normalized(norm):
                 return True
-            if self._networks and is_ip(norm):
-                addr = ipaddress.ip_address(norm)
-                if any(addr in net for net in self._networks):
-                    return True
         return False
 
     def record_rejection(self, host: str) -> bool:
@@ -97,7 +86,17 @@ class PassthroughPolicy:
             ``True`` if the host is newly learned (log it once); ``False`` if
             learning is off or the host was known.
         """
-        if not self.learn or self._max_learned <= 0:
+        return self.learn and self.learn_host(host)
+
+    def learn_host(self, host: str) -> bool:
+        """Pass ``host`` (SNI, else IP) through from now on, whatever made us learn it
+        (a rejected certificate, a server asking for a client certificate we lack).
+
+        Returns:
+            ``True`` if the host is newly learned (log it once); ``False`` if
+            it was known or nothing is kept (``max_learned`` 0).
+        """
+        if self._max_learned <= 0:
             return False
         norm = canonical_host(host)
         known = norm in self._learned
@@ -106,6 +105,85 @@ class PassthroughPolicy:
         while len(self._learned) > self._max_learned:
             self._learned.popitem(last=False)
         return not known
+
+
+class HostPatterns:
+    """A set of host patterns, matched against a server name or address (sans-IO).
+
+    Patterns are exact names (``api.example``), fnmatch globs
+    (``*.bank.example`` matches any depth below, not the apex; ``?`` and
+    ``[...]`` work too), IP literals or CIDR networks. Names compare
+    case-insensitively without a trailing dot.
+
+    Args:
+        patterns: the patterns.
+        what: what they are for, in the error message.
+
+    Raises:
+        ValueError: An empty pattern.
+    """
+
+    def __init__(self, patterns: Iterable[str], what: str = "host") -> None:
+        self._exact: set[str] = set()
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        globs = []
+        for pattern in patterns:
+            norm = canonical_host(pattern)
+            if not norm:
+                raise ValueError(f"empty {what} pattern: {pattern!r}")
+            try:
+                self._networks.append(ipaddress.ip_network(norm, strict=False))
+            except ValueError:
+                if any(c in norm for c in "*?["):
+                    globs.append(fnmatch.translate(norm))
+                else:
+                    self._exact.add(norm)
+        self._glob = re.compile("|".join(globs)) if globs else None
+
+    def match(self, *candidates: str | None) -> bool:
+        """Whether any of ``candidates`` (names or IP literals; ``None`` skipped) matches."""
+        return any(c and self.match_normalized(canonical_host(c)) for c in candidates)
+
+    def match_normalized(self, norm: str) -> bool:
+        """`match` for one host already in `canonical_host` form."""
+        if norm in self._exact or (self._glob is not None and self._glob.match(norm)):
+            return True
+        if self._networks and is_ip(norm):
+            addr = ipaddress.ip_address(norm)
+            return any(addr in net for net in self._networks)
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientCertificate:
+    """One ``--client-cert PATTERN=CERT.pem[,KEY.pem]``: the certificate presented
+    to servers matching ``pattern`` when they ask for one.
+
+    Attributes:
+        pattern: a host pattern (as `HostPatterns` reads it).
+        cert: the PEM file holding the certificate (then any intermediates).
+        key: the PEM file of its private key (``cert`` itself when not given).
+        patterns: the parsed pattern.
+    """
+
+    pattern: str
+    cert: str
+    key: str
+    patterns: HostPatterns = dataclasses.field(compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> ClientCertificate:
+        """Read ``PATTERN=CERT.pem[,KEY.pem]``.
+
+        Raises:
+            ValueError: malformed, with the text quoted.
+        """
+        pattern, sep, files = text.partition("=")
+        cert, _, key = files.partition(",")
+        if not sep or not pattern.strip() or not cert.strip():
+            raise ValueError(f"{text!r}: expected PATTERN=CERT.pem[,KEY.pem]")
+        pattern, cert = pattern.strip(), cert.strip()
+        return cls(pattern, cert, key.strip() or cert, HostPatterns([pattern], what="client certificate"))
 
 
 class ClientFailureKind(enum.Enum):

@@ -225,8 +225,9 @@ class Http1Layer:
         # idle_timeout holds a response (and an upstream) no longer.
         self._stalled = Deadline(ctx.reactor, self._client_stalled)
         client.transport.registerProducer(UpstreamPauser(self), True)
+        self._early: Http1Upstream | None = None  # the connect made at accept, until the first request
         if upstream is not None:
-            up = self.upstream = Http1Upstream(self, flow.dst, upstream.shell)
+            up = self.upstream = self._early = Http1Upstream(self, flow.dst, upstream.shell)
             up.connecting = upstream.connecting
             if upstream.transport is not None:
                 up.server_connected(upstream.transport)
@@ -431,6 +432,15 @@ class Http1Layer:
             self._answer(ex, _loop_page(dst, req))
             return
         up = self.upstream
+        if up is not None and up is self._early:
+            self._early = None
+            if up.failure is not None and up.dst == dst:
+                # The connect made at accept for this request failed before the request came:
+                # answer with its failure, as when it fails after, rather than connect again
+                # (one attempt, counted once in tinspect_upstream_connect_failures_total).
+                ex.upstream = up
+                self.upstream_failed(up, up.failure)
+                return
         if up is None or not up.usable or up.dst != dst:
             if up is not None:
                 up.close()
@@ -811,7 +821,8 @@ class Http1Layer:
             self.upstream.close()
             self._forget_upstream()
         tunnel = self._tunnel = _Tunnel(self, ex, dst)
-        tunnel.shell, tunnel.connecting = open_upstream(self.ctx, dst, tunnel, timings=self.flow.timings)
+        tunnel.shell, tunnel.connecting = open_upstream(self.ctx, dst, tunnel, timings=self.flow.timings,
+                                                        client=self.flow.client)
 
     def _tunnel_open(self, ex: _Exchange, dst: tuple[str, int], shell: Any, transport: Any) -> None:
         if self._finished or not self.reader.paused:

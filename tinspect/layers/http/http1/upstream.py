@@ -77,7 +77,7 @@ class Http1Upstream:
             up.shell, up.connecting = open_upstream(ctx, parent.address, up, timings=flow.timings, direct=True)
             return up
         tls = ctx.tls.connector(flow, dst, scheme, b"http/1.1") if ctx.tls is not None else None
-        up.shell, up.connecting = open_upstream(ctx, dst, up, tls, flow.timings)
+        up.shell, up.connecting = open_upstream(ctx, dst, up, tls, flow.timings, client=flow.client)
         return up
 
     def request(self, req: Request, upgrade: bool = False) -> list[bytes]:
