@@ -47,9 +47,11 @@ def test_https_is_never_downgraded_to_http():
 
 @pytest.mark.parametrize("location", ["ftp://cdn.test/blob", "//", "https://", "javascript:alert(1)",
                                       "https://user:pw@cdn.test/blob", "https://cdn.test:99999/blob",
-                                      "https://cdn.test/a b", "https://cdn.test/\r\nX-Evil: 1", "", None])
+                                      "https://cdn.test/a b", "https://cdn.test/\r\nX-Evil: 1", "https://cdn.tést/blob",
+                                      "", None])
 def test_locations_that_are_not_plain_http_urls_are_refused(location):
-    """Other schemes, no host, credentials in the URL, bad ports, spaces and control characters: not followed."""
+    """Other schemes, no host, credentials in the URL, bad ports, spaces, control and non-ASCII characters: not
+    followed."""
     assert isinstance(follow_redirect(302, location, BLOB, 0), str)
 
 
@@ -87,3 +89,8 @@ def test_any_location_gives_a_reason_or_a_target_that_keeps_the_scheme_rules(sta
     if isinstance(where, Redirect):
         assert where.scheme == "https" and where.target.startswith("/") and where.host
         assert status in REDIRECT_STATUSES and hops < 5
+
+
+def test_a_request_url_with_a_bad_port_is_a_reason_not_an_error():
+    """The URL comes from the client's Host field: a port that does not parse refuses the redirect, no more."""
+    assert isinstance(follow_redirect(302, "/x", "http://mirror.test:99999/a.deb", 0), str)

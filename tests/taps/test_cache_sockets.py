@@ -51,6 +51,11 @@ class Origin(ThreadingHTTPServer):
     def port(self) -> int:
         return self.server_address[1]
 
+    def handle_error(self, request, client_address) -> None:
+        """A proxy closing a kept-alive connection it no longer wants is no error; anything else is printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def count(self, method: str, prefix: str) -> int:
         """How many ``method`` requests for a path starting with ``prefix`` came."""
         return sum(1 for m, path, _ in self.requests if m == method and path.startswith(prefix))
@@ -128,12 +133,12 @@ def _free_port() -> int:
 class ProxyProcess:
     """``twistd tinspect`` as an explicit proxy on loopback with the cache tap on ``cache_dir``."""
 
-    def __init__(self, cache_dir: Path, log: Path, *options: str) -> None:
+    def __init__(self, cache_dir: Path, log: Path, *options: str, taps: str = "cache") -> None:
         self.port = _free_port()
         self.log_path = log
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-             f"--logfile={log}", "tinspect", "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--taps", "cache",
+             f"--logfile={log}", "tinspect", "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--taps", taps,
              "--tap-option", f"cache.dir={cache_dir}", *options], cwd=REPO)
         deadline = time.monotonic() + 30
         while True:
@@ -185,11 +190,11 @@ def origin():
 
 @pytest.fixture
 def proxies(tmp_path):
-    """``start(*options)``: a proxy process on ``tmp_path/cache``; all are stopped at teardown."""
+    """``start(*options, taps="cache")``: a proxy process on ``tmp_path/cache``; all are stopped at teardown."""
     started = []
 
-    def start(*options):
-        p = ProxyProcess(tmp_path / "cache", tmp_path / f"proxy{len(started)}.log", *options)
+    def start(*options, taps="cache"):
+        p = ProxyProcess(tmp_path / "cache", tmp_path / f"proxy{len(started)}.log", *options, taps=taps)
         started.append(p)
         return p
 
@@ -345,3 +350,15 @@ def test_two_proxy_processes_fetch_a_blob_once_for_http2_clients_too(origin, pro
     assert b"HTTP/2 200" in second.stderr and b"x-tinspect-cache: hit" in second.stderr
     assert (origin.count("GET", "/v2/"), origin.cdn.count("GET", "/cdn/")) == (1, 1)
     assert two.logged("another worker is fetching") and two.logged("the cache answers when it is stored")
+
+
+def test_a_followed_redirect_passes_the_other_taps_like_a_request_of_the_client(origin, proxies, tmp_path):
+    """A filter rule blocking the CDN blocks the redirect the cache follows there: the client gets the block
+    page, the CDN is never asked, nothing is kept."""
+    rules = tmp_path / "rules"
+    rules.write_text(f"block url=^http://127\\.0\\.0\\.1:{origin.cdn.port}/\n")
+    proxy = proxies("--tap-option", f"filter.rules={rules}", taps="filter,cache")
+    status, _, body = proxy.get(f"http://127.0.0.1:{origin.port}{BLOB_PATH}")
+    assert status == 403 and b"block" in body.lower()
+    assert origin.cdn.requests == [] and origin.count("GET", "/v2/") == 1
+    assert list((tmp_path / "cache" / "objects").iterdir()) == []

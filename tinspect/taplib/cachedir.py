@@ -2,8 +2,10 @@
 
 What ``python3 -m tinspect cache ls|du|purge`` runs. The layout is the
 tap's: ``objects/<key>`` holds a body and ``objects/<key>.json`` what the
-tap noted about it (its URL, when it was stored); an entry is listed only
-when both are there. The file times say when an entry was last served
+tap noted about it (its URL, when it was stored, ``credentials`` when it
+was fetched with them); an entry is listed only when both are there.
+``tmp/`` holds transfers in progress and ``locks/`` the lock of each key
+being fetched (gone when its fetch ends); neither is an entry. The file times say when an entry was last served
 (the tap touches the ``.json`` on each hit, which is what its
 least-recently-used eviction reads). Purging while the proxy runs is safe:
 an entry is unlinked body first, and a worker that finds a body gone

@@ -9,8 +9,8 @@ the client instead, when it is one it may follow:
   every one of them means "GET that URL instead");
 * fewer than ``max_hops`` redirects were followed for this request already,
   and it does not send the request back to the URL it answered;
-* the ``Location`` is an absolute or relative ``http``/``https`` URL with a
-  host, no user name or password, and a valid port;
+* the ``Location`` is an absolute or relative ``http``/``https`` URL in
+  ASCII with a host, no user name or password, and a valid port;
 * it does not go from ``https`` to ``http`` (no downgrade: what came over
   TLS keeps coming over TLS, verified as always);
 * it is the same content: a URL that names another digest than the one the
@@ -70,7 +70,7 @@ def _local(host: str) -> bool:
 
 
 def follow_redirect(status: int, location: str | None, url: str, hops: int, max_hops: int = MAX_REDIRECTS,
-           digest: str | None = None) -> Redirect | str:
+                    digest: str | None = None) -> Redirect | str:
     """Whether the cache follows a redirect answered to ``GET url``, and where to.
 
     Args:
@@ -91,19 +91,20 @@ def follow_redirect(status: int, location: str | None, url: str, hops: int, max_
         return f"more than {max_hops} redirects"
     if not location or not location.strip():
         return "no Location"
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in location.strip()):
-        return "a Location with spaces or control characters"
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in location.strip()):
+        return "a Location with spaces, control or non-ASCII characters"
+    original = urlsplit(url)
     try:
         parts = urlsplit(urljoin(url, location.strip()))
         port = parts.port
+        original_port = original.port
     except ValueError:
-        return "a Location that is not a URL"
+        return "a Location (or a request URL) that is not a URL"
     scheme, host = parts.scheme.lower(), parts.hostname or ""
     if scheme not in _DEFAULT_PORTS or not host:
         return f"a Location that is not an http(s) URL with a host: {location!r}"
     if parts.username is not None or parts.password is not None:
         return "a Location with a user name or password"
-    original = urlsplit(url)  # the caller's own URL: its port parses
     if original.scheme.lower() == "https" and scheme != "https":
         return "a redirect from https to http"
     if _local(host) and not _local(original.hostname or ""):
@@ -118,6 +119,7 @@ def follow_redirect(status: int, location: str | None, url: str, hops: int, max_
     named = cache_key(absolute).digest
     if digest is not None and named is not None and named != digest:
         return "a redirect to another digest"
-    original_port = original.port if original.port is not None else _DEFAULT_PORTS.get(original.scheme.lower())
+    if original_port is None:
+        original_port = _DEFAULT_PORTS.get(original.scheme.lower())
     same = (scheme, host, port) == (original.scheme.lower(), (original.hostname or ""), original_port)
     return Redirect(absolute, scheme, authority, host, port, target, same)
