@@ -45,7 +45,6 @@ IPV6_RECVORIGDSTADDR = 74
 SO_ORIGINAL_DST = 80
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 IP6T_SO_ORIGINAL_DST = 80
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class SocketError(Exception):
@@ -120,7 +119,7 @@ def transparent_socket(
             try:
                 make_transparent(sock)
             except PermissionError as e:
-                raise SocketError(f"cannot make a transparent socket on {where}: {e.strerror} ({_PRIVILEGE})") from None
+                raise SocketError(f"cannot make a transparent socket on {where}: {e.strerror}") from None  # it names the privilege
         if recv_orig_dst:
             enable_orig_dst(sock)
         try:
