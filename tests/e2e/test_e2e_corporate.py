@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import subprocess
 import sys
 import time
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import REPO
+from tests.e2e.test_e2e_h2 import wait_log
 from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, SERVER4, SERVER6, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
@@ -102,6 +104,25 @@ def test_passthrough_client_auth_learns_the_host_and_the_client_authenticates_it
     assert second.stdout == "hello alice\n\n200", second.stdout  # trusting only the server's CA: untouched TLS
     time.sleep(0.2)
     assert re.search(r"flow \d+: passing TLS for server\.test through untouched", p.log()), p.log()
+
+
+def test_passthrough_client_auth_learns_a_host_that_aborts_the_handshake(lab, tmp_path, tls_proxy, pki):
+    """A TLS 1.2 server that requires a certificate aborts the handshake without one (openssl s_server
+    -Verify): --passthrough-client-auth learns it all the same, and the next connection passes through."""
+    clients = client_pki(tmp_path)
+    server = lab.spawn(lab.server, "openssl", "s_server", "-quiet", "-accept", "443", "-tls1_2", "-www",
+                       "-cert", str(pki["chain"]), "-key", str(pki["key"]), "-Verify", "1",
+                       "-CAfile", str(clients["ca"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.wait_listening(lab.server, 443, proc=server)
+    p = tls_proxy("--passthrough-client-auth")
+    first = curl(lab, "--cacert", str(pki["ours"]), "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
+    assert first.stdout.endswith("\n502"), (first.stdout, first.stderr)  # the aborted handshake's page
+    wait_log(p, r"flow \d+: server\.test \(198\.51\.100\.2:443\) asked for a client certificate and none is "
+             r"configured for it; passing it through from now on")
+    second = curl(lab, "--cacert", str(pki["server_ca"]), "--cert", str(clients["cert"]), "--key", str(clients["key"]),
+                  "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.endswith("\n200") and "s_server" in second.stdout, second.stdout
 
 
 @pytest.mark.parametrize("family,client", [("-4", CLIENT4), ("-6", CLIENT6)])
