@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import REPO
 from tests.e2e.test_e2e_h2 import wait_log
-from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, SERVER4, SERVER6, SERVER_NAME, Nginx
+from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, GW_SERVER6, SERVER4, SERVER6, SERVER6_NAME, SERVER_NAME, Nginx
 
 pytestmark = pytest.mark.netns
 
@@ -156,6 +156,19 @@ def test_spoof_source_through_the_explicit_proxy(lab, https, proxy, pki):
     plain = curl(lab, "-x", "http://192.0.2.1:3128", f"http://{SERVER_NAME}/index.html")
     assert plain.returncode == 0, plain.stderr
     assert https.client_addresses() == [CLIENT4, CLIENT4]
+
+
+def test_spoof_source_connects_normally_to_a_name_of_the_other_family(lab, tmp_path, proxy):
+    """--spoof-source, an IPv4 client, a name with only an IPv6 address: connected to from the gateway."""
+    lab.spoof_return()
+    web = Nginx(lab, lab.server, tmp_path / "nginx")
+    (web.root / "index.html").write_text("over v6\n")
+    web.start()
+    proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24", "--spoof-source"],
+          wait=[(3128, "tcp")])
+    out = curl(lab, "-x", "http://192.0.2.1:3128", "-w", "\n%{http_code}", f"http://{SERVER6_NAME}/index.html")
+    assert out.stdout == "over v6\n\n200", out.stdout
+    assert web.client_addresses() == [GW_SERVER6]
 
 
 @pytest.fixture
