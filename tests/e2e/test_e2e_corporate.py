@@ -234,3 +234,19 @@ def test_spoof_source_udp_sessions_leave_from_the_client(lab, proxy, family, cli
     out = lab.exec(lab.client, sys.executable, "-m", "tests.peers", "udp-ask", server, "5353", "who", cwd=REPO,
                    timeout=15).stdout
     assert out.split() == [client]
+
+
+def test_spoof_source_udp_sessions_never_share_a_source_port(lab, proxy):
+    """Two spoofed UDP sessions of one client to one server never get the same source port (one 4-tuple
+    for two sessions hands one's answers to the other): with one ephemeral port, the second is dropped, logged."""
+    who = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "udp-who", "5353", cwd=REPO)
+    lab.wait_listening(lab.server, 5353, "udp", proc=who)
+    lab.tproxy(8053, proto="udp", dports=[5353])
+    lab.spoof_return("udp")
+    lab.exec(lab.gateway, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40000")
+    p = proxy(["--udp", "tproxy:8053:interface=\\:\\:", "--spoof-source"], wait=[(8053, "udp")])
+    ask = (sys.executable, "-m", "tests.peers", "udp-ask", SERVER4, "5353", "who")
+    assert lab.exec(lab.client, *ask, cwd=REPO, timeout=15).stdout.split() == [CLIENT4]
+    second = lab.exec(lab.client, *ask, cwd=REPO, timeout=15, check=False)
+    assert second.returncode != 0 and not second.stdout, second.stdout
+    wait_log(p, r"flow 2: --spoof-source: cannot bind 192\.0\.2\.2:0: .* \(no ephemeral port of it is free\); dropping the session")

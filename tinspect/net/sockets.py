@@ -89,6 +89,7 @@ def transparent_socket(
     reuse_port: bool = False,
     recv_orig_dst: bool = False,
     transparent: bool = True,
+    reuse_addr: bool = True,
 ) -> socket.socket:
     """Create a non-blocking IP_TRANSPARENT socket bound to ``(host, port)``.
 
@@ -103,6 +104,9 @@ def transparent_socket(
             destination (see `recv_with_orig_dst`).
         transparent: set IP_TRANSPARENT (``False``: an ordinary socket, for
             a listener that only needs ``reuse_port``).
+        reuse_addr: set SO_REUSEADDR. ``False`` for a socket bound to port 0
+            that must get a port of its own: two UDP sockets that both have
+            it may be given the same ephemeral port.
 
     Raises:
         SocketError: with a message naming the address and the cause
@@ -112,7 +116,8 @@ def transparent_socket(
     where = format_addr((host or "0.0.0.0", port))
     sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if transparent:
@@ -125,7 +130,9 @@ def transparent_socket(
         try:
             sock.bind((host, port))
         except OSError as e:
-            hint = " (another program already listens there)" if e.errno == errno.EADDRINUSE else ""
+            hint = ""
+            if e.errno == errno.EADDRINUSE:
+                hint = " (no ephemeral port of it is free)" if port == 0 else " (another program already listens there)"
             raise SocketError(f"cannot bind {where}: {e.strerror}{hint}") from None
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)
