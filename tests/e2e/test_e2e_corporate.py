@@ -131,6 +131,23 @@ def test_passthrough_client_auth_learns_a_host_that_aborts_the_handshake(lab, tm
     assert second.stdout.endswith("\n200") and "s_server" in second.stdout, second.stdout
 
 
+def test_passthrough_client_auth_does_not_learn_a_server_that_failed_verification(lab, tmp_path, tls_proxy, pki):
+    """A TLS 1.3 server asks for a client certificate before it shows its own: one that fails verification
+    is refused (502) every time, never learned and passed through to a client that trusts us."""
+    clients = client_pki(tmp_path)
+    server = lab.spawn(lab.server, "openssl", "s_server", "-quiet", "-accept", "443", "-tls1_3", "-www",
+                       "-cert", str(clients["cert"]), "-key", str(clients["key"]), "-verify", "1",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.wait_listening(lab.server, 443, proc=server)
+    p = tls_proxy("--passthrough-client-auth")
+    for _ in range(2):
+        out = curl(lab, "--cacert", str(pki["ours"]), "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
+        assert out.returncode == 0 and out.stdout.endswith("\n502"), (out.stdout, out.stderr)
+        assert "certificate verify failed" in out.stdout, out.stdout
+    wait_log(p, r"flow 2: TLS to upstream 198\.51\.100\.2:443 failed: certificate verify failed")
+    assert "asked for a client certificate" not in p.log()
+
+
 @pytest.mark.parametrize("family,client", [("-4", CLIENT4), ("-6", CLIENT6)])
 def test_spoof_source_shows_the_client_address_to_the_server(lab, https, tls_proxy, pki, family, client):
     """--spoof-source under TPROXY: nginx's access log shows the client namespace's address, not the gateway's."""

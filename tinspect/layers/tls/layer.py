@@ -324,8 +324,11 @@ class TlsLayer:
             # No TLS with the server: say why to the client, over TLS.
             hs = self._upstream_hs
             self._up.failure = hs.explain(reason) if hs is not None else "the server closed the connection"
-            if hs is not None:
-                self._learn_client_auth(hs)  # a server that requires one may abort the handshake (TLS 1.2)
+            if hs is not None and hs.verification_error() is None:
+                # A server that requires a client certificate may abort the handshake without one
+                # (TLS 1.2). One that failed verification is not learned: TLS 1.3 asks before the
+                # server shows its certificate, and passing it through would hand the client to it.
+                self._learn_client_auth(hs)
             self._log.warn(
                 "flow {flow_id}: TLS to upstream {dst} failed: {reason}",
                 flow_id=self.flow.id,
