@@ -33,19 +33,23 @@ import sys
 import time
 
 
-def udp_echo(port: int) -> None:
+def _dual_stack_udp(port: int) -> socket.socket:
+    """A UDP socket on ``port`` of every IPv6 and IPv4 address."""
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(("::", port))
+    return sock
+
+
+def udp_echo(port: int) -> None:
+    sock = _dual_stack_udp(port)
     while True:
         data, addr = sock.recvfrom(65535)
         sock.sendto(b"echo:" + data, addr)
 
 
 def udp_who(port: int) -> None:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(("::", port))
+    sock = _dual_stack_udp(port)
     while True:
         _, addr = sock.recvfrom(65535)
         host = addr[0].removeprefix("::ffff:")

@@ -213,6 +213,7 @@ next to it (LOGFILE.workerN).
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["upstream_proxy"].append(rule)
+
     def opt_client_cert(self, text: str) -> None:
         """PATTERN=CERT.pem[,KEY.pem]: the certificate for servers matching PATTERN that ask for one
         (repeatable; first match wins)."""

@@ -102,6 +102,8 @@ def test_a_bad_upstream_proxy_is_refused_without_its_password(tmp_path):
     with pytest.raises(usage.UsageError) as e:
         parse(tmp_path, 'upstream-proxy = "gopher://u:hunter2@198.51.100.3"\n')
     assert "scheme" in str(e.value) and "hunter2" not in str(e.value)
+
+
 def test_client_certs_and_source_addresses_come_from_the_file(tmp_path):
     """client-cert (a list), passthrough-client-auth and spoof-source in TOML reach the service's settings."""
     from tinspect.service import makeService

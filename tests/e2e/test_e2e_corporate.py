@@ -5,9 +5,8 @@ shows the client's own address), with curl through TPROXY and the explicit proxy
 from __future__ import annotations
 
 import datetime
-import re
+import subprocess
 import sys
-import time
 
 import pytest
 from cryptography import x509
@@ -16,7 +15,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import REPO
-from tinspect.lab.netlab import CLIENT4, CLIENT6, GW_CLIENT4, SERVER4, SERVER6, SERVER_NAME, Nginx
+from tests.e2e.test_e2e_h2 import wait_log
+from tinspect.lab.netlab import (
+    CLIENT4,
+    CLIENT6,
+    GW_CLIENT4,
+    GW_SERVER6,
+    SERVER4,
+    SERVER6,
+    SERVER6_NAME,
+    SERVER_NAME,
+    Nginx,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -93,15 +103,49 @@ def test_passthrough_client_auth_learns_the_host_and_the_client_authenticates_it
     first = curl(lab, "--cacert", str(pki["ours"]), "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
     assert first.returncode == 0, first.stderr
     assert first.stdout.endswith("\n400"), first.stdout
-    time.sleep(0.2)
-    assert re.search(r"flow \d+: server\.test \(198\.51\.100\.2:443\) asked for a client certificate and none is "
-                     r"configured for it; passing it through from now on", p.log()), p.log()
+    wait_log(p, r"flow \d+: server\.test \(198\.51\.100\.2:443\) asked for a client certificate and none is "
+             r"configured for it; passing it through from now on")
     second = curl(lab, "--cacert", str(pki["server_ca"]), "--cert", str(clients["cert"]), "--key", str(clients["key"]),
                   "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
     assert second.returncode == 0, second.stderr
     assert second.stdout == "hello alice\n\n200", second.stdout  # trusting only the server's CA: untouched TLS
-    time.sleep(0.2)
-    assert re.search(r"flow \d+: passing TLS for server\.test through untouched", p.log()), p.log()
+    wait_log(p, r"flow \d+: passing TLS for server\.test through untouched")
+
+
+def test_passthrough_client_auth_learns_a_host_that_aborts_the_handshake(lab, tmp_path, tls_proxy, pki):
+    """A TLS 1.2 server that requires a certificate aborts the handshake without one (openssl s_server
+    -Verify): --passthrough-client-auth learns it all the same, and the next connection passes through."""
+    clients = client_pki(tmp_path)
+    server = lab.spawn(lab.server, "openssl", "s_server", "-quiet", "-accept", "443", "-tls1_2", "-www",
+                       "-cert", str(pki["chain"]), "-key", str(pki["key"]), "-Verify", "1",
+                       "-CAfile", str(clients["ca"]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.wait_listening(lab.server, 443, proc=server)
+    p = tls_proxy("--passthrough-client-auth")
+    first = curl(lab, "--cacert", str(pki["ours"]), "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
+    assert first.stdout.endswith("\n502"), (first.stdout, first.stderr)  # the aborted handshake's page
+    wait_log(p, r"flow \d+: server\.test \(198\.51\.100\.2:443\) asked for a client certificate and none is "
+             r"configured for it; passing it through from now on")
+    second = curl(lab, "--cacert", str(pki["server_ca"]), "--cert", str(clients["cert"]), "--key", str(clients["key"]),
+                  "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.endswith("\n200") and "s_server" in second.stdout, second.stdout
+
+
+def test_passthrough_client_auth_does_not_learn_a_server_that_failed_verification(lab, tmp_path, tls_proxy, pki):
+    """A TLS 1.3 server asks for a client certificate before it shows its own: one that fails verification
+    is refused (502) every time, never learned and passed through to a client that trusts us."""
+    clients = client_pki(tmp_path)
+    server = lab.spawn(lab.server, "openssl", "s_server", "-quiet", "-accept", "443", "-tls1_3", "-www",
+                       "-cert", str(clients["cert"]), "-key", str(clients["key"]), "-verify", "1",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.wait_listening(lab.server, 443, proc=server)
+    p = tls_proxy("--passthrough-client-auth")
+    for _ in range(2):
+        out = curl(lab, "--cacert", str(pki["ours"]), "-w", "\n%{http_code}", f"https://{SERVER_NAME}/")
+        assert out.returncode == 0 and out.stdout.endswith("\n502"), (out.stdout, out.stderr)
+        assert "certificate verify failed" in out.stdout, out.stdout
+    wait_log(p, r"flow 2: TLS to upstream 198\.51\.100\.2:443 failed: certificate verify failed")
+    assert "asked for a client certificate" not in p.log()
 
 
 @pytest.mark.parametrize("family,client", [("-4", CLIENT4), ("-6", CLIENT6)])
@@ -137,6 +181,19 @@ def test_spoof_source_through_the_explicit_proxy(lab, https, proxy, pki):
     assert https.client_addresses() == [CLIENT4, CLIENT4]
 
 
+def test_spoof_source_connects_normally_to_a_name_of_the_other_family(lab, tmp_path, proxy):
+    """--spoof-source, an IPv4 client, a name with only an IPv6 address: connected to from the gateway."""
+    lab.spoof_return()
+    web = Nginx(lab, lab.server, tmp_path / "nginx")
+    (web.root / "index.html").write_text("over v6\n")
+    web.start()
+    proxy(["--listen", "tcp:3128:interface=192.0.2.1", "--allow-clients", "192.0.2.0/24", "--spoof-source"],
+          wait=[(3128, "tcp")])
+    out = curl(lab, "-x", "http://192.0.2.1:3128", "-w", "\n%{http_code}", f"http://{SERVER6_NAME}/index.html")
+    assert out.stdout == "over v6\n\n200", out.stdout
+    assert web.client_addresses() == [GW_SERVER6]
+
+
 @pytest.fixture
 def https_proxy(lab, proxy, pki, tmp_path):
     """tinspect with an HTTPS proxy listener on 192.0.2.1:3129, its certificate for that address minted
@@ -168,10 +225,8 @@ def test_https_proxy_listener_carries_plain_http_and_connect(lab, https, https_p
     tunnel = curl(lab, *via, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
     assert tunnel.returncode == 0, tunnel.stderr + p.log()
     assert tunnel.stdout == "hello tls\n"
-    time.sleep(0.2)
-    log = p.log()
-    assert re.search(r"flow \d+ to_server request GET http://server\.test/index\.html", log), log
-    assert re.search(r"flow \d+: TLS for server\.test inside the proxy listener's own TLS is passed through", log), log
+    wait_log(p, r"flow \d+ to_server request GET http://server\.test/index\.html")
+    log = wait_log(p, r"flow \d+: TLS for server\.test inside the proxy listener's own TLS is passed through")
     assert "Traceback" not in log, log
 
 
@@ -200,3 +255,19 @@ def test_spoof_source_udp_sessions_leave_from_the_client(lab, proxy, family, cli
     out = lab.exec(lab.client, sys.executable, "-m", "tests.peers", "udp-ask", server, "5353", "who", cwd=REPO,
                    timeout=15).stdout
     assert out.split() == [client]
+
+
+def test_spoof_source_udp_sessions_never_share_a_source_port(lab, proxy):
+    """Two spoofed UDP sessions of one client to one server never get the same source port (one 4-tuple
+    for two sessions hands one's answers to the other): with one ephemeral port, the second is dropped, logged."""
+    who = lab.spawn(lab.server, sys.executable, "-m", "tests.peers", "udp-who", "5353", cwd=REPO)
+    lab.wait_listening(lab.server, 5353, "udp", proc=who)
+    lab.tproxy(8053, proto="udp", dports=[5353])
+    lab.spoof_return("udp")
+    lab.exec(lab.gateway, "sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40000")
+    p = proxy(["--udp", "tproxy:8053:interface=\\:\\:", "--spoof-source"], wait=[(8053, "udp")])
+    ask = (sys.executable, "-m", "tests.peers", "udp-ask", SERVER4, "5353", "who")
+    assert lab.exec(lab.client, *ask, cwd=REPO, timeout=15).stdout.split() == [CLIENT4]
+    second = lab.exec(lab.client, *ask, cwd=REPO, timeout=15, check=False)
+    assert second.returncode != 0 and not second.stdout, second.stdout
+    wait_log(p, r"flow 2: --spoof-source: cannot bind 192\.0\.2\.2:0: .* \(no ephemeral port of it is free\); dropping the session")

@@ -258,7 +258,7 @@ def test_tproxy_without_privilege_fails_with_clear_message(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "tinspect cannot start: --listen tproxy:18999: cannot make a transparent socket" in out, out
-    assert "needs root, CAP_NET_ADMIN or CAP_NET_RAW" in out
+    assert out.count("needs root, CAP_NET_ADMIN or CAP_NET_RAW") == 1, out  # said once, not twice
 
 
 def test_explicit_proxy_connect_tunnel_with_curl(lab, proxy, tmp_path):

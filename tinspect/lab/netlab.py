@@ -36,6 +36,7 @@ GW_PARENT4, PARENT4, GW_PARENT6, PARENT6 = "203.0.113.1", "203.0.113.2", "2001:d
 
 PREFIX = "tinspect-"
 SERVER_NAME = "server.test"  # resolves to the server in every lab namespace (RFC 6761 .test)
+SERVER6_NAME = "server6.test"  # the server by its IPv6 address only
 _NETNS_ETC = Path("/etc/netns")
 _counter = itertools.count(1)
 
@@ -261,7 +262,7 @@ def _write_etc(ns: str) -> None:
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     (etc / "hosts").write_text(
-        f"127.0.0.1 localhost\n::1 localhost\n{SERVER4} {SERVER_NAME}\n{SERVER6} {SERVER_NAME}\n"
+        f"127.0.0.1 localhost\n::1 localhost\n{SERVER4} {SERVER_NAME}\n{SERVER6} {SERVER_NAME} {SERVER6_NAME}\n"
     )
 
 

@@ -93,7 +93,8 @@ class UDPSession:
         client = flow.client[0]
         if ctx.settings.spoof_source and (":" in client) == (":" in host):
             # The server sees the client's address; the return route delivers its replies here.
-            sock = transparent_socket(socket.SOCK_DGRAM, client, 0)
+            # No SO_REUSEADDR: two sessions of one client would share an ephemeral port.
+            sock = transparent_socket(socket.SOCK_DGRAM, client, 0, reuse_addr=False)
             try:
                 self._port = reactor.adoptDatagramPort(sock.fileno(), sock.family, self._upstream)
             finally:

@@ -45,7 +45,6 @@ IPV6_RECVORIGDSTADDR = 74
 SO_ORIGINAL_DST = 80
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 IP6T_SO_ORIGINAL_DST = 80
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 class SocketError(Exception):
@@ -90,6 +89,7 @@ def transparent_socket(
     reuse_port: bool = False,
     recv_orig_dst: bool = False,
     transparent: bool = True,
+    reuse_addr: bool = True,
 ) -> socket.socket:
     """Create a non-blocking IP_TRANSPARENT socket bound to ``(host, port)``.
 
@@ -104,6 +104,9 @@ def transparent_socket(
             destination (see `recv_with_orig_dst`).
         transparent: set IP_TRANSPARENT (``False``: an ordinary socket, for
             a listener that only needs ``reuse_port``).
+        reuse_addr: set SO_REUSEADDR. ``False`` for a socket bound to port 0
+            that must get a port of its own: two UDP sockets that both have
+            it may be given the same ephemeral port.
 
     Raises:
         SocketError: with a message naming the address and the cause
@@ -113,20 +116,23 @@ def transparent_socket(
     where = format_addr((host or "0.0.0.0", port))
     sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if transparent:
             try:
                 make_transparent(sock)
             except PermissionError as e:
-                raise SocketError(f"cannot make a transparent socket on {where}: {e.strerror} ({_PRIVILEGE})") from None
+                raise SocketError(f"cannot make a transparent socket on {where}: {e.strerror}") from None  # it names the privilege
         if recv_orig_dst:
             enable_orig_dst(sock)
         try:
             sock.bind((host, port))
         except OSError as e:
-            hint = " (another program already listens there)" if e.errno == errno.EADDRINUSE else ""
+            hint = ""
+            if e.errno == errno.EADDRINUSE:
+                hint = " (no ephemeral port of it is free)" if port == 0 else " (another program already listens there)"
             raise SocketError(f"cannot bind {where}: {e.strerror}{hint}") from None
         if kind == socket.SOCK_STREAM:
             sock.listen(backlog)

@@ -253,15 +253,17 @@ def _direct(reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float
 
 
 def _resolve_then_connect(reactor: Any, host: str, port: int, factory: Factory, timeout: float, source: str) -> Deferred:
-    """A name, from a client's address: its first address of the client's family."""
+    """A name, from a client's address: its first address of the client's family; a name with
+    addresses of the other family only is connected to normally, as such an address is."""
     family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
 
     def resolved(infos: list) -> Deferred:
-        if not infos:
-            raise error.DNSLookupError(f"{host} has no address of the client's family")
-        return connect_from(reactor, infos[0][4][0], port, factory, timeout, source)
+        same = [info[4][0] for info in infos if info[0] == family]
+        if same:
+            return connect_from(reactor, same[0], port, factory, timeout, source)
+        return _endpoint(reactor, (infos[0][4][0], port), timeout).connect(factory)
 
-    d = deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+    d = deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
     d.addErrback(lambda failure: Failure(error.DNSLookupError(host)) if failure.check(OSError) else failure)
     return d.addCallback(resolved)
 

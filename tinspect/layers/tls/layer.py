@@ -304,8 +304,7 @@ class TlsLayer:
                 dst=format_addr(self.flow.dst),
                 reason=problem,
             )
-        if hs.certificate_requested and hs.client_cert is None and self.tls.passthrough_client_auth:
-            self._learn_client_auth()
+        self._learn_client_auth(hs)
         cert = hs.peer_certificate()
         summary = summarize_certificate(cert) if cert is not None else None
         self.flow.upstream_cert = summary
@@ -325,6 +324,11 @@ class TlsLayer:
             # No TLS with the server: say why to the client, over TLS.
             hs = self._upstream_hs
             self._up.failure = hs.explain(reason) if hs is not None else "the server closed the connection"
+            if hs is not None and hs.verification_error() is None:
+                # A server that requires a client certificate may abort the handshake without one
+                # (TLS 1.2). One that failed verification is not learned: TLS 1.3 asks before the
+                # server shows its certificate, and passing it through would hand the client to it.
+                self._learn_client_auth(hs)
             self._log.warn(
                 "flow {flow_id}: TLS to upstream {dst} failed: {reason}",
                 flow_id=self.flow.id,
@@ -445,10 +449,13 @@ class TlsLayer:
         replay_into_tls(transport, replay)
         transport.resumeProducing()
 
-    def _learn_client_auth(self) -> None:
-        """The server asked for a client certificate and we have none for it: this
-        connection goes on without one (the server decides what that means), the
-        next ones to the host pass through, so the client can present its own."""
+    def _learn_client_auth(self, hs: UpstreamHandshake) -> None:
+        """With ``--passthrough-client-auth``, if the server asked for a client certificate
+        and we have none for it: this connection goes on without one (the server decides
+        what that means: an answer, or an aborted handshake), the next ones to the host
+        pass through, so the client can present its own."""
+        if not (hs.certificate_requested and hs.client_cert is None and self.tls.passthrough_client_auth):
+            return
         name = self._name()
         learned = self.tls.passthrough.learn_host(name)
         self._log.warn(
