@@ -85,8 +85,16 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
 from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
-from tinspect.taplib import (CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, MAX_REDIRECTS, REDIRECT_STATUSES, cache_key,
-                             cacheable, follow_redirect)
+from tinspect.taplib import (
+    CACHE_EXCLUDE,
+    CACHE_KEY,
+    CACHE_PATTERNS,
+    MAX_REDIRECTS,
+    REDIRECT_STATUSES,
+    cache_key,
+    cacheable,
+    follow_redirect,
+)
 
 __all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 

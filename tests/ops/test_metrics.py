@@ -8,13 +8,13 @@ from collections import Counter
 
 import pytest
 
+from tests.memnet import Net
 from tinspect.chain import Tap, TapChain
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
-from tinspect.units import Request
 from tinspect.ops import metrics as metrics_module
 from tinspect.ops.metrics import error_kind
-from tests.memnet import Net
+from tinspect.units import Request
 
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z]+="[^"\\\n]*"\})? \d+(\.\d+)?$')
 
@@ -195,3 +195,41 @@ def test_the_refused_reasons_name_the_limit_that_refused():
     samples = net.ctx.metrics.render(net.ctx).splitlines()
     assert 'tinspect_connections_refused_total{reason="limit"} 1' in samples
     net.shutdown()
+
+
+class _CountsBadly(Tap):
+    """A tap whose metrics() gives what Prometheus cannot read, then raises."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def metrics(self):
+        if isinstance(self.samples, Exception):
+            raise self.samples
+        return self.samples
+
+
+class _CountsWell(Tap):
+    def metrics(self):
+        return [("tinspect_well_total", "counter", "Counted well.", 7, {"kind": "a"})]
+
+
+@pytest.mark.parametrize("samples", [
+    RuntimeError("boom"),
+    [("tinspect bad name", "counter", "h", 1)],
+    [("tinspect_x_total", "counter", "h", 1, {"bad-label": "v"})],
+    [("tinspect_x_total", "histogram", "h", 1)],
+    [("tinspect_x_total", "counter", "h", "12")],
+])
+def test_a_tap_whose_metrics_fail_is_left_out_and_the_scrape_still_parses(samples):
+    """A raising or malformed Tap.metrics costs only that tap's samples: counted, named in a comment, rest parses."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ctx = ProxyContext(TapChain([_CountsBadly(samples), _CountsWell()]), reactor=object())
+    text = ctx.metrics.render(ctx)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["tinspect_well"].samples[0].value == 7
+    (failure,) = families["tinspect_tap_metrics_failures"].samples
+    assert failure.labels == {"tap": "_CountsBadly"} and failure.value == 1
+    assert "# tap _CountsBadly: its metrics() are left out" in text
+    assert not [line for line in text.splitlines() if "tinspect_x_total" in line and not line.startswith("# tap ")]

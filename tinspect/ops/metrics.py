@@ -26,6 +26,7 @@ small whatever the reasons say.
 from __future__ import annotations
 
 import os
+import re
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -137,6 +138,7 @@ class Metrics:
         self.quic_passed = Counter()
         self.quic_refused = Counter()
         self.quic_unreadable = Counter()
+        self.tap_metrics_failures = Counter()  # tap name -> scrapes that left its samples out
 
     def measure(self, chain: Any = None) -> None:
         """Time exchanges from now on (``--metrics``), and the taps and payload of
@@ -250,11 +252,18 @@ class Metrics:
                    [("", leaves.misses)])
         tapped: dict[str, list] = {}  # what taps count (`Tap.metrics`): name -> [type, help, {labels: sum}]
         for tap in chain.taps:
-            for sample in tap.metrics():
-                name, kind, help_text, value = sample[:4]
-                labels = _label_set(sample[4]) if len(sample) > 4 else ""
+            try:
+                samples = _tap_samples(tap)
+            except Exception as e:  # one tap's mistake does not cost the whole scrape
+                self.tap_metrics_failures[str(tap)] += 1
+                out.append(f"# tap {_escape(str(tap))}: its metrics() are left out: {_escape(repr(e))}")
+                continue
+            for name, kind, help_text, value, labels in samples:
                 values = tapped.setdefault(name, [kind, help_text, {}])[2]
                 values[labels] = values.get(labels, 0) + value
+        family("tinspect_tap_metrics_failures_total", "counter",
+               "Scrapes that left a tap's own samples out (its metrics() raised or gave a malformed sample).",
+               _labelled("tap", self.tap_metrics_failures))
         for name, (kind, help_text, values) in tapped.items():
             family(name, kind, help_text, sorted(values.items()))
         rss, fds = process_usage()
@@ -277,6 +286,28 @@ def process_usage() -> tuple[int | None, int | None]:
     except OSError:
         pass
     return rss, fds
+
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+
+def _tap_samples(tap: Any) -> list[tuple[str, str, str, float, str]]:
+    """A tap's `Tap.metrics` samples as ``(name, type, help, value, label set)``.
+
+    Raises:
+        ValueError: a sample Prometheus could not read (a bad name, label or
+            type, a value that is no number); or whatever ``metrics()`` raised.
+    """
+    samples = []
+    for sample in tap.metrics():
+        name, kind, help_text, value = sample[:4]
+        labels = sample[4] if len(sample) > 4 else {}
+        if (not _NAME.match(name) or kind not in ("counter", "gauge") or not all(map(_LABEL.match, labels))
+                or isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"not a Prometheus sample: {sample!r}")
+        samples.append((name, kind, " ".join(str(help_text).split()), value, _label_set(labels)))
+    return samples
 
 
 def _label_set(labels: dict[str, str]) -> str:
