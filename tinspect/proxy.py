@@ -81,7 +81,7 @@ class _TCPListener(_PortService):
         self.ctx = ctx
         self.spec = spec
         if spec.mode == "explicit":
-            self.factory = ExplicitProxyFactory(ctx, spec.text)
+            self.factory = ExplicitProxyFactory(ctx, spec.text, tls=spec.tls)
         else:
             destination = Destination(spec.mode, spec.dst)
             self.factory = TCPProxyFactory(ctx, spec.text, destination)

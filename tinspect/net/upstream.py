@@ -13,8 +13,10 @@ connection goes to the parent (over TLS for an ``https://`` one), and a
 `ParentTunnel` runs the CONNECT or SOCKS5 dialogue on it before the upstream
 protocol is built: that protocol gets the tunnel's transport as if it were a
 direct connection to the server (TLS with the server's SNI is started on it as
-on any other), and the tunnel only forwards events from then on. A parent that
-refuses fails the connect with a `ParentRefused` naming it and its answer.
+on any other; inside an ``https://`` parent's TLS, through
+`tinspect._compat.TLSInTLS`), and the tunnel only forwards events from then
+on. A parent that refuses fails the connect with a `ParentRefused` naming it
+and its answer.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect._compat import connect_from
+from tinspect._compat import TLSInTLS, connect_from
 from tinspect.net.addresses import is_ip
 from tinspect.net.parent import (
     ConnectReplyReader,
@@ -43,7 +45,7 @@ from tinspect.net.parent import (
     connect_request,
 )
 
-__all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel", "ParentTimeout"]
+__all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel", "ParentTimeout", "UpstreamFactory"]
 
 
 def _endpoint(reactor: Any, dst: tuple[str, int], timeout: float) -> Any:
@@ -97,11 +99,11 @@ def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, i
         # socks5:// (not socks5h://): the name is resolved here and the parent gets an address.
         def resolved(ip: str) -> Deferred:
             tunnel.dst = (ip, dst[1])
-            return endpoint.connect(_Once(tunnel))
+            return endpoint.connect(UpstreamFactory(tunnel))
 
         connecting = reactor.resolve(dst[0]).addCallback(resolved)
     else:
-        connecting = endpoint.connect(_Once(tunnel))
+        connecting = endpoint.connect(UpstreamFactory(tunnel))
 
     def cancel(_: Deferred) -> None:
         connecting.cancel()
@@ -126,7 +128,10 @@ def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, i
     return done
 
 
-class _Once(Factory):
+class UpstreamFactory(Factory):
+    """Connects one given protocol (one factory per connect): the upstream shell,
+    or the `ParentTunnel` in front of it."""
+
     noisy = False
 
     def __init__(self, protocol: Protocol) -> None:
@@ -142,7 +147,8 @@ class ParentTunnel(Protocol):
 
     Until the parent has opened the tunnel, its bytes go to the sans-IO dialogue
     (`Socks5Dialogue`, or `ConnectReplyReader` after `connect_request`). Then
-    the factory's protocol is built and connected to this transport, ``done``
+    the factory's protocol is built and connected to this transport (through a
+    `TLSInTLS` for an ``https://`` parent, so that TLS can start inside), ``done``
     fires with it, and every later event (data, half-close, TLS handshake,
     loss) is passed straight on to it.
 
@@ -190,9 +196,10 @@ class ParentTunnel(Protocol):
             return
         if rest is None:
             return
-        self.inner = inner = self._factory.buildProtocol(self.transport.getPeer())
+        protocol = self._factory.buildProtocol(self.transport.getPeer())
+        self.inner = inner = TLSInTLS(protocol, client=True) if self._parent.scheme == "https" else protocol
         inner.makeConnection(self.transport)
-        self.done.callback(inner)
+        self.done.callback(protocol)
         if rest:
             inner.dataReceived(rest)
 
