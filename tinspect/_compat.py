@@ -66,6 +66,12 @@ against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
    application protocol is connected already and must not hear
    ``connectionMade`` again), the producer moved over to it, ``TLS`` set and
    the TLS protocol in ``protocol``, which `replay_into_tls` feeds.
+10. Twisted's ``ssl:`` server endpoint (`server_tls_context`).
+   ``SSL4ServerEndpoint`` keeps its context factory in ``_sslContextFactory``,
+   whose ``getContext()`` (``CertificateOptions`` caches it) is the one
+   ``SSL.Context`` all the endpoint's connections are made from; pyOpenSSL
+   refuses to change a context once a connection was made from it, so what
+   is set on it is set before the endpoint listens.
 
 autobahn is imported only by the functions that need it (the WebSocket
 layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
@@ -82,7 +88,7 @@ from h2.events import ConnectionTerminated
 from hyperframe.frame import DataFrame, GoAwayFrame
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import _WrappingFactory
+from twisted.internet.endpoints import SSL4ServerEndpoint, _WrappingFactory
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITLSTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -103,6 +109,7 @@ __all__ = [
     "AutobahnSide",
     "connect_from",
     "TLSInTLS",
+    "server_tls_context",
 ]
 
 
@@ -446,3 +453,18 @@ class TLSInTLS(Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(enabled)
+
+
+# -- 10. Twisted's ssl: server endpoint -------------------------------------------
+
+
+def server_tls_context(endpoint: Any) -> Any:
+    """The ``SSL.Context`` every connection of the ``ssl:`` server ``endpoint`` is made
+    from (to configure before it listens).
+
+    Raises:
+        TypeError: ``endpoint`` is not an ``ssl:`` one.
+    """
+    if not isinstance(endpoint, SSL4ServerEndpoint):
+        raise TypeError(f"not an ssl: endpoint: {endpoint!r}")
+    return endpoint._sslContextFactory.getContext()

@@ -15,7 +15,7 @@ from OpenSSL import SSL
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from tinspect._compat import TLSInTLS
+from tinspect._compat import TLSInTLS, server_tls_context
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
 from tinspect.layers.dispatch import Sniffer
@@ -184,7 +184,6 @@ class ExplicitProxyFactory(_ListenerFactory):
         self.ctx = ctx
         self.listener = listener
         self.tls = tls
-        self._alpn_context: Any = None  # the endpoint's TLS context, once its ALPN is ours
 
     def buildProtocol(self, addr):
         proto = super().buildProtocol(addr)
@@ -193,8 +192,6 @@ class ExplicitProxyFactory(_ListenerFactory):
     def start(self, client: ClientConnection) -> None:
         """A client connected: open its flow and speak HTTP."""
         ctx = self.ctx
-        if self.tls:
-            self._choose_alpn(client.transport.getHandle().get_context())
         addr = self.allowed(client)
         if addr is None:
             return
@@ -205,14 +202,14 @@ class ExplicitProxyFactory(_ListenerFactory):
             return
         Http1Layer(ctx, flow, client, lambda: ctx.close_flow(flow), explicit=True)
 
-    def _choose_alpn(self, context: Any) -> None:
-        """Make ``_select_alpn`` the ALPN choice of the endpoint's TLS ``context`` (one
-        for all its connections), before the first ClientHello is read. Twisted's own
-        choice, when no offer is acceptable, selects an empty name, which OpenSSL
-        answers with an ``internal_error`` alert."""
-        if context is not self._alpn_context:
-            context.set_alpn_select_callback(self._select_alpn)
-            self._alpn_context = context
+    def prepare(self, endpoint: Any) -> None:
+        """Before listening on ``endpoint``: on an HTTPS proxy listener, make
+        ``_select_alpn`` the ALPN choice of its TLS context (one for all its
+        connections, which cannot change once one was made). Twisted's own choice,
+        when no offer is acceptable, selects an empty name, which OpenSSL answers
+        with an ``internal_error`` alert."""
+        if self.tls:
+            server_tls_context(endpoint).set_alpn_select_callback(self._select_alpn)
 
     def _select_alpn(self, connection: Any, offers: list[bytes]) -> bytes:
         if b"http/1.1" in offers:
@@ -226,8 +223,18 @@ class ExplicitProxyFactory(_ListenerFactory):
         )
         # pyOpenSSL answers a failing callback with SSL_TLSEXT_ERR_ALERT_FATAL, which OpenSSL
         # sends as no_application_protocol; the handshake then fails with this error.
-        raise NoApplicationProtocol(f"the client offers only {shown} over ALPN")
+        raise NoApplicationProtocol(shown)
 
 
 class NoApplicationProtocol(SSL.Error):
-    """An HTTPS proxy listener's client offered no ALPN protocol the proxy speaks."""
+    """An HTTPS proxy listener's client offered no ALPN protocol the proxy speaks.
+
+    Its argument is an error queue as OpenSSL's errors carry one (``(library,
+    function, reason)`` entries), which is what Twisted reads of a failed handshake.
+
+    Args:
+        offers: the client's offers, for the reason.
+    """
+
+    def __init__(self, offers: str) -> None:
+        super().__init__([("SSL routines", "", f"no application protocol (the client offers only {offers})")])
