@@ -3,6 +3,9 @@ inside an https:// parent's TLS."""
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -218,3 +221,59 @@ async def test_tls_runs_inside_the_tls_of_an_https_parent(tls_pair):
     finally:
         await echo.stopListening()
         await parent_port.stopListening()
+
+
+class _Socks5(Protocol):
+    """A fake SOCKS5 parent without authentication: records the CONNECT's address, then echoes."""
+
+    def connectionMade(self):
+        self.buffer = b""
+        self.open = False
+
+    def dataReceived(self, data):
+        if self.open:
+            self.transport.write(data.upper())
+            return
+        self.buffer += data
+        if self.buffer[:1] == b"\x05" and len(self.buffer) >= 3 and not hasattr(self, "greeted"):
+            self.greeted = True
+            self.buffer = self.buffer[2 + self.buffer[1]:]
+            self.transport.write(b"\x05\x00")
+        if len(self.buffer) >= 10:
+            kind = self.buffer[3]
+            size = {1: 4, 4: 16}[kind]
+            if len(self.buffer) < 6 + size:
+                return
+            raw = self.buffer[4:4 + size]
+            self.factory.asked.append(ipaddress.ip_address(raw).compressed)
+            self.open = True
+            self.transport.write(b"\x05\x00\x00\x01" + bytes(6))
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("name,expected", [("dual.test", "192.0.2.5"), ("v6only.test", "2001:db8::6")])
+async def test_socks5_resolves_names_of_both_families(monkeypatch, name, expected):
+    """socks5:// resolves the name at the gateway, IPv6 as well as IPv4 (getaddrinfo, not the
+    IPv4-only reactor.resolve), and prefers the family the parent is reached by."""
+    answers = {"dual.test": ["2001:db8::5", "192.0.2.5"], "v6only.test": ["2001:db8::6"]}
+    real = socket.getaddrinfo
+
+    def fake(host, port, family=0, kind=0, *rest):
+        if host not in answers:
+            return real(host, port, family, kind, *rest)
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port))
+                for ip in answers[host]]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    factory = Factory.forProtocol(_Socks5)
+    factory.asked = []
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    try:
+        parent = ParentProxy.parse(f"socks5://127.0.0.1:{port.getHost().port}")
+        client = _Client()
+        await connect(reactor, (name, 80), Factory.forProtocol(lambda: client), 5, parent)
+        assert await client.got == b"PING"
+        assert factory.asked == [expected]
+        client.transport.loseConnection()
+    finally:
+        await port.stopListening()

@@ -25,6 +25,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tinspect._compat import TLSInTLS, connect_from
+from tinspect.layers.tls.policy import describe_error
 from tinspect.net.addresses import is_ip
 from tinspect.net.parent import (
     ConnectReplyReader,
@@ -96,12 +98,19 @@ def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, i
              timeout: float) -> Deferred:
     tunnel = ParentTunnel(reactor, parent, dst, factory)
     if parent.scheme == "socks5" and not is_ip(dst[0]):
-        # socks5:// (not socks5h://): the name is resolved here and the parent gets an address.
-        def resolved(ip: str) -> Deferred:
-            tunnel.dst = (ip, dst[1])
+        # socks5:// (not socks5h://): the name is resolved here, IPv4 and IPv6, and the parent
+        # gets an address: of the family it is reached by when there is a choice (its own
+        # address a literal of that family), else the resolver's first.
+        def resolved(ips: list[str]) -> Deferred:
+            if not ips:
+                raise error.DNSLookupError(dst[0])
+            if is_ip(parent.host):
+                v6 = ipaddress.ip_address(parent.host).version == 6
+                ips = sorted(ips, key=lambda ip: (":" in ip) != v6)
+            tunnel.dst = (ips[0], dst[1])
             return endpoint.connect(UpstreamFactory(tunnel))
 
-        connecting = reactor.resolve(dst[0]).addCallback(resolved)
+        connecting = _addresses(reactor, dst[0], dst[1]).addCallback(resolved)
     else:
         connecting = endpoint.connect(UpstreamFactory(tunnel))
 
@@ -239,6 +248,9 @@ class ParentTunnel(Protocol):
         if self.inner is not None:
             self.inner.connectionLost(reason)
             return
+        if reason.check(SSL.Error) and not self.done.called:  # an https:// parent's TLS
+            self._fail(ParentUnreachable(self._parent.display, f"TLS with it failed: {describe_error(reason.value)}"))
+            return
         self._closed_early()
 
     def _closed_early(self) -> None:
@@ -263,14 +275,22 @@ def _resolve_then_connect(reactor: Any, host: str, port: int, factory: Factory, 
     """A name, from a client's address: its first address of the client's family."""
     family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
 
-    def resolved(infos: list) -> Deferred:
-        if not infos:
+    def resolved(ips: list[str]) -> Deferred:
+        if not ips:
             raise error.DNSLookupError(f"{host} has no address of the client's family")
-        return connect_from(reactor, infos[0][4][0], port, factory, timeout, source)
+        return connect_from(reactor, ips[0], port, factory, timeout, source)
 
+    return _addresses(reactor, host, port, family).addCallback(resolved)
+
+
+def _addresses(reactor: Any, host: str, port: int, family: int = socket.AF_UNSPEC) -> Deferred:
+    """The addresses of the name ``host`` (of ``family``; IPv4 and IPv6 by default), in
+    the resolver's order: ``getaddrinfo`` in the reactor's thread pool, as Twisted's
+    ``HostnameEndpoint`` resolves (``reactor.resolve`` knows IPv4 only). A name that
+    does not resolve fails it with ``DNSLookupError``."""
     d = deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
     d.addErrback(lambda failure: Failure(error.DNSLookupError(host)) if failure.check(OSError) else failure)
-    return d.addCallback(resolved)
+    return d.addCallback(lambda infos: list(dict.fromkeys(info[4][0] for info in infos)))
 
 
 def describe_failure(failure: Failure) -> str:
