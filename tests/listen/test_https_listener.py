@@ -69,7 +69,8 @@ async def https_listener(tmp_path):
                                                          serialization.NoEncryption()))
     (tmp_path / "ca.pem").write_bytes(server_ca.cert_pem)
     proxy = Proxy(settings=Settings(state_dir=str(tmp_path / "state"), upstream_ca=str(tmp_path / "ca.pem")))
-    proxy.listen(f"explicit@ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}:certKey={tmp_path / 'cert.pem'}")
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    proxy.listen(f"explicit@ssl:0:interface=127.0.0.1:privateKey={key_path}:certKey={cert_path}")
     proxy.privilegedStartService()
     proxy.startService()
     yield proxy, ca, server_ca
