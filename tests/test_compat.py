@@ -677,3 +677,43 @@ async def test_tls_in_tls_carries_a_second_handshake_inside_the_first(server_tls
     finally:
         client.transport.abortConnection()
         await port.stopListening()
+
+
+# -- 10. Twisted's ssl: server endpoint ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ssl_endpoint_makes_its_connections_from_the_context_server_tls_context_gives(tmp_path):
+    """``serverFromString("ssl:...")`` is an ``SSL4ServerEndpoint`` whose connections are all made from
+    one cached context: the one `server_tls_context` returns."""
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import SSL
+    from twisted.internet.endpoints import SSL4ClientEndpoint, serverFromString
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "compat.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    endpoint = serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+    context = compat.server_tls_context(endpoint)
+    assert isinstance(context, SSL.Context), changed("twisted", f"an ssl: endpoint's context is a {type(context)}")
+    assert compat.server_tls_context(endpoint) is context, changed("twisted", "the ssl: endpoint's context is not cached")
+    server = _Peer()
+    port = await endpoint.listen(Factory.forProtocol(lambda: server))
+    try:
+        client = _Peer()
+        await connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, CertificateOptions()),
+                              client)
+        await server.made
+        assert server.transport.getHandle().get_context() is context, \
+            changed("twisted", "an ssl: endpoint's connections are not made from its cached context")
+        client.transport.abortConnection()
+    finally:
+        await port.stopListening()
+    with pytest.raises(TypeError):
+        compat.server_tls_context(TCP4ServerEndpoint(reactor, 0))
