@@ -15,9 +15,13 @@ signed query is a hit.
 * Workers (``--workers``) share the directory: entries appear by rename,
   so a reader sees a whole file or none, and a worker finding an entry it
   did not store indexes it. One worker at a time fetches a key into the
-  cache, holding ``locks/<key>`` (`fcntl.flock`); a request for that key in
-  another worker meanwhile goes to the server and streams through, not
-  kept, rather than wait on a process it cannot hear from.
+  cache, holding ``locks/<key>`` (`fcntl.flock`, the file removed as the
+  lock is let go). A request for that key in another worker meanwhile waits
+  for that fetch, looking every `POLL` seconds (on HTTP/1.1 in the tap, on
+  HTTP/2 at the tap's own server) for up to `WAIT_LIMIT` seconds, and is then
+  served from disk; if the fetch ends without an entry, the waiting worker
+  fetches it itself (HTTP/1.1) or answers 502 (HTTP/2). So one upstream fetch
+  serves every worker.
 
 * Hits are served by a small HTTP server of the tap's own on loopback
   (`twisted.web.static.File`: streamed from disk with back-pressure, and
@@ -33,6 +37,18 @@ signed query is a hit.
   that comes before the fetch's response head has shown it is one the
   cache keeps goes to the server in parallel.
 * A ``Range`` request for a URL not cached yet passes through, uncached.
+* A redirect (``301/302/303/307/308``) answering a request it would keep is
+  followed by the proxy itself when `follow_redirect` allows it: the tap
+  answers the whole redirect with the ``GET`` of its target, which passes
+  every tap as a request of its own, and the client gets the target's answer,
+  kept under the original URL's key (a registry's blob under its digest,
+  fetched from the CDN it redirects to). Credentials go along only to the
+  same origin.
+* An entry fetched with credentials (``Authorization`` or ``Cookie``) is
+  private (``"credentials": true`` in its ``.json``): a hit on it sends a
+  ``HEAD`` of the URL with the new request's own headers to the origin in its
+  place, and only a ``200`` or a redirect serves it from disk; otherwise the
+  request goes to the origin (one round trip per private hit).
 * Responses other than a plain 200, or marked ``no-store``/``private``, are
   not kept.
 * The directory is capped at ``max_size`` bytes: the least recently used
@@ -47,6 +63,8 @@ Options:
         replaces the default set of index files.
     max_size: bytes the cache may hold (default 10 GiB; ``K``, ``M``, ``G``
         suffixes allowed).
+    max_redirects: redirects followed for one request (default 5; ``0``
+        passes them to the client).
 """
 
 from __future__ import annotations
@@ -67,12 +85,15 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import File
 
 from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
-from tinspect.taplib import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
+from tinspect.taplib import (CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, MAX_REDIRECTS, REDIRECT_STATUSES, cache_key,
+                             cacheable, follow_redirect)
 
 __all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 
 KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
 WAIT_LIMIT = 120  # seconds a request waits for another's fetch before going to the server itself
+POLL = 0.1  # seconds between looks at a fetch another worker is making (its lock, its entry)
+PRIVATE_MARK = b"credentials"  # what a lock file holds while its fetch is of a private entry
 _SIZES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -91,11 +112,16 @@ def _size(text: str | int) -> int:
     return int(m.group(1)) * _SIZES[m.group(2).upper()]
 
 
+def _credentials(req: Request) -> bool:
+    """Whether ``req`` says who its client is (what it gets may be that client's alone)."""
+    return "authorization" in req.headers or "cookie" in req.headers
+
+
 class _Fill:
     """One response being written to the cache while it streams to its client."""
 
     __slots__ = ("key", "url", "request", "flow_id", "lock", "tracked", "tmp", "file", "hash", "written", "expected",
-                 "digest", "meta", "waiters")
+                 "digest", "meta", "waiters", "hops", "credentials")
 
     def __init__(self, key: str, url: str, digest: str | None, request: Request, flow_id: Any, lock: int) -> None:
         self.key, self.url, self.digest, self.flow_id, self.lock = key, url, digest, flow_id, lock
@@ -108,6 +134,8 @@ class _Fill:
         self.expected: int | None = None
         self.meta: dict = {}
         self.waiters: list[Deferred] = []
+        self.hops = 0  # redirects followed so far; `request` is then the last one sent
+        self.credentials = _credentials(request)  # its entry is private: hits are confirmed with the origin
 
 
 class CacheTap(Tap):
@@ -118,15 +146,22 @@ class CacheTap(Tap):
     log = Logger(namespace="tinspect.tap.cache")
 
     def __init__(self, dir: str, patterns: str | list[str] = CACHE_PATTERNS,
-                 exclude: str | list[str] = CACHE_EXCLUDE, max_size: str | int = "10G") -> None:
+                 exclude: str | list[str] = CACHE_EXCLUDE, max_size: str | int = "10G",
+                 max_redirects: str | int = MAX_REDIRECTS) -> None:
         self.patterns = _compile("patterns", patterns)
+        try:
+            self.max_redirects = int(max_redirects)
+        except ValueError:
+            raise ValueError(f"max_redirects: not a number: {max_redirects!r}") from None
+        if not 0 <= self.max_redirects <= 20:
+            raise ValueError(f"max_redirects: {self.max_redirects} is not between 0 and 20")
         self.exclude = _compile("exclude", exclude)
         self.max_size = _size(max_size)
         self.root = Path(dir)
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
-        self.hits = self.misses = self.served_bytes = 0  # for `metrics`
+        self.hits = self.misses = self.served_bytes = self.mismatches = 0  # for `metrics`
         try:
             for path in (self.objects, self.tmp, self.locks):
                 path.mkdir(parents=True, exist_ok=True)
@@ -136,6 +171,10 @@ class CacheTap(Tap):
             parts = leftover.name.split(".")
             if len(parts) < 2 or not parts[1].isdigit() or not Path(f"/proc/{parts[1]}").exists():
                 leftover.unlink(missing_ok=True)
+        for stale in self.locks.iterdir():  # left by a worker that crashed: nobody holds them
+            held = self._lock(stale.name) if CACHE_KEY.fullmatch(stale.name) else None
+            if held is not None:
+                self._unlock(stale.name, held)
         self.index: dict[str, list] = {}  # key -> [size, last used]
         for meta in self.objects.glob("*.json"):
             body = meta.with_suffix("")
@@ -167,7 +206,33 @@ class CacheTap(Tap):
                     self._finish(fill)
         return unit
 
+    def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
+        """A redirect answering a fetch this tap keeps, and the answer to a check that a
+        request may read a private entry, come whole: the tap answers them with a request,
+        which a layer takes only in place of a whole response."""
+        if type(message) is not Response:
+            return False
+        checks = flow.state.get("cache.checks")
+        if checks and id(message.request) in checks:
+            return True
+        if message.status not in REDIRECT_STATUSES or not self.max_redirects:
+            return False
+        return self._tracked(message.request, flow) is not None
+
+    def _tracked(self, req: Request | None, flow: Flow) -> _Fill | None:
+        """The fill ``req`` (of ``flow``) is being fetched for, if any."""
+        tracked = flow.state.get("cache")
+        fill = tracked.get(id(req)) if tracked and req is not None else None
+        return fill if fill is not None and fill.request is req else None
+
     def _request(self, req: Request, flow: Flow) -> Any:
+        if self._tracked(req, flow) is not None:
+            return req  # a redirect this tap follows: it belongs to the client's request's fill
+        passing = flow.state.get("cache.pass")
+        if passing and passing.pop(id(req), None) is req:
+            return req  # decided already, after checking it may read a private entry
+        if KEY_HEADER in req.headers:
+            del req.headers[KEY_HEADER]  # only the tap names entries to its server
         if req.method not in ("GET", "HEAD") or not cacheable(req.url, self.patterns, self.exclude):
             return req
         key, digest = cache_key(req.url)
@@ -186,47 +251,149 @@ class CacheTap(Tap):
             waiting.addCallback(lambda stored: self._hit(req, key, flow) if stored else req)
             waiting.addTimeout(WAIT_LIMIT, reactor, onTimeoutCancel=lambda result, timeout: req)
             return waiting
-        if fill is not None and not ranged and fill.file is not None:
+        if fill is not None and not ranged and fill.file is not None and not fill.credentials:
             # HTTP/2: the request goes on at once, to the cache's own server, which answers it
-            # when the fetch is stored; the fetch's response is known to be one it keeps.
+            # when the fetch is stored; the fetch's response is known to be one it keeps. (A
+            # private one goes to the origin: its check cannot come before the entry exists.)
             self.log.info("flow {flow_id}: cache: {url} is being fetched; the cache answers when it is stored",
                           flow_id=flow.id, url=req.url)
             return self._route(req, key)
         if req.method == "GET" and not ranged and fill is None:
             lock = self._lock(key)
             if lock is not None and self._adopt(key):  # stored by another worker since we looked
-                os.close(lock)
+                self._unlock(key, lock)
                 return self._hit(req, key, flow)
-            if lock is None:
-                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; streamed through, not kept",
+            if lock is not None:
+                self._fill(req, key, digest, flow, lock)
+            elif req.stream_id is None:
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; waiting for it",
                               flow_id=flow.id, url=req.url)
+                waiting = self._other_worker(key)
+                waiting.addCallback(self._other_worker_done, req, key, digest, flow)
+                return waiting
+            elif not self._private_fetch(key):
+                # HTTP/2: the cache's own server waits for that fetch, not this connection's streams.
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}; the cache answers when it "
+                              "is stored", flow_id=flow.id, url=req.url)
+                return self._route(req, key)
             else:
-                self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
-                fill.tracked = flow.state.setdefault("cache", {})
-                fill.tracked[id(req)] = fill
-                self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+                self.log.info("flow {flow_id}: cache: another worker is fetching {url}, a private entry; streamed "
+                              "through, not kept", flow_id=flow.id, url=req.url)
         self.misses += 1
         return req
+
+    def _fill(self, req: Request, key: str, digest: str | None, flow: Flow, lock: int) -> None:
+        """Start keeping the answer to ``req``, this process holding ``key``'s ``lock``."""
+        self._fills[key] = fill = _Fill(key, req.url, digest, req, flow.id, lock)
+        fill.tracked = flow.state.setdefault("cache", {})
+        fill.tracked[id(req)] = fill
+        if fill.credentials:  # so that other workers know before it is stored (`_private_fetch`)
+            try:
+                os.write(lock, PRIVATE_MARK)
+            except OSError:
+                pass  # they then find out from the entry, and fail closed (`_Objects._stored`)
+        self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
+
+    def _other_worker(self, key: str) -> Deferred:
+        """Wait for the fetch of ``key`` another worker sharing the directory is making.
+
+        Looks every `POLL` seconds whether the entry is stored, or the lock is
+        free (that worker let go without storing it, or died), for up to
+        `WAIT_LIMIT` seconds. A worker cannot hear from another; a look costs
+        two system calls.
+
+        Returns:
+            A Deferred firing with ``True`` once the entry is stored, with the
+            lock (a descriptor, now this process's) when it was let go without
+            the entry, or with ``None`` when the wait ran out.
+        """
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + WAIT_LIMIT
+        call: Any = None
+        done: Deferred = Deferred(lambda _: call.cancel() if call is not None and call.active() else None)
+
+        def look() -> None:
+            nonlocal call
+            if key in self.index or self._adopt(key):
+                done.callback(True)
+                return
+            lock = self._lock(key)
+            if lock is not None:
+                if self._adopt(key):
+                    self._unlock(key, lock)
+                    done.callback(True)
+                else:
+                    done.callback(lock)
+                return
+            if time.monotonic() >= deadline:
+                done.callback(None)
+                return
+            call = reactor.callLater(POLL, look)
+
+        call = reactor.callLater(POLL, look)
+        return done
+
+    def _other_worker_done(self, result: bool | int | None, req: Request, key: str, digest: str | None,
+                           flow: Flow) -> Request:
+        """The wait of `_other_worker` for ``req`` (HTTP/1.1) ended: a hit, this worker's fetch, or the server."""
+        if result is True:
+            return self._hit(req, key, flow)
+        self.misses += 1
+        if result is None:
+            self.log.info("flow {flow_id}: cache: the other worker's fetch of {url} took over {limit} s; streamed "
+                          "through, not kept", flow_id=flow.id, url=req.url, limit=WAIT_LIMIT)
+        elif flow.closed:
+            self._unlock(key, result)
+        else:
+            self._fill(req, key, digest, flow, result)
+        return req
+
+    def _private_fetch(self, key: str) -> bool:
+        """Whether the fetch of ``key`` another worker holds the lock for is of a private entry."""
+        try:
+            return (self.locks / key).read_bytes() == PRIVATE_MARK
+        except OSError:
+            return False
 
     def _lock(self, key: str) -> int | None:
         """This process's hold on fetching ``key`` into the shared directory, or ``None`` if another has it.
 
         A non-blocking `fcntl.flock` on ``locks/<key>``: the kernel drops it
         when the descriptor closes, so a crashed worker holds nothing. The
-        lock files stay (empty); deleting one could split two workers onto
-        two files of the same name.
+        holder removes the file before letting go (`_unlock`), so lock files
+        do not pile up; a process that opened the file before it was removed
+        and locks it afterwards holds a file nobody else can find, which is
+        why the lock counts only when the name still leads to the descriptor's
+        file, else it is taken again on the file the name leads to now.
         """
-        try:
-            fd = os.open(self.locks / key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            self.log.warn("cache: cannot lock {key}: {error}", key=key, error=e.strerror)
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        path = self.locks / key
+        for _ in range(8):  # each retry means another worker took and let go the lock meanwhile
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                self.log.warn("cache: cannot lock {key}: {error}", key=key, error=e.strerror)
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return None
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except OSError:
+                pass  # removed by the holder before us, after we opened it
             os.close(fd)
-            return None
-        return fd
+        return None
+
+    def _unlock(self, key: str, fd: int) -> None:
+        """Let go of `_lock`'s hold, removing the file first (while still holding it)."""
+        try:
+            os.unlink(self.locks / key)
+        except OSError:
+            pass
+        os.close(fd)
 
     def _adopt(self, key: str) -> bool:
         """Index an entry another worker sharing the directory has stored."""
@@ -241,13 +408,15 @@ class CacheTap(Tap):
         self._evict()
         return key in self.index
 
-    def _hit(self, req: Request, key: str, flow: Flow) -> Request:
+    def _hit(self, req: Request, key: str, flow: Flow, confirmed: bool = False) -> Request:
         if key not in self.index:  # evicted while waiting
             return req
         if not (self.objects / key).exists():  # evicted by another worker sharing the directory
             size, _ = self.index.pop(key)
             self.total -= size
             return req
+        if not confirmed and self._private(key):
+            return self._check(req, key, flow)
         self.index[key][1] = time.time()
         try:
             os.utime(self.objects / f"{key}.json")
@@ -257,6 +426,36 @@ class CacheTap(Tap):
         self.log.info("flow {flow_id}: cache: hit {url}", flow_id=flow.id, url=req.url)
         flow.verdict = "cached"
         return self._route(req, key)
+
+    def _private(self, key: str) -> bool:
+        """Whether ``key``'s entry was fetched with credentials (its ``.json`` says so)."""
+        try:
+            return bool(json.loads((self.objects / f"{key}.json").read_text()).get("credentials"))
+        except (OSError, ValueError):
+            return True  # unreadable: treated as the stricter kind
+
+    def _check(self, req: Request, key: str, flow: Flow) -> Request:
+        """Ask the origin, with ``req``'s own credentials, whether ``req`` may read ``key``'s
+        private entry: a ``HEAD`` goes in its place, and its answer decides (`_checked`)."""
+        head = Request("HEAD", req.target, req.headers.copy(), version=req.version, scheme=req.scheme,
+                       authority=req.authority, body=b"", stream_id=req.stream_id, destination=req.destination)
+        flow.state.setdefault("cache.checks", {})[id(head)] = (head, req, key)
+        self.log.info("flow {flow_id}: cache: {url} was fetched with credentials; asking the origin whether this "
+                      "request may read it", flow_id=flow.id, url=req.url)
+        return head
+
+    def _checked(self, resp: Response, req: Request, key: str, flow: Flow) -> Request:
+        """The origin answered the ``HEAD`` of `_check`: ``200`` or a redirect serves ``req`` from
+        disk; anything else (``401``, ``403``, ``404``...) sends it to the origin."""
+        if resp.status == 200 or resp.status in REDIRECT_STATUSES:
+            answer = self._hit(req, key, flow, confirmed=True)
+        else:
+            self.log.info("flow {flow_id}: cache: the origin answered {status} for {url}; not served from the cache",
+                          flow_id=flow.id, status=resp.status, url=req.url)
+            self.misses += 1
+            answer = req
+        flow.state.setdefault("cache.pass", {})[id(answer)] = answer
+        return answer
 
     def _route(self, req: Request, key: str) -> Request:
         req.destination = self._server()
@@ -276,12 +475,17 @@ class CacheTap(Tap):
 
     # -- responses being written ---------------------------------------------------------
 
-    def _response(self, resp: Response, flow: Flow) -> Response:
-        req = resp.request
-        tracked = flow.state.get("cache")
-        fill = tracked.get(id(req)) if tracked and req is not None else None
-        if fill is None or fill.request is not req or resp.interim:
+    def _response(self, resp: Response, flow: Flow) -> Response | Request:
+        checks = flow.state.get("cache.checks")
+        if checks and not resp.interim:
+            check = checks.pop(id(resp.request), None)
+            if check is not None and check[0] is resp.request:
+                return self._checked(resp, check[1], check[2], flow)
+        fill = self._tracked(resp.request, flow)
+        if fill is None or resp.interim:
             return resp
+        if resp.status in REDIRECT_STATUSES and self.max_redirects:
+            return self._redirect(fill, resp, flow)
         cache_control = (resp.headers.get("cache-control") or "").lower()
         length = resp.headers.get("content-length")
         fill.expected = int(length) if length and length.isdigit() else None
@@ -299,7 +503,7 @@ class CacheTap(Tap):
         if why:
             self._abandon(fill, flow, why)
             return resp
-        fill.meta = {"url": fill.url, "stored": time.time(),
+        fill.meta = {"url": fill.url, "stored": time.time(), **({"credentials": True} if fill.credentials else {}),
                      **{name: resp.headers.get(name) for name in ("content-type", "content-encoding", "etag",
                                                                      "last-modified") if name in resp.headers}}
         fill.tmp = self.tmp / f"{fill.key}.{os.getpid()}.{id(fill)}"
@@ -312,6 +516,37 @@ class CacheTap(Tap):
             self._write(fill, resp.body)
             self._finish(fill)
         return resp
+
+    def _redirect(self, fill: _Fill, resp: Response, flow: Flow) -> Response | Request:
+        """Follow ``resp``, a redirect answering ``fill``'s request, with a request of the tap's
+        own, when `follow_redirect` says it may: the client gets the answer to that one, kept
+        under ``fill``'s key. Otherwise the client gets the redirect, and nothing is kept."""
+        req = fill.request
+        where = follow_redirect(resp.status, resp.headers.get("location"), req.url, fill.hops, self.max_redirects,
+                                fill.digest)
+        if resp.body is None:
+            where = "its body is larger than --max-body"
+        if isinstance(where, str):
+            self._abandon(fill, flow, f"not kept: redirect not followed: {where}")
+            return resp
+        headers = req.headers.copy()
+        if not where.same_origin:
+            # Another origin (a CDN with a signed URL) gets no credentials meant for this one,
+            # as clients following a redirect do not send them either.
+            for name in ("authorization", "cookie"):
+                headers.remove(name)
+        if "host" in headers:
+            headers["Host"] = where.authority
+        follow = Request("GET", where.target, headers, version=req.version, scheme=where.scheme,
+                         authority=where.authority, body=b"", stream_id=req.stream_id,
+                         destination=(where.host, where.port))
+        self._untrack(fill)
+        fill.request = follow
+        fill.hops += 1
+        fill.tracked[id(follow)] = fill
+        self.log.info("flow {flow_id}: cache: {url} answered {status}; following it to {target}",
+                      flow_id=flow.id, url=req.url, status=resp.status, target=where.url)
+        return follow
 
     def _write(self, fill: _Fill, data: bytes) -> None:
         if fill.file is None:
@@ -351,6 +586,7 @@ class CacheTap(Tap):
             problem = f"{fill.written} bytes, the server said {fill.expected}"
         elif fill.digest is not None and fill.hash.hexdigest() != fill.digest:
             problem = f"sha256 {fill.hash.hexdigest()} is not the digest the URL names"
+            self.mismatches += 1
         if problem:
             self.log.warn("flow {flow_id}: cache: {url} not kept: {problem}", flow_id=fill.flow_id, url=fill.url,
                           problem=problem)
@@ -383,7 +619,7 @@ class CacheTap(Tap):
 
     def _release(self, fill: _Fill, stored: bool) -> None:
         if fill.lock is not None:  # after the rename: whoever takes the lock next finds the entry
-            os.close(fill.lock)
+            self._unlock(fill.key, fill.lock)
             fill.lock = None
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
@@ -405,7 +641,9 @@ class CacheTap(Tap):
         return [("tinspect_cache_hits_total", "counter", "Requests the cache answered from disk.", self.hits),
                 ("tinspect_cache_misses_total", "counter", "Cacheable requests that went to the server.", self.misses),
                 ("tinspect_cache_served_bytes_total", "counter", "Body bytes the cache served from disk.",
-                 self.served_bytes)]
+                 self.served_bytes),
+                ("tinspect_cache_digest_mismatches_total", "counter",
+                 "Downloads not kept because their sha256 was not the digest their URL named.", self.mismatches)]
 
     def flow_closed(self, flow: Flow) -> None:
         """Fetches of this flow that did not finish leave nothing behind."""
@@ -437,13 +675,28 @@ class _Objects(Resource):
             fill.waiters.append(waiting)
             waiting.addCallback(self._stored, request, key, gone)
             return NOT_DONE_YET
+        if CACHE_KEY.fullmatch(key) and not path.exists():
+            lock = self.tap._lock(key)
+            if lock is None:  # another worker is fetching it (the tap routed the request here for that)
+                gone = request.notifyFinish()
+                gone.addErrback(lambda _: None)
+                waiting = self.tap._other_worker(key)
+                waiting.addCallback(self._other_worker_done, request, key, gone)
+                return NOT_DONE_YET
+            self.tap._unlock(key, lock)
         return self._serve(request, key)
+
+    def _other_worker_done(self, result: bool | int | None, request: Any, key: str, gone: Deferred) -> None:
+        """The fetch of another worker a request waited for has ended (or the wait ran out)."""
+        if isinstance(result, int) and result is not True:
+            self.tap._unlock(key, result)
+        self._stored(result is True, request, key, gone)
 
     def _stored(self, stored: bool, request: Any, key: str, gone: Deferred) -> None:
         """The fetch a request waited for has ended."""
         if request.finished or gone.called:
             return
-        if stored:
+        if stored and not self.tap._private(key):
             result = self._serve(request, key)
         else:
             request.setResponseCode(502)

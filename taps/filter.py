@@ -14,7 +14,8 @@ refused before any certificate is made or the server is contacted: with an
 host: ``--passthrough``), else intercepted without the server so that its
 requests get the page. Every decision is logged with the flow id, the URL and
 the rule (and the list that matched); every block also goes, as one JSON line,
-to the ``log`` file. ``kill -HUP`` reloads the rules file, its lists and the
+to the ``log`` file, and is counted for ``--metrics``
+(``tinspect_filter_decisions_total`` by action, rule and category). ``kill -HUP`` reloads the rules file, its lists and the
 page: they are read in a thread while the old rules go on deciding (a big list
 takes seconds), then swapped in; open connections stay; a file with a mistake
 is refused (logged) and the old rules stay; the block log is reopened.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import html
 import string
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -84,6 +86,7 @@ class FilterTap(Tap):
         self._log_failing = False  # said once until a write works again
         self._loading: Deferred | None = None  # a reload in its thread
         self._waiting: list[Deferred] = []  # reloads asked for meanwhile: one more load serves them all
+        self.decisions: Counter[tuple[str, str, str]] = Counter()  # (action, rule, category) -> how many
         on_sighup(self.reload)
 
     def _load(self) -> tuple[Rules, string.Template]:
@@ -148,6 +151,7 @@ class FilterTap(Tap):
         if decision is None or decision.action != BLOCK:
             return None
         if decision.alert or not can_intercept:
+            self._count("tls_refused", decision.rule, decision.category)
             self._blocked(flow, name, None, decision, "tls-alert")
             return "alert"
         self.log.info("flow {flow_id}: filter: block TLS for {name} at the ClientHello, its requests get the page "
@@ -157,6 +161,7 @@ class FilterTap(Tap):
     def tls_passthrough(self, name: str, flow: Flow) -> bool:
         rule = self.rules.tls_passthrough(name, flow.client[0], self.clock())
         if rule is not None:
+            self._count("passthrough", rule, None)
             self.log.info("flow {flow_id}: filter: passthrough TLS for {name} (rule {rule})", flow_id=flow.id,
                           name=name, rule=str(rule))
         return rule is not None
@@ -180,6 +185,7 @@ class FilterTap(Tap):
         if type(unit) is Request:
             decision = self.rules.request(unit.method, unit.host, unit.url, flow.client[0], self.clock())
             self._log_decision(flow, decision.action, unit, decision.why)
+            self._count("blocked" if decision.action == BLOCK else "allowed", decision.rule, decision.category)
             if decision.action == BLOCK:
                 self._blocked(flow, unit.host, unit.url, decision, "page")
                 return self._page(unit, decision)
@@ -189,6 +195,7 @@ class FilterTap(Tap):
             return unit
         self._log_decision(flow, decision.action, unit.request, f"{decision.why} (Content-Type "
                            f"{unit.headers.get('content-type')})")
+        self._count("blocked" if decision.action == BLOCK else "allowed", decision.rule, decision.category)
         if decision.action != BLOCK:
             return unit
         req = unit.request
@@ -205,6 +212,18 @@ class FilterTap(Tap):
             return None
         return self.rules.response(req.method, req.host, req.url, resp.headers.get("content-type"),
                                    flow.client[0], self.clock())
+
+    def _count(self, action: str, rule: object, category: str | None) -> None:
+        """Count a decision for `metrics`: the rule (a `Rule`, ``None`` for the default) by its
+        file's name and line, a small and stable set; ``default`` when none matched."""
+        self.decisions[action, Path(rule.where).name if rule is not None else "default", category or "none"] += 1
+
+    def metrics(self) -> list[tuple]:
+        """The decisions: ``allowed`` and ``blocked`` (requests, and responses a ``type=`` rule
+        decides), ``passthrough`` and ``tls_refused`` (TLS connections, at the ClientHello)."""
+        return [("tinspect_filter_decisions_total", "counter", "Filter tap decisions, by action, rule and category.",
+                 n, {"action": action, "rule": rule, "category": category})
+                for (action, rule, category), n in sorted(self.decisions.items())]
 
     def _log_decision(self, flow: Flow, action: str, req: Request | None, why: str) -> None:
         what = f"{req.method} {req.url}" if req is not None else "a response"

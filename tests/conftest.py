@@ -63,13 +63,14 @@ def client_run(lab: Lab, *argv: str, timeout: float = 20) -> str:
 
 @pytest.fixture
 def pki(tmp_path):
-    """The lab server's own CA and certificate (server.test and its addresses), and our state dir."""
+    """The lab server's own CA (``authority``, for more servers) and certificate (server.test and its
+    addresses), and our state dir."""
     server = ServerPKI(tmp_path)
     state = tmp_path / "state"
     ours = CertificateAuthority.load_or_generate(state)
     (tmp_path / "our-ca.pem").write_bytes(ours.cert_pem)
     return {"chain": server.chain, "key": server.key, "state": state, "ours": tmp_path / "our-ca.pem",
-            "server_ca": server.ca}
+            "server_ca": server.ca, "authority": server.authority}
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 from tinspect.chain import TapChain
@@ -35,3 +38,34 @@ def test_the_open_files_limit_is_raised_for_the_connections_allowed():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == ["1000", "1000", "1000"]
+
+
+_RAISE_ABOVE_HARD = (
+    "import resource\n"
+    "from tinspect.net.sockets import raise_fd_limit\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))\n"
+    "print(*raise_fd_limit(2000), *resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+)
+
+
+def _may_raise_hard_limits() -> bool:
+    """Whether this process holds CAP_SYS_RESOURCE (capability 24), which raising a hard limit needs."""
+    with open("/proc/self/status") as f:
+        eff = next(line for line in f if line.startswith("CapEff:"))
+    return bool(int(eff.split()[1], 16) >> 24 & 1)
+
+
+@pytest.mark.skipif(not _may_raise_hard_limits(), reason="raising the hard limit needs CAP_SYS_RESOURCE")
+def test_a_privileged_process_raises_the_hard_limit_too():
+    """Above the hard limit, a process that may (root) raises soft and hard to what is wanted."""
+    out = subprocess.run([sys.executable, "-c", _RAISE_ABOVE_HARD], capture_output=True, text=True, check=True,
+                         cwd=REPO)
+    assert out.stdout.split() == ["2000"] * 4
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_without_cap_sys_resource_the_soft_limit_stops_at_the_hard_one():
+    """Without CAP_SYS_RESOURCE the hard limit stays and the soft limit is raised to it."""
+    out = subprocess.run(["setpriv", "--bounding-set=-sys_resource", sys.executable, "-c", _RAISE_ABOVE_HARD],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["512", "512", "512", "512"]

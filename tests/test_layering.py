@@ -38,6 +38,7 @@ SANS_IO = [
     "tinspect/taplib/domains.py",
     "tinspect/taplib/filtering.py",
     "tinspect/taplib/har.py",
+    "tinspect/taplib/redirects.py",
 ]
 """Every module that parses bytes, holds data or decides policy without I/O."""
 

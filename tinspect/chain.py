@@ -34,7 +34,6 @@ across only after the data that preceded it).
 from __future__ import annotations
 
 import inspect
-import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
@@ -146,14 +145,17 @@ class Tap:
     def flow_closed(self, flow: Flow) -> None:
         """Called once when a flow has closed (``flow.error`` says why)."""
 
-    def metrics(self) -> Iterable[tuple[str, str, str, int | float]]:
+    def metrics(self) -> Iterable[tuple]:
         """Counters this tap adds to ``--metrics``, read at each scrape.
 
         Returns:
-            ``(name, type, help, value)`` samples without labels: a Prometheus
-            name (``tinspect_<tap>_..._total`` for a counter), ``"counter"`` or
-            ``"gauge"``, one line of help, the value. Taps giving the same
-            name are summed, as workers are.
+            ``(name, type, help, value)`` samples, or ``(name, type, help,
+            value, labels)`` with ``labels`` a dict of label names to values
+            (keep their set small: actions, rule names, never URLs): a
+            Prometheus name (``tinspect_<tap>_..._total`` for a counter),
+            ``"counter"`` or ``"gauge"``, one line of help, the value. Samples
+            of the same name and labels, from this tap or another, are
+            summed, as workers are.
         """
         return ()
 
@@ -190,17 +192,16 @@ class TapChain:
         self._passers = [t for t in self.taps if _overrides(t, "tls_passthrough")]
         self._blockers = [t for t in self.taps if _overrides(t, "tls_block")]
         self._quic_deciders = [t for t in self.taps if _overrides(t, "quic_decision")]
-        self.measuring = False  # see `measure`
-        self.tap_seconds: dict[str, float] = {}
-        self.payload_bytes = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
+        self.metrics: Any = None  # the tinspect.ops.metrics.Metrics that `measure` installed; None: not measured
 
-    def measure(self) -> None:
-        """Count from now on, for the metrics: payload bytes per direction
-        (`payload_bytes`) and seconds spent in each tap's ``handle`` (its
-        synchronous part; `tap_seconds`). Off by default: it costs two clock
-        reads per tap per unit."""
-        self.measuring = True
-        self.tap_seconds = {str(tap): 0.0 for tap in self.taps}
+    def measure(self, metrics: Any) -> None:
+        """Count into ``metrics`` (a `tinspect.ops.metrics.Metrics`) from now on: each
+        tap's time per unit (routes made from now on call ``metrics.timed``'s
+        wrapper, not the tap) and payload bytes per direction (arms made from
+        now on deliver through ``metrics.counted``'s). Without it (no
+        ``--metrics``) the chain calls the taps' ``handle`` itself and tests
+        nothing per unit; call it before any flow opens."""
+        self.metrics = metrics
         self._routes.clear()
 
     def route(self, kind: type) -> tuple[_Route, ...]:
@@ -208,26 +209,15 @@ class TapChain:
         try:
             return self._routes[kind]
         except KeyError:
+            metrics = self.metrics
             routes = tuple(
-                _Route(pos, tap, self._timed(tap) if self.measuring else tap.handle)
+                _Route(pos, tap, tap.handle if metrics is None else metrics.timed(str(tap), tap.handle))
                 for pos, tap in enumerate(self.taps)
                 if _overrides(tap, "handle")
                 and (tap.kinds is None or issubclass(kind, tap.kinds))
             )
             self._routes[kind] = routes
             return routes
-
-    def _timed(self, tap: Tap) -> Callable[[Unit, Flow], Any]:
-        handle, seconds, name, clock = tap.handle, self.tap_seconds, str(tap), time.perf_counter
-
-        def timed(unit: Unit, flow: Flow) -> Any:
-            started = clock()
-            try:
-                return handle(unit, flow)
-            finally:
-                seconds[name] += clock() - started
-
-        return timed
 
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
         """Whether any tap that sees ``message`` wants its body whole."""
@@ -373,7 +363,7 @@ class Arm:
         self.chain = chain
         self.flow = flow
         self.direction = direction
-        self._deliver = deliver
+        self._deliver = deliver if chain.metrics is None else chain.metrics.counted(direction, deliver)
         self._pause = pause
         self._resume = resume
         self._on_error = on_error
@@ -477,9 +467,6 @@ class Arm:
                 n = len(routes)
                 i = 0
                 after = route.pos
-        chain = self.chain
-        if chain.measuring:
-            chain.payload_bytes[unit.direction] += unit.size
         try:
             self._deliver(unit)
         except Exception:

@@ -20,6 +20,7 @@ anything else starts.
 from __future__ import annotations
 
 import gc
+import resource
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -283,16 +284,14 @@ class Proxy(MultiService):
             workers: the Unix sockets where the other ``--workers`` serve
                 theirs (`serve_worker_metrics`): a scrape gets the sum.
         """
-        self.ctx.chain.measure()
-        self.ctx.metrics.measure()
+        self.ctx.metrics.measure(self.ctx.chain)
         _MetricsListener(self.ctx, endpoint, tuple(workers)).setServiceParent(self)
         return self
 
     def serve_worker_metrics(self, path: str) -> "Proxy":
         """As an extra worker of ``--workers``: serve the counters on the Unix
         socket ``path`` for worker 0's ``--metrics`` to sum."""
-        self.ctx.chain.measure()
-        self.ctx.metrics.measure()
+        self.ctx.metrics.measure(self.ctx.chain)
         _WorkerMetrics(self.ctx, path).setServiceParent(self)
         return self
 
@@ -365,7 +364,11 @@ class TwistdProxy(Proxy):
 
     def privilegedStartService(self) -> None:
         wanted = 2 * self.ctx.settings.max_connections + 256
-        soft, _hard = raise_fd_limit(wanted)
+        before = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = raise_fd_limit(wanted)
+        if (soft, hard) != before:
+            self._log.info("open files limit raised from {before} to {soft} (hard {hard}) for --max-connections {n}",
+                           before=before[0], soft=soft, hard=hard, n=self.ctx.settings.max_connections)
         if soft < wanted:
             self._log.warn(
                 "open files are limited to {soft}: fewer than --max-connections {n} proxied connections fit "

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,18 @@ def test_bare_relay_reference_measures_every_lane_but_new_connections(tmp_path):
     refused = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--proxy", "bare", "--lanes", "d"],
                              capture_output=True, text=True, timeout=30, cwd=REPO, stdin=subprocess.DEVNULL)
     assert refused.returncode == 2 and "no reference for d" in refused.stderr, refused.stderr
+
+
+def test_proxy_args_reach_the_proxy_and_the_setup_line(tmp_path):
+    """--proxy-args options go to twistd tinspect (here --metrics, which it logs serving) and are named in the setup."""
+    out = tmp_path / "results.md"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run"), "--short", "--lanes", "a", "--keep",
+                           "--proxy-args", "--metrics tcp:9108:interface=127.0.0.1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "taps: none, options: --metrics tcp:9108:interface=127.0.0.1;" in out.read_text()
+    work = Path(re.search(r"work directory kept: (\S+)", proc.stdout + proc.stderr).group(1))
+    try:
+        assert "metrics on http://127.0.0.1:9108/metrics" in (work / "proxy.log").read_text()
+    finally:
+        shutil.rmtree(work)

@@ -1,6 +1,7 @@
-"""End to end, metrics: a real proxy carries HTTP/1.1, h2, TLS, WebSocket and a refused
-connect, and its ``--metrics`` exposition, scraped over HTTP, reads back right through
-prometheus_client's parser; the alert rules and the dashboard in docs/ use only what it exposes.
+"""End to end, metrics: a real proxy carries HTTP/1.1, h2, TLS, WebSocket, a refused
+connect and requests its filter tap blocks, and its ``--metrics`` exposition, scraped over
+HTTP, reads back right through prometheus_client's parser; the alert rules and the dashboard
+in docs/ use only what it exposes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def scraped(lab, proxy, tmp_path, pki):
     lab.wait_listening(lab.server, 443)
     lab.wait_listening(lab.server, 8765, proc=ws)
     lab.tproxy(8080, dports=[80, 81, 443, 8765])  # nothing listens on 81: a refused connect
-    proxy(["--listen", DUAL, "--metrics", "tcp:9108:interface=127.0.0.1", "--taps", "logger",
+    rules = tmp_path / "rules.txt"
+    rules.write_text("block host=blocked.test\nblock host=pinned.test tls=alert\n")
+    proxy(["--listen", DUAL, "--metrics", "tcp:9108:interface=127.0.0.1", "--taps", "logger,filter",
+           "--tap-option", f"filter.rules={rules}",
            "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"])],
           wait=[(8080, "tcp"), (9108, "tcp")])
     ours = str(pki["ours"])
@@ -44,6 +48,12 @@ def scraped(lab, proxy, tmp_path, pki):
     refused = lab.exec(lab.client, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://{SERVER4}:81/",
                        check=False)
     assert refused.stdout in ("502", "000"), refused.stdout
+    blocked = lab.exec(lab.client, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: blocked.test",
+                       f"http://{SERVER4}/")
+    assert blocked.stdout == "403", blocked.stdout
+    alert = lab.exec(lab.client, "curl", "-sS", "--cacert", ours, "--resolve", f"pinned.test:443:{SERVER4}",
+                     "https://pinned.test/", check=False)
+    assert alert.returncode != 0, alert.stdout  # refused with a TLS alert at the ClientHello
     out = client_run(lab, sys.executable, "-m", "tests.peers", "ws-ask", f"ws://{SERVER4}:8765/", "one")
     assert out == "one\n"
     text = lab.exec(lab.gateway, "curl", "-sS", "--max-time", "10", METRICS).stdout
@@ -79,7 +89,7 @@ def test_a_scrape_after_real_traffic_has_latency_tls_and_connect_failure_familie
     assert handshakes.get(("client", "ok", "TLSv1.3", "http/1.1"), 0) >= 1, handshakes
     assert sum(n for (side, outcome, _, _), n in handshakes.items() if side == "upstream" and outcome == "ok") >= 2
     failures = series(families["tinspect_upstream_connect_failures"], "_total", reason="refused")
-    assert failures[""] >= 1, failures  # each attempt counts (transparent mode connects at accept)
+    assert failures[""] == 1, failures  # one refused request, one attempt (made at accept), counted once
     for family in families.values():  # Prometheus naming: counters end in _total, durations in _seconds
         if family.type == "counter":
             assert all(s.name.endswith("_total") for s in family.samples), family.name
@@ -106,3 +116,23 @@ def test_the_alert_rules_and_the_dashboard_use_only_metrics_a_real_proxy_exposes
     used = {name for expr in expressions for name in re.findall(r"\b(?:tinspect|process)_[a-z0-9_]+", expr)}
     assert used and used <= exposed, sorted(used - exposed)
     assert any("histogram_quantile(0.99" in expr for expr in expressions)
+
+
+def test_taps_time_filter_decisions_and_process_usage_after_real_traffic(scraped):
+    """Each tap's time per unit is a histogram by tap; the filter's decisions are counted by action and
+    rule; the process gauges are in base units."""
+    _, families = scraped
+    taps = families["tinspect_tap_seconds"]
+    assert taps.type == "histogram"
+    for tap in ("logger", "filter"):
+        buckets = series(taps, "_bucket", tap=tap)
+        (count,) = series(taps, "_count", tap=tap).values()
+        (total,) = series(taps, "_sum", tap=tap).values()
+        assert buckets["+Inf"] == count >= 5 and 0 < total < count, (tap, buckets, total)
+    decisions = {(s.labels["action"], s.labels["rule"]): s.value for s in families["tinspect_filter_decisions"].samples}
+    assert decisions[("blocked", "rules.txt:1")] == 1, decisions
+    assert decisions[("tls_refused", "rules.txt:2")] == 1, decisions
+    assert decisions[("allowed", "default")] >= 5, decisions  # the plain, TLS and WebSocket requests
+    (rss,) = [s.value for s in families["process_resident_memory_bytes"].samples]
+    (fds,) = [s.value for s in families["process_open_fds"].samples]
+    assert 10 * 2**20 < rss < 2**32 and 5 < fds < 1000, (rss, fds)

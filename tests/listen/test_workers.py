@@ -159,8 +159,8 @@ def test_two_workers_share_the_tproxy_port_and_the_ca(lab, https, proxy, pki):
 
 @pytest.mark.netns
 def test_one_scrape_sums_the_counters_of_every_worker(lab, https, proxy, pki):
-    """With --workers 2 and --metrics, worker 0's /metrics counts the connections (and the timed exchanges)
-    both workers took."""
+    """With --workers 2 and --metrics, worker 0's /metrics counts the connections (the timed exchanges, the
+    taps' times, the memory) of both workers."""
     from prometheus_client.parser import text_string_to_metric_families
 
     lab.tproxy(8080, dports=[443])
@@ -192,3 +192,8 @@ def test_one_scrape_sums_the_counters_of_every_worker(lab, https, proxy, pki):
     counts = list(buckets.values())
     assert list(buckets)[-1] == "+Inf" and counts == sorted(counts), buckets
     assert counts[-1] == 16, buckets  # both workers' exchanges
+    assert values["process_resident_memory_bytes"] > 2 * 40 * 2**20, text  # two processes' RSS, summed
+    taps = {s.labels["le"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "tinspect_tap_seconds_bucket" and s.labels["tap"] == "logger"}
+    assert list(taps)[-1] == "+Inf" and list(taps.values()) == sorted(taps.values()), taps
+    assert taps["+Inf"] >= 2 * 16, taps  # the logger saw each request and response, in either worker

@@ -16,9 +16,9 @@ tinspect_connections_open {open}
 # TYPE tinspect_flows_total counter
 tinspect_flows_total{{protocol="h2"}} {h2}
 tinspect_flows_total{{protocol="http/1.1"}} 5
-# HELP tinspect_tap_seconds_total Seconds in taps.
-# TYPE tinspect_tap_seconds_total counter
-tinspect_tap_seconds_total{{tap="logger x"}} {seconds}
+# HELP tinspect_example_seconds_total Seconds in something.
+# TYPE tinspect_example_seconds_total counter
+tinspect_example_seconds_total{{tap="logger x"}} {seconds}
 # HELP tinspect_response_seconds Time to the response.
 # TYPE tinspect_response_seconds histogram
 tinspect_response_seconds_bucket{{le="0.1"}} 1
@@ -40,7 +40,7 @@ def test_every_series_is_the_sum_over_the_workers():
     assert got[("tinspect_connections_open", ())] == 5
     assert got[("tinspect_flows_total", (("protocol", "h2"),))] == 1
     assert got[("tinspect_flows_total", (("protocol", "http/1.1"),))] == 10
-    assert got[("tinspect_tap_seconds_total", (("tap", "logger x"),))] == 0.75
+    assert got[("tinspect_example_seconds_total", (("tap", "logger x"),))] == 0.75
     assert got[("tinspect_response_seconds_bucket", (("le", "+Inf"),))] == 4
     assert got[("tinspect_response_seconds_count", ())] == 4
     assert text.count("# TYPE tinspect_flows_total counter") == 1

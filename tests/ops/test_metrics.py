@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+import sys
+from collections import Counter
 
 import pytest
 
-from tinspect.chain import TapChain
+from tinspect.chain import Tap, TapChain
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
+from tinspect.units import Request
+from tinspect.ops import metrics as metrics_module
 from tinspect.ops.metrics import error_kind
+from tests.memnet import Net
 
 SAMPLE = re.compile(r'^[a-z_]+(\{[a-z]+="[^"\\\n]*"\})? \d+(\.\d+)?$')
 
@@ -52,7 +57,7 @@ def test_the_exposition_parses_and_follows_prometheus_naming():
     from prometheus_client.parser import text_string_to_metric_families
 
     ctx = ProxyContext(TapChain([]), reactor=object())
-    ctx.chain.measure()
+    ctx.metrics.measure(ctx.chain)
     families = {f.name: f for f in text_string_to_metric_families(ctx.metrics.render(ctx))}
     for family in families.values():
         if family.type == "counter":  # the parser strips _total from a counter's family name
@@ -114,3 +119,79 @@ def test_quic_counters_by_version_and_unreadable_reason():
     assert 'tinspect_quic_passed_total{version="v1"} 1' in samples
     assert 'tinspect_quic_refused_total{version="v2"} 1' in samples
     assert 'tinspect_quic_unreadable_total{reason="not_quic"} 1' in samples
+
+
+class _Passes(Tap):
+    """Sees every unit and passes it on: a chain with a tap to time."""
+
+    def handle(self, unit, flow):
+        return unit
+
+
+def _metrics_calls(measured: bool, exchanges: int) -> Counter:
+    """Calls into tinspect/ops/metrics.py while one connection carries ``exchanges`` requests
+    and responses, each body in two reads, through a tap (after the flow opened, before it closes)."""
+    net = Net([_Passes()])
+    if measured:
+        net.ctx.metrics.measure(net.ctx.chain)
+    client = net.transparent()
+    server = net.pending()[0].accept()
+    calls: Counter = Counter()
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename == metrics_module.__file__:
+            calls[frame.f_code.co_name] += 1
+
+    sys.setprofile(profile)
+    try:
+        for n in range(exchanges):
+            client.send(b"POST /%d HTTP/1.1\r\nHost: a.example\r\nContent-Length: 6\r\n\r\nabc" % n)
+            client.send(b"def")
+            assert server.take().endswith(b"abcdef")
+            server.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
+            server.send(b"llo")
+            assert client.take().endswith(b"hello")
+    finally:
+        sys.setprofile(None)
+    net.shutdown()
+    return calls
+
+
+def test_with_metrics_off_no_metrics_code_runs_per_unit():
+    """Without --metrics, units through the chain and the HTTP/1.1 layer call nothing in tinspect.ops.metrics;
+    with it, the tap timer and the payload counter run per unit and each exchange is timed."""
+    assert _metrics_calls(False, 20) == Counter()
+    on = _metrics_calls(True, 20)
+    assert on["timed"] >= 20 * 6 and on["counted"] >= 20 * 6, on  # request, 2 chunks, end; each way
+    assert on["response_started"] == on["response_ended"] == 20, on
+
+
+def test_tap_time_is_a_histogram_per_tap_that_parses():
+    """A measured chain times each tap's handle into tinspect_tap_seconds{tap}, cumulative buckets up to +Inf."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ctx = ProxyContext(TapChain([_Passes()]), reactor=object())
+    ctx.metrics.measure(ctx.chain)
+    flow = Flow(("192.0.2.2", 1), ("198.51.100.2", 80), listener="t", mode="transparent")
+    (route,) = ctx.chain.route(Request)
+    for _ in range(3):
+        route.handle(Request("GET", "/", authority="a.example"), flow)
+    families = {f.name: f for f in text_string_to_metric_families(ctx.metrics.render(ctx))}
+    family = families["tinspect_tap_seconds"]
+    assert family.type == "histogram"
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples if s.labels["tap"] == "_Passes"}
+    assert samples[("tinspect_tap_seconds_count", None)] == samples[("tinspect_tap_seconds_bucket", "+Inf")] == 3
+    assert 0 < samples[("tinspect_tap_seconds_sum", None)] < 1
+    buckets = [v for (name, le), v in samples.items() if name.endswith("_bucket")]
+    assert buckets == sorted(buckets)
+
+
+def test_the_refused_reasons_name_the_limit_that_refused():
+    """A client over --max-connections-per-client is refused and counted under reason="limit"."""
+    net = Net(max_connections_per_client=1)
+    first = net.transparent()
+    second = net.transparent()
+    assert second.transport.disconnected and not first.transport.disconnected
+    samples = net.ctx.metrics.render(net.ctx).splitlines()
+    assert 'tinspect_connections_refused_total{reason="limit"} 1' in samples
+    net.shutdown()

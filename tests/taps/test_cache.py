@@ -6,6 +6,8 @@ import hashlib
 import subprocess
 import sys
 
+import pytest_twisted
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -92,6 +94,7 @@ def test_bytes_whose_sha256_is_not_the_digest_are_not_kept_and_the_flow_is_named
     assert list((tmp_path / "objects").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []
     (event,) = [e for e in events if "not the digest" in str(e.get("problem"))]
     assert event["flow_id"] == flow.id and formatEvent(event).startswith(f"flow {flow.id}: cache: ")
+    assert ("tinspect_cache_digest_mismatches_total", "counter") == tap.metrics()[-1][:2] and tap.mismatches == 1
 
 
 def test_index_files_are_not_kept_by_default(tmp_path):
@@ -102,17 +105,49 @@ def test_index_files_are_not_kept_by_default(tmp_path):
     assert list((tmp_path / "objects").iterdir()) == [] and (tap.hits, tap.misses) == (0, 0)
 
 
-def test_a_key_another_worker_is_fetching_streams_through_uncached(tmp_path):
-    """Two workers on one directory: while one holds the key's lock, the other's fetch is relayed, not kept."""
+def _blob_request():
+    return Request("GET", f"/v2/app/blobs/sha256:{DIGEST}", scheme="https", authority="registry.test")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_key_another_worker_is_fetching_waits_for_it_and_is_then_a_hit(tmp_path):
+    """Two workers on one directory: while one holds the key's lock the other's request waits, then is
+    served from what the first stored; the lock file is gone."""
     one, other = CacheTap(str(tmp_path)), CacheTap(str(tmp_path))
-    url = f"https://registry.test/v2/app/blobs/sha256:{DIGEST}"
-    flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
-    one.handle(Request("GET", f"/v2/app/blobs/sha256:{DIGEST}", scheme="https", authority="registry.test"), flow)
-    assert _fetch(other, url).destination is None
-    assert other._fills == {} and list((tmp_path / "tmp").iterdir()) == []
-    one.flow_closed(flow)  # the first fetch is cut: the lock is free again
-    assert _fetch(other, url).destination is None
+    flow, other_flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80)), Flow(("192.0.2.3", 40000), ("198.51.100.2", 80))
+    req = one.handle(_blob_request(), flow)
+    waiting = other.handle(_blob_request(), other_flow)
+    assert isinstance(waiting, Deferred) and not waiting.called
+    one.handle(Response(200, headers=Headers([(b"content-length", str(len(DATA)).encode())]), body=DATA,
+                        request=req), flow)
+    routed = await waiting
+    assert routed.destination is not None and routed.headers[KEY_HEADER] == f"sha256-{DIGEST}"
+    assert (other.hits, other.misses) == (1, 0)
+    assert list((tmp_path / "locks").iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fetch_another_worker_let_go_is_taken_over_by_the_waiting_one(tmp_path):
+    """The first worker's fetch is cut: the waiting request goes upstream itself, and its answer is kept."""
+    one, other = CacheTap(str(tmp_path)), CacheTap(str(tmp_path))
+    flow, other_flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80)), Flow(("192.0.2.3", 40000), ("198.51.100.2", 80))
+    one.handle(_blob_request(), flow)
+    waiting = other.handle(_blob_request(), other_flow)
+    one.flow_closed(flow)
+    req = await waiting
+    assert req.destination is None and f"sha256-{DIGEST}" in other._fills
+    other.handle(Response(200, headers=Headers([(b"content-length", str(len(DATA)).encode())]), body=DATA,
+                          request=req), other_flow)
     assert (tmp_path / "objects" / f"sha256-{DIGEST}").read_bytes() == DATA
+    assert list((tmp_path / "locks").iterdir()) == []
+
+
+def test_lock_files_left_by_a_crashed_worker_are_removed_at_start(tmp_path):
+    """A lock file nobody holds (its worker died) is cleaned up when a tap starts on the directory."""
+    CacheTap(str(tmp_path))
+    (tmp_path / "locks" / f"sha256-{DIGEST}").write_bytes(b"")
+    CacheTap(str(tmp_path))
+    assert list((tmp_path / "locks").iterdir()) == []
 
 
 def test_an_entry_another_worker_stored_is_a_hit(tmp_path):
@@ -124,7 +159,7 @@ def test_an_entry_another_worker_stored_is_a_hit(tmp_path):
 
 
 def test_the_lock_is_a_flock_other_processes_see(tmp_path):
-    """While a fetch is in progress another process cannot take ``locks/<key>``; once stored, it can."""
+    """While a fetch is in progress another process cannot take ``locks/<key>``; once stored, the file is gone."""
     tap = CacheTap(str(tmp_path))
     flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
     req = tap.handle(Request("GET", f"/v2/app/blobs/sha256:{DIGEST}", authority="registry.test"), flow)
@@ -133,7 +168,7 @@ def test_the_lock_is_a_flock_other_processes_see(tmp_path):
     assert subprocess.run(probe, capture_output=True).returncode != 0
     resp = Response(200, headers=Headers([(b"content-length", str(len(DATA)).encode())]), body=DATA, request=req)
     tap.handle(resp, flow)
-    assert subprocess.run(probe, capture_output=True).returncode == 0
+    assert not (tmp_path / "locks" / f"sha256-{DIGEST}").exists()
 
 
 def test_hits_misses_and_served_bytes_reach_the_metrics(tmp_path):
@@ -144,3 +179,38 @@ def test_hits_misses_and_served_bytes_reach_the_metrics(tmp_path):
     samples = ctx.metrics.render(ctx).splitlines()
     assert {"tinspect_cache_hits_total 3", "tinspect_cache_misses_total 2",
             "tinspect_cache_served_bytes_total 12345", "# TYPE tinspect_cache_hits_total counter"} <= set(samples)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_caches_server_waiting_for_another_workers_private_fetch_fails_closed(tmp_path):
+    """HTTP/2 requests wait at the tap's server for another worker's fetch; if that turns out to be a private
+    entry, they get a 502 (ask again, and be checked), never its bytes."""
+    one, other = CacheTap(str(tmp_path)), CacheTap(str(tmp_path))
+    flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+    private = _blob_request()
+    private.headers["Cookie"] = "session=1"
+    req = one.handle(private, flow)
+    (tmp_path / "locks" / f"sha256-{DIGEST}").write_bytes(b"")  # as if its mark had not been written yet
+    waiting = DummyRequest([b""])
+    waiting.requestHeaders.setRawHeaders(KEY_HEADER, [f"sha256-{DIGEST}".encode()])
+    finished = waiting.notifyFinish()
+    _Objects(other).render(waiting)
+    one.handle(Response(200, headers=Headers([(b"content-length", str(len(DATA)).encode())]), body=DATA,
+                        request=req), flow)
+    await finished
+    assert waiting.responseCode == 502 and b"".join(waiting.written).startswith(b"the fetch this request waited")
+
+
+def test_http2_requests_for_another_workers_private_fetch_go_to_the_origin(tmp_path):
+    """The lock file says the other worker's fetch is private: an HTTP/2 request is not routed to wait for it."""
+    one, other = CacheTap(str(tmp_path)), CacheTap(str(tmp_path))
+    private = _blob_request()
+    private.headers["Authorization"] = "Bearer t"
+    one.handle(private, Flow(("192.0.2.2", 40000), ("198.51.100.2", 80)))
+    h2 = _blob_request()
+    h2.stream_id = 1
+    assert other.handle(h2, Flow(("192.0.2.3", 40000), ("198.51.100.2", 80))).destination is None
+    public_too = _blob_request()
+    public_too.stream_id = 3
+    (tmp_path / "locks" / f"sha256-{DIGEST}").write_bytes(b"")
+    assert other.handle(public_too, Flow(("192.0.2.3", 40001), ("198.51.100.2", 80))).destination is not None

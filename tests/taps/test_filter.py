@@ -137,3 +137,34 @@ def test_a_block_states_the_verdict_on_the_flow(school):
     tap.handle(Request("GET", "/", authority="www.casino.example"), pupil)
     tap.handle(Request("GET", "/", authority="www.casino.example"), staff)
     assert (pupil.verdict, staff.verdict) == ("blocked", None)
+
+
+def test_decisions_are_counted_by_action_rule_and_category_and_parse(school):
+    """Allowed, blocked, passthrough and TLS-refused decisions reach --metrics as one labelled counter family."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tinspect.chain import TapChain
+    from tinspect.context import ProxyContext
+
+    tap = school()
+    pupil, staff = flow("192.0.2.10"), flow("198.51.100.9")
+    tap.handle(Request("GET", "/", authority="www.casino.example"), pupil)  # blocked, rules.txt:7, games
+    tap.handle(Request("GET", "/", authority="www.casino.example"), pupil)
+    tap.handle(Request("GET", "/", authority="www.casino.example"), staff)  # allowed by the default
+    assert tap.tls_block("pinned.example", staff, True) == "alert"  # tls_refused, rules.txt:9
+    ctx = ProxyContext(TapChain([tap]), reactor=object())
+    (family,) = [f for f in text_string_to_metric_families(ctx.metrics.render(ctx)) if f.name.startswith("tinspect_filter")]
+    assert family.type == "counter" and family.name == "tinspect_filter_decisions"
+    got = {(s.labels["action"], s.labels["rule"], s.labels["category"]): s.value for s in family.samples}
+    assert got == {("blocked", "rules.txt:7", "games"): 2, ("allowed", "default", "none"): 1,
+                   ("tls_refused", "rules.txt:9", "none"): 1}
+
+
+def test_a_passthrough_decision_is_counted(tmp_path):
+    """A TLS connection the rules pass through counts under its rule as passthrough."""
+    (tmp_path / "rules.txt").write_text("passthrough host=bank.example\n")
+    tap = FilterTap(str(tmp_path / "rules.txt"))
+    assert tap.tls_passthrough("bank.example", flow("192.0.2.10"))
+    assert list(tap.metrics()) == [("tinspect_filter_decisions_total", "counter",
+                                    "Filter tap decisions, by action, rule and category.", 1,
+                                    {"action": "passthrough", "rule": "rules.txt:1", "category": "none"})]

@@ -222,6 +222,12 @@ class Lab:
             self._rule("-t", "nat", "-A", "PREROUTING", "-i", "c0", *match, "-j", "REDIRECT", "--to-ports",
                        str(port), v6=v6)
 
+    def add_host(self, name: str, *addresses: str) -> None:
+        """Make ``name`` resolve to ``addresses`` in every namespace (another server, say a CDN)."""
+        for ns in self.namespaces:
+            with open(_NETNS_ETC / ns / "hosts", "a") as hosts:
+                hosts.writelines(f"{address} {name}\n" for address in addresses)
+
     def clear_rules(self) -> None:
         """Remove every diversion (back to plain routing)."""
         for tool in ("iptables", "ip6tables"):
@@ -317,6 +323,8 @@ class Nginx:
             and 1.3, h2 and http/1.1) on port 443.
         http2: the plain port speaks HTTP/2 with prior knowledge (h2c) instead
             of HTTP/1.1 (nginx 1.22 cannot offer both on one plain port).
+        more: more directives for the ``http`` block, after the ``server``
+            block (another ``server`` block, say).
 
     The access log (`access_log`) has one line per request:
     ``<connection serial> <request line> <status>``, so a test can tell
@@ -324,8 +332,9 @@ class Nginx:
     """
 
     def __init__(self, lab: Lab, ns: str, workdir: Path, port: int = 80, extra: str = "",
-                 tls: tuple[Path, Path] | None = None, http2: bool = False) -> None:
+                 tls: tuple[Path, Path] | None = None, http2: bool = False, more: str = "") -> None:
         self.lab = lab
+        self.more = more
         self.http2 = http2
         self.extra = extra
         self.tls = tls
@@ -373,6 +382,7 @@ http {{
         root {self.root};
         {self.extra}
     }}
+    {self.more}
 }}
 """
         )
@@ -381,9 +391,10 @@ http {{
         self.lab.wait_listening(self.ns, self.port, proc=self.proc)
         return self
 
-    def access_log(self) -> list[tuple[str, str, str]]:
-        """``(connection serial, request line, status)`` per request so far."""
-        path = self.workdir / "access.log"
+    def access_log(self, name: str = "access.log") -> list[tuple[str, str, str]]:
+        """``(connection serial, request line, status)`` per request so far, from ``name`` in the
+        work directory (another server block's log, in the same ``conn`` format, say)."""
+        path = self.workdir / name
         lines = path.read_text().splitlines() if path.exists() else []
         out = []
         for line in lines:
@@ -470,22 +481,28 @@ class ServerPKI:
         authority: issue the certificate from this CA instead of a new one
             (a `tinspect.layers.tls.ca.CertificateAuthority`; the benchmark's bare relay
             poses as the server with one from the proxy's CA).
+        name, addresses: what the certificate is for (another server of the
+            lab's, say a CDN, gets one from the same ``authority``).
 
     Attributes:
         chain: leaf then CA certificate, PEM (``ssl_certificate``).
         key: the leaf's key, PEM, unencrypted, 0600.
         ca: the CA certificate, PEM: what ``--upstream-ca`` trusts.
+        authority: the CA itself, to issue more certificates from.
     """
 
-    def __init__(self, workdir: Path, common_name: str = "Lab server CA", authority: Any = None) -> None:
+    def __init__(self, workdir: Path, common_name: str = "Lab server CA", authority: Any = None,
+                 name: str = SERVER_NAME, addresses: Sequence[str] = (SERVER4, SERVER6)) -> None:
         from cryptography.hazmat.primitives import serialization
 
         from tinspect.layers.tls.ca import CertificateAuthority, LeafCertificates
 
         workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
         if authority is None:
             authority = CertificateAuthority.generate(workdir / "server-ca", common_name=common_name)
-        cert, key = LeafCertificates(authority).get_cryptography(SERVER_NAME, [SERVER4, SERVER6])
+        self.authority = authority
+        cert, key = LeafCertificates(authority).get_cryptography(name, list(addresses))
         self.chain = workdir / "server-chain.pem"
         self.chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + authority.cert_pem)
         self.key = workdir / "server-key.pem"

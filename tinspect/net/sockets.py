@@ -200,14 +200,26 @@ def recv_with_orig_dst(
 
 
 def raise_fd_limit(wanted: int) -> tuple[int, int]:
-    """Raise this process's soft limit on open files towards ``wanted`` (never
-    above the hard limit, never lower than it is); returns ``(soft, hard)``
-    after. A proxy needs two descriptors per proxied connection, and the
-    usual soft limit of 1024 would cut it off at about 500.
+    """Raise this process's limit on open files towards ``wanted`` (never lower
+    than it is); returns ``(soft, hard)`` after. A proxy needs two descriptors
+    per proxied connection, and the usual soft limit of 1024 would cut it off
+    at about 500.
+
+    The soft limit goes up to the hard one. When ``wanted`` is above the hard
+    limit too, the hard limit is raised with it if the process may
+    (CAP_SYS_RESOURCE: twistd before it drops root, up to ``fs.nr_open``);
+    otherwise the soft limit stops at the hard one.
     """
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and wanted > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+        except (ValueError, OSError):
+            pass  # not privileged, or above fs.nr_open: the hard limit stays
+        else:
+            return wanted, wanted
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

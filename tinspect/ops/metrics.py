@@ -9,9 +9,14 @@ certificate cache) from the context when scraped.
 Latency histograms (`Histogram`) are filled by the HTTP layers per
 exchange, and only once `Metrics.measure` gave them a `Metrics.clock`
 (``--metrics``): with metrics off a layer pays one ``is not None`` test per
-exchange and reads no clock. TLS handshakes are counted by the creators in
-`tinspect.layers.tls.handshake` (``handshakes`` on each side's owner) and
-read here when scraped, as the leaf cache is.
+exchange and reads no clock. What is counted per unit (each tap's time, the
+payload bytes) is counted by wrappers made here (`Metrics.timed`,
+`Metrics.counted`) that the tap chain puts in place only once `Metrics.measure`
+was given it: with metrics off no code of this module runs per unit, and the
+chain makes no test for it either (tests/ops/test_metrics.py checks this).
+TLS handshakes are counted by the creators in `tinspect.layers.tls.handshake`
+(``handshakes`` on each side's owner) and read here when scraped, as the leaf
+cache is.
 
 Flow errors are grouped by kind (`error_kind`): the first words of the
 reason a layer gave, mapped to a short label, so that the label set stays
@@ -22,13 +27,18 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from collections import Counter
 from typing import Any, Callable
 
-__all__ = ["Histogram", "LATENCY_BUCKETS", "Metrics", "error_kind", "process_usage"]
+from tinspect.units import Direction, Unit
+
+__all__ = ["Histogram", "LATENCY_BUCKETS", "TAP_BUCKETS", "Metrics", "error_kind", "process_usage"]
 
 # Upper bounds, seconds: from a loopback answer (1 ms) to a slow origin (a minute).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A tap's handle per unit: from a counter's bump (a few microseconds) to a blocking mistake (a second).
+TAP_BUCKETS = (5e-06, 1e-05, 2.5e-05, 5e-05, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 
 # Reason prefix -> kind label; the first match wins, so longer prefixes first.
 _KINDS = (
@@ -73,17 +83,17 @@ class Histogram:
 
     def observe(self, value: str, amount: float) -> None:
         """Count ``amount`` (seconds) under the label ``value``."""
+        series = self.of(value)
+        series[0][bisect_left(self.buckets, amount)] += 1  # the first bound >= amount; past the last: +Inf
+        series[1] += amount
+
+    def of(self, value: str) -> list:
+        """The series of the label ``value`` (made empty if new): ``[counts, sum]``, for a
+        caller that observes in a loop of its own (`Metrics.timed`)."""
         series = self.series.get(value)
         if series is None:
             series = self.series[value] = [[0] * (len(self.buckets) + 1), 0.0]
-        counts = series[0]
-        for i, bound in enumerate(self.buckets):
-            if amount <= bound:
-                counts[i] += 1
-                break
-        else:
-            counts[-1] += 1
-        series[1] += amount
+        return series
 
     def samples(self, name: str) -> list[str]:
         """The exposition lines of the family ``name``: cumulative ``_bucket``
@@ -118,15 +128,49 @@ class Metrics:
         self.clock: Callable[[], float] | None = None
         self.first_byte = Histogram("protocol")  # request head in -> response head back, per protocol
         self.response = Histogram("protocol")  # request head in -> response complete, per protocol
+        self.tap_time = Histogram("tap", TAP_BUCKETS)  # one tap's handle, per unit (synchronous part), per tap
+        # Delivered units' payload, per direction: a one-item list each, which `counted` binds
+        # (an Enum key would cost a Python-level __hash__ per unit).
+        self.payload_bytes = {Direction.TO_SERVER: [0], Direction.TO_CLIENT: [0]}
         # QUIC (tinspect/layers/udp.py): connections by version label, Initials unreadable by reason kind.
         self.quic_seen = Counter()
         self.quic_passed = Counter()
         self.quic_refused = Counter()
         self.quic_unreadable = Counter()
 
-    def measure(self) -> None:
-        """Time exchanges from now on (``--metrics``)."""
+    def measure(self, chain: Any = None) -> None:
+        """Time exchanges from now on (``--metrics``), and the taps and payload of
+        ``chain`` (a `tinspect.chain.TapChain`: `TapChain.measure` with this registry)."""
         self.clock = time.perf_counter
+        if chain is not None:
+            chain.measure(self)
+
+    def timed(self, name: str, handle: Callable[[Unit, Any], Any]) -> Callable[[Unit, Any], Any]:
+        """``handle`` (a tap's), timed into `tap_time` under ``name``: two clock reads
+        and a bisection per unit, only in chains that `TapChain.measure` was given this."""
+        series = self.tap_time.of(name)
+        counts, bounds, clock = series[0], self.tap_time.buckets, time.perf_counter
+
+        def timed(unit: Unit, flow: Any) -> Any:
+            started = clock()
+            try:
+                return handle(unit, flow)
+            finally:
+                spent = clock() - started
+                counts[bisect_left(bounds, spent)] += 1
+                series[1] += spent
+
+        return timed
+
+    def counted(self, direction: Direction, deliver: Callable[[Unit], None]) -> Callable[[Unit], None]:
+        """An arm's ``deliver`` that adds each unit's payload to `payload_bytes` first."""
+        total = self.payload_bytes[direction]
+
+        def counted(unit: Unit) -> None:
+            total[0] += unit.size
+            deliver(unit)
+
+        return counted
 
     def flow_closed(self, protocol: str, error: str | None) -> None:
         self.flows[protocol] += 1
@@ -171,10 +215,15 @@ class Metrics:
              "Seconds from a request's head to its response's head, by protocol (http1, h2, websocket)."),
             ("tinspect_http_response_seconds", self.response,
              "Seconds from a request's head to the end of its response, by protocol (http1, h2, websocket)."),
+            ("tinspect_tap_seconds", self.tap_time,
+             "Seconds in one tap's handle per unit (its synchronous part), by tap."),
         ):
             out.append(f"# HELP {name} {help_text}")
             out.append(f"# TYPE {name} histogram")
             out += histogram.samples(name)
+        family("tinspect_payload_bytes_total", "counter",
+               "Payload bytes (bodies, messages, raw data) delivered, by direction (counted with --metrics).",
+               [(f'{{direction="{d.value}"}}', n) for d, (n,) in self.payload_bytes.items()])
         tls = ctx.tls
         if getattr(tls, "client_facing", None) is not None:
             family("tinspect_tls_handshakes_total", "counter",
@@ -183,12 +232,6 @@ class Metrics:
                     for side, owner in (("client", tls.client_facing), ("upstream", tls.upstream))
                     for (outcome, version, alpn), n in sorted(owner.handshakes.items())])
         chain = ctx.chain
-        if chain.measuring:
-            family("tinspect_payload_bytes_total", "counter",
-                   "Payload bytes (bodies, messages, raw data) delivered, by direction.",
-                   [(f'{{direction="{d.value}"}}', n) for d, n in chain.payload_bytes.items()])
-            family("tinspect_tap_seconds_total", "counter", "Seconds spent in each tap's handle (synchronous part).",
-                   [(f'{{tap="{_escape(name)}"}}', float(round(t, 6))) for name, t in chain.tap_seconds.items()])
         # QUIC: every connection is counted seen, then passed or refused.
         family("tinspect_quic_connections_total", "counter", "QUIC connections seen, by version.",
                _labelled("version", self.quic_seen))
@@ -205,12 +248,15 @@ class Metrics:
                    [("", leaves.hits)])
             family("tinspect_leaf_cache_misses_total", "counter", "Leaf certificates minted.",
                    [("", leaves.misses)])
-        tapped: dict[str, list] = {}  # what taps count (`Tap.metrics`), summed by name
+        tapped: dict[str, list] = {}  # what taps count (`Tap.metrics`): name -> [type, help, {labels: sum}]
         for tap in chain.taps:
-            for name, kind, help_text, value in tap.metrics():
-                tapped.setdefault(name, [kind, help_text, 0])[2] += value
-        for name, (kind, help_text, value) in tapped.items():
-            family(name, kind, help_text, [("", value)])
+            for sample in tap.metrics():
+                name, kind, help_text, value = sample[:4]
+                labels = _label_set(sample[4]) if len(sample) > 4 else ""
+                values = tapped.setdefault(name, [kind, help_text, {}])[2]
+                values[labels] = values.get(labels, 0) + value
+        for name, (kind, help_text, values) in tapped.items():
+            family(name, kind, help_text, sorted(values.items()))
         rss, fds = process_usage()
         if rss is not None:
             family("process_resident_memory_bytes", "gauge", "Resident memory of the proxy's processes, bytes.",
@@ -231,6 +277,11 @@ def process_usage() -> tuple[int | None, int | None]:
     except OSError:
         pass
     return rss, fds
+
+
+def _label_set(labels: dict[str, str]) -> str:
+    """``{a="1",b="2"}`` for a tap's labels, in its order (empty for none)."""
+    return "{" + ",".join(f'{key}="{_escape(str(value))}"' for key, value in labels.items()) + "}" if labels else ""
 
 
 def _labelled(label: str, counts: Counter) -> list[tuple[str, int]]:

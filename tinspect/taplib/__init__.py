@@ -19,6 +19,8 @@ in ``taps/`` do::
 * `cacheable`, `cache_key`, `CACHE_PATTERNS`, `CACHE_EXCLUDE` and `CACHE_KEY`
   say which URLs a cache keeps and under which key: a digest the URL names,
   or the URL (`tinspect.taplib.cachekeys`, sans-IO);
+* `follow_redirect`, `Redirect`, `REDIRECT_STATUSES` and `MAX_REDIRECTS` say which redirects
+  a cache follows itself, and where to (`tinspect.taplib.redirects`, sans-IO);
 * `on_sighup` registers a callback to reload something on ``kill -HUP``
   (`tinspect.ops.signals`).
 
@@ -33,6 +35,7 @@ from tinspect.taplib.filtering import ALLOW, BLOCK, PASSTHROUGH, Decision, Rules
 from tinspect.taplib.har import convert, encode_body
 from tinspect.taplib.jsonlog import JsonLinesLog
 from tinspect.taplib.loader import directions, flag
+from tinspect.taplib.redirects import MAX_REDIRECTS, REDIRECT_STATUSES, Redirect, follow_redirect
 
 __all__ = [
     "flag",
@@ -52,4 +55,8 @@ __all__ = [
     "CACHE_PATTERNS",
     "CACHE_EXCLUDE",
     "CACHE_KEY",
+    "follow_redirect",
+    "Redirect",
+    "REDIRECT_STATUSES",
+    "MAX_REDIRECTS",
 ]

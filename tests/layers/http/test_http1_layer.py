@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 
 from tests.memnet import Record, describe
 from tinspect.chain import Tap
+from tinspect.headers import Headers
 from tinspect.layers.dispatch import Sniffer
 from tinspect.layers.http.explicit import ProxyAuth
 from tinspect.layers.raw import RawRelay
@@ -797,6 +798,24 @@ def test_upstream_refused_before_the_client_spoke_still_gets_a_502(make_net):
     assert net.leftovers() == CLEAN
 
 
+def test_a_connect_refused_before_the_request_is_one_attempt_counted_once(make_net):
+    """The request after a refused connect at accept is answered with that refusal, not connected
+    again: one dial, one upstream connect failure; the next request on the connection dials anew."""
+    net = make_net()
+    c = net.transparent()
+    net.pending()[0].refuse()
+    c.send(get())
+    assert c.take() == page(502, b"Bad Gateway", b"cannot reach 192.0.2.10:80: connection refused")
+    assert len(net.dials) == 1 and net.ctx.metrics.connect_failures == {"refused": 1}
+    c.send(get(b"/again"))
+    (dial,) = net.pending()
+    dial.refuse()
+    assert c.take() == page(502, b"Bad Gateway", b"cannot reach 192.0.2.10:80: connection refused")
+    assert len(net.dials) == 2 and net.ctx.metrics.connect_failures == {"refused": 2}
+    c.eof()
+    assert net.leftovers() == CLEAN
+
+
 def test_connect_timeout_gives_a_504(make_net):
     """No answer to the connect within connect_timeout: a 504 page, and not a moment before."""
     net = make_net(connect_timeout=3)
@@ -1369,3 +1388,65 @@ def test_client_leaving_while_sniffing_cancels_everything(make_net):
     c.close()
     assert dial.cancelled
     assert net.leftovers() == CLEAN
+
+
+# ---------------------------------------------------------------------------
+# A request a tap sends in place of a whole response
+# ---------------------------------------------------------------------------
+
+
+class Follow(Tap):
+    """Answers a whole 302 with a GET of its Location path at 192.0.2.20 (as the cache follows redirects)."""
+
+    kinds = (Response,)
+    whole_bodies = True
+
+    def handle(self, unit, flow):
+        if unit.status != 302:
+            return unit
+        return Request("GET", unit.headers["location"], Headers([(b"Host", b"cdn.example")]), authority="cdn.example",
+                       body=b"", destination=("192.0.2.20", 80))
+
+
+def test_a_request_a_tap_sends_for_a_whole_response_is_answered_in_its_place(make_net):
+    """The 302 never reaches the client: the tap's GET goes to its own destination and the client gets its 200,
+    on the same exchange, and the connection carries on."""
+    net = make_net([Follow()])
+    c, s = transparent(net)
+    c.send(get(b"/blob"))
+    assert s.take() == get(b"/blob")
+    s.send(b"HTTP/1.1 302 Found\r\nLocation: /signed?x=1\r\nContent-Length: 5\r\n\r\nmoved")
+    (_, dial) = net.dials
+    assert dial.dst == ("192.0.2.20", 80)
+    cdn = dial.accept()
+    assert cdn.take() == b"GET /signed?x=1 HTTP/1.1\r\nHost: cdn.example\r\n\r\n"
+    assert c.take() == b""
+    cdn.send(ok(b"layer"))
+    assert c.take() == ok(b"layer")
+    c.send(get(b"/next"))
+    assert len(net.dials) == 3  # the CDN's connection does not serve the flow's own destination
+    net.dials[2].accept().send(ok())
+    assert c.take() == ok()
+
+
+class FollowTooEarly(Tap):
+    """Answers a 302's head, its body still to come, with a request: the layer cannot take that."""
+
+    kinds = (Response,)
+
+    def handle(self, unit, flow):
+        if unit.status == 302 and unit.body is None:
+            return Request("GET", "/elsewhere", authority="cdn.example", body=b"", destination=("192.0.2.20", 80))
+        return unit
+
+
+def test_a_request_for_a_response_still_streaming_fails_the_flow_closed(make_net):
+    """Only a whole response can be replaced by a request: otherwise the tap broke the contract, and the client
+    gets a 502 page, not the server's half-read answer."""
+    net = make_net([FollowTooEarly()])
+    c, s = transparent(net)
+    c.send(get(b"/blob"))
+    s.take()
+    s.send(b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 5\r\n\r\nmo")
+    assert c.take().startswith(b"HTTP/1.1 502 ")
+    assert len(net.dials) == 1

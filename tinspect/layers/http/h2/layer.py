@@ -419,9 +419,18 @@ class H2Layer:
             st = self._stream_of(unit)
             if st is None or st.answered:
                 return
+            other_host = False
+            if st.response is not None:
+                # A tap answered the server's whole response with this request (a redirect it
+                # follows itself): it goes in that one's place, on a new upstream stream; to
+                # another host over a connection of its own, verified for that host.
+                if st.response_started or unit.body is None or not st.request_done:
+                    raise RuntimeError("taps can only send a whole request in place of a whole response")
+                other_host = unit.host != st.request.host
+                st.response = st.resp_trailers = st.up_id = None
             st.request = unit
             route = unit.destination
-            if route is not None and route != self.flow.dst:
+            if route is not None and (route != self.flow.dst or other_host):
                 st.via = self._route(route, unit.scheme)
             elif self._upstream_error is not None:
                 self._answer(st, error_page(502, f"upstream {format_addr(self.flow.dst)}: {self._upstream_error}", unit))

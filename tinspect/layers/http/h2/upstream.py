@@ -597,7 +597,8 @@ class H1Upstreams:
         """``st``'s response ended: the connection is free again."""
         if self.busy.get(up) is st:
             del self.busy[up]
-        st.h1 = None
+        if st.h1 is up:  # else a tap already sent the stream a new request (over another connection)
+            st.h1 = None
         if up.leg is not None:
             up.leg.resume(PauseReason.ALL)
         if up.usable and not up.writer.streaming:

@@ -225,8 +225,9 @@ class Http1Layer:
         # idle_timeout holds a response (and an upstream) no longer.
         self._stalled = Deadline(ctx.reactor, self._client_stalled)
         client.transport.registerProducer(UpstreamPauser(self), True)
+        self._early: Http1Upstream | None = None  # the connect made at accept, until the first request
         if upstream is not None:
-            up = self.upstream = Http1Upstream(self, flow.dst, upstream.shell)
+            up = self.upstream = self._early = Http1Upstream(self, flow.dst, upstream.shell)
             up.connecting = upstream.connecting
             if upstream.transport is not None:
                 up.server_connected(upstream.transport)
@@ -404,6 +405,9 @@ class Http1Layer:
                 up.write(up.writer.end(unit.trailers.fields if unit.trailers else None))
                 self._await_response(ex)
         elif kind is Request:
+            if ex is not None and ex.sent and not ex.answered and ex.response_submitted and not ex.response_started:
+                self._send_instead(ex, unit)
+                return
             if ex is None or ex.sent or ex.answered:
                 raise RuntimeError("taps can only pass the current request on an HTTP/1.1 connection")
             self._send_request(ex, unit)
@@ -428,6 +432,15 @@ class Http1Layer:
             self._answer(ex, _loop_page(dst, req))
             return
         up = self.upstream
+        if up is not None and up is self._early:
+            self._early = None
+            if up.failure is not None and up.dst == dst:
+                # The connect made at accept for this request failed before the request came:
+                # answer with its failure, as when it fails after, rather than connect again
+                # (one attempt, counted once in tinspect_upstream_connect_failures_total).
+                ex.upstream = up
+                self.upstream_failed(up, up.failure)
+                return
         if up is None or not up.usable or up.dst != dst:
             if up is not None:
                 up.close()
@@ -452,6 +465,27 @@ class Http1Layer:
         up.write_parts(parts)
         if req.body is not None:
             self._await_response(ex)
+
+    def _send_instead(self, ex: _Exchange, req: Request) -> None:
+        """A tap answered the server's whole response with ``req`` (a redirect it follows
+        itself): send that in its place; the client gets the answer to it."""
+        up = ex.upstream
+        if req.body is None or not ex.request_done or ex.switching or (up is not None and up.message is not None):
+            raise RuntimeError("taps can only send a whole request in place of a whole response")
+        try:
+            dst = self._destination(req)
+        except ValueError as e:
+            self._answer(ex, error_page(400, str(e), req))
+            return
+        if self.ctx.loops(dst):
+            self._answer(ex, _loop_page(dst, req))
+            return
+        ex.response_submitted = False
+        if up is not None and up is self.upstream and req.host != ex.request.host:
+            # Another host, even at the same address: a connection of its own, its TLS verified for it.
+            up.close()
+            self._forget_upstream()
+        self._send_request(ex, req)
 
     # -- upstream events ------------------------------------------------------
 
