@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, client_run
-from tinspect.lab.netlab import PARENT4, SERVER6_NAME, SERVER_NAME, Lab, remove_stale_labs
+from tinspect.lab.netlab import PARENT4, SERVER6, SERVER_NAME, Lab, remove_stale_labs
 
 pytestmark = pytest.mark.netns
 
@@ -195,10 +195,11 @@ def test_squid_407_to_requests_translated_from_h2_gives_a_page_naming_the_parent
 
 def test_socks5_resolves_an_ipv6_only_name_at_the_gateway(lab, pki, https, proxy):
     """socks5:// (names resolved by the gateway): a name with only an IPv6 address reaches the server."""
+    lab.add_host("server6.test", SERVER6)
     start_microsocks(lab)
     proxy(["--listen", EXPLICIT, "--allow-clients", "192.0.2.0/24", "--upstream-proxy", f"socks5://{PARENT4}:1080"],
           wait=[(3128, "tcp")])
-    assert curl(lab, pki, "--proxy", "http://192.0.2.1:3128", f"http://{SERVER6_NAME}/") == ("200", "hello tls\n")
+    assert curl(lab, pki, "--proxy", "http://192.0.2.1:3128", "http://server6.test/") == ("200", "hello tls\n")
 
 
 def test_squid_with_basic_auth_through_the_explicit_proxy(lab, pki, https, proxy, workdir):

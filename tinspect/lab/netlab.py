@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "ServerPKI", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4", "PARENT4", "PARENT6", "SERVER_NAME", "SERVER6_NAME"]
+__all__ = ["Lab", "LabError", "Nginx", "ProxyProcess", "ServerPKI", "remove_stale_labs", "CLIENT4", "SERVER4", "CLIENT6", "SERVER6", "GW_CLIENT4", "GW_SERVER4", "PARENT4", "PARENT6"]
 
 CLIENT4, GW_CLIENT4, GW_SERVER4, SERVER4 = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 CLIENT6, GW_CLIENT6, GW_SERVER6, SERVER6 = "2001:db8:1::2", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:2::2"
@@ -36,7 +36,6 @@ GW_PARENT4, PARENT4, GW_PARENT6, PARENT6 = "203.0.113.1", "203.0.113.2", "2001:d
 
 PREFIX = "tinspect-"
 SERVER_NAME = "server.test"  # resolves to the server in every lab namespace (RFC 6761 .test)
-SERVER6_NAME = "server6.test"  # the server's IPv6 address only
 _NETNS_ETC = Path("/etc/netns")
 _counter = itertools.count(1)
 
@@ -257,14 +256,12 @@ class Lab:
 def _write_etc(ns: str) -> None:
     """Name resolution inside a namespace, which ``ip netns exec`` mounts over
     /etc: ``server.test`` is the lab server, and DNS goes to the namespace's
-    own loopback, where nothing answers, so no lookup ever leaves the lab.
-    ``server6.test`` is the server by its IPv6 address only."""
+    own loopback, where nothing answers, so no lookup ever leaves the lab."""
     etc = _NETNS_ETC / ns
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
     (etc / "hosts").write_text(
         f"127.0.0.1 localhost\n::1 localhost\n{SERVER4} {SERVER_NAME}\n{SERVER6} {SERVER_NAME}\n"
-        f"{SERVER6} {SERVER6_NAME}\n"
     )
 
 
