@@ -612,3 +612,108 @@ async def test_connect_from_binds_a_transparent_socket_to_the_given_source():
         client.transport.abortConnection()
     finally:
         await port.stopListening()
+
+
+# -- 9. Twisted's TLS over a transport that is TLS already -------------------------
+
+
+def test_a_tls_protocol_built_not_to_connect_its_protocol_leaves_it_alone():
+    """``TLSMemoryBIOFactory.protocol(factory, wrapped, False)``, as Twisted's startTLS builds it, neither
+    connects ``wrapped`` nor becomes its transport, and sends its ClientHello to the transport given."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    factory = TLSMemoryBIOFactory(CertificateOptions(), True, None)
+    wrapped = Protocol()
+    made = []
+    wrapped.makeConnection = made.append
+    tls = factory.protocol(factory, wrapped, False)
+    under = StringTransport()
+    tls.makeConnection(under)
+    assert made == [] and wrapped.transport is None, \
+        changed("twisted", "a TLS protocol built with _connectWrapped=False connected its protocol")
+    assert tls.wrappedProtocol is wrapped and under.value()[:1] == b"\x16", \
+        changed("twisted", "the TLS protocol no longer writes its ClientHello to the transport it was given")
+
+
+class _Handshakes(_Peer):
+    """A `_Peer` that counts the handshakes it hears of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handshakes = 0
+
+    def handshakeCompleted(self) -> None:
+        self.handshakes += 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_in_tls_carries_a_second_handshake_inside_the_first(server_tls):
+    """`TLSInTLS` over a loopback TLS connection: startTLS on it runs a second handshake inside the
+    first (the application hears of each), and bytes cross, encrypted twice, both ways."""
+    from twisted.internet.endpoints import SSL4ClientEndpoint, SSL4ServerEndpoint
+
+    server = _Handshakes()
+    port = await SSL4ServerEndpoint(reactor, 0, server_tls, interface="127.0.0.1").listen(
+        Factory.forProtocol(lambda: compat.TLSInTLS(server, client=False)))
+    client = _Handshakes()
+    try:
+        await SSL4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, CertificateOptions()).connect(
+            Factory.forProtocol(lambda: compat.TLSInTLS(client, client=True)))
+        for _ in range(500):
+            if client.handshakes and server.handshakes:
+                break
+            await turn()
+        assert (client.handshakes, server.handshakes) == (1, 1), "the outer handshake was not passed on"
+        server.transport.startTLS(server_tls)
+        client.transport.startTLS(CertificateOptions())
+        compat.fast_write(client.transport, b"ping")
+        await _received(server, b"ping")
+        server.transport.write(b"pong")
+        await _received(client, b"pong")
+        inner = client.transport.protocol
+        assert isinstance(inner, TLSMemoryBIOProtocol) and inner.wrappedProtocol is client
+        assert inner.getHandle() is client.transport.getHandle() and compat.tls_started(client.transport)
+        assert (client.handshakes, server.handshakes) == (2, 2)
+    finally:
+        client.transport.abortConnection()
+        await port.stopListening()
+
+
+# -- 10. Twisted's ssl: server endpoint ----------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ssl_endpoint_makes_its_connections_from_the_context_server_tls_context_gives(tmp_path):
+    """``serverFromString("ssl:...")`` is an ``SSL4ServerEndpoint`` whose connections are all made from
+    one cached context: the one `server_tls_context` returns."""
+    from cryptography.hazmat.primitives import serialization
+    from OpenSSL import SSL
+    from twisted.internet.endpoints import SSL4ClientEndpoint, serverFromString
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "compat.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    endpoint = serverFromString(reactor, f"ssl:0:interface=127.0.0.1:privateKey={pem}")
+    context = compat.server_tls_context(endpoint)
+    assert isinstance(context, SSL.Context), changed("twisted", f"an ssl: endpoint's context is a {type(context)}")
+    assert compat.server_tls_context(endpoint) is context, changed("twisted", "the ssl: endpoint's context is not cached")
+    server = _Peer()
+    port = await endpoint.listen(Factory.forProtocol(lambda: server))
+    try:
+        client = _Peer()
+        await connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port, CertificateOptions()),
+                              client)
+        await server.made
+        assert server.transport.getHandle().get_context() is context, \
+            changed("twisted", "an ssl: endpoint's connections are not made from its cached context")
+        client.transport.abortConnection()
+    finally:
+        await port.stopListening()
+    with pytest.raises(TypeError):
+        compat.server_tls_context(TCP4ServerEndpoint(reactor, 0))

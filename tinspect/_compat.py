@@ -57,6 +57,21 @@ against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
    client's address, which is not the gateway's), and the endpoints'
    ``_WrappingFactory`` turns the connect into a cancellable Deferred as
    ``TCP4ClientEndpoint.connect`` does.
+9. Twisted's TLS layering, over a transport that is TLS already (`TLSInTLS`).
+   ``startTLS`` exists on TCP transports only; a tunnel through an
+   ``https://`` parent and a client of the HTTPS proxy listener run over a
+   ``TLSMemoryBIOProtocol``. `TLSInTLS` adds a second one the way
+   ``twisted.internet._newtls.startTLS`` adds the first: a
+   ``TLSMemoryBIOProtocol`` built with ``_connectWrapped=False`` (the
+   application protocol is connected already and must not hear
+   ``connectionMade`` again), the producer moved over to it, ``TLS`` set and
+   the TLS protocol in ``protocol``, which `replay_into_tls` feeds.
+10. Twisted's ``ssl:`` server endpoint (`server_tls_context`).
+   ``SSL4ServerEndpoint`` keeps its context factory in ``_sslContextFactory``,
+   whose ``getContext()`` (``CertificateOptions`` caches it) is the one
+   ``SSL.Context`` all the endpoint's connections are made from; pyOpenSSL
+   refuses to change a context once a connection was made from it, so what
+   is set on it is set before the endpoint listens.
 
 autobahn is imported only by the functions that need it (the WebSocket
 layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
@@ -73,7 +88,11 @@ from h2.events import ConnectionTerminated
 from hyperframe.frame import DataFrame, GoAwayFrame
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import _WrappingFactory
+from twisted.internet.endpoints import SSL4ServerEndpoint, _WrappingFactory
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITLSTransport
+from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import alsoProvides, implementer
 
 from tinspect.net.sockets import make_transparent
 
@@ -89,6 +108,8 @@ __all__ = [
     "quiet_autobahn_colours",
     "AutobahnSide",
     "connect_from",
+    "TLSInTLS",
+    "server_tls_context",
 ]
 
 
@@ -313,3 +334,137 @@ def connect_from(reactor: Any, host: str, port: int, factory: Any, timeout: floa
     wrapping = _WrappingFactory(factory)
     _TransparentConnector(host, port, wrapping, timeout, (source, 0), reactor).connect()
     return wrapping._onConnection
+
+
+# -- 9. Twisted's TLS over a transport that is TLS already ------------------------
+
+
+@implementer(ITLSTransport, IHandshakeListener)
+class TLSInTLS(Protocol):
+    """Between a TLS transport and the protocol using it: that protocol's
+    transport, on which ``startTLS`` works as on TCP, adding TLS inside the TLS.
+
+    Theory of operation: the outer transport (an ``https://`` parent's TLS, the
+    HTTPS proxy listener's) delivers its plaintext here; until ``startTLS`` it
+    goes on to ``wrapped``, whose calls (``write``, ``loseConnection``, the
+    producer ones) go straight to the outer transport. ``startTLS`` puts a
+    ``TLSMemoryBIOProtocol`` between the two, as Twisted's own does on TCP: it
+    reads what the outer transport delivers and writes its records to it, and
+    ``wrapped`` talks to it, through this same object, from then on (the
+    layers keep the transport they were given). The outer transport is TLS from
+    the start, so ``TLS`` is set from the start: TLS cannot half-close
+    (`tinspect.layers.raw.Leg.shut_write` closes instead).
+
+    Args:
+        wrapped: the protocol that gets this object as its transport.
+        client: whether TLS started here is a client's (towards a server) or a
+            server's (towards a client).
+    """
+
+    TLS = True
+    protocol: Any = None  # the inner TLSMemoryBIOProtocol once startTLS was called
+
+    def __init__(self, wrapped: Any, client: bool) -> None:
+        self.wrapped = wrapped
+        self._client = client
+        self._producer: tuple[Any, bool] | None = None
+
+    # -- the outer transport's protocol --
+
+    def connectionMade(self) -> None:
+        self.wrapped.makeConnection(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        (self.protocol or self.wrapped).dataReceived(data)
+
+    def handshakeCompleted(self) -> None:
+        # The outer handshake; the inner TLS protocol tells ``wrapped`` of its own.
+        if self.protocol is None and IHandshakeListener.providedBy(self.wrapped):
+            self.wrapped.handshakeCompleted()
+
+    def connectionLost(self, reason: Any) -> None:
+        (self.protocol or self.wrapped).connectionLost(reason)
+
+    # -- the wrapped protocol's transport --
+
+    def startTLS(self, contextFactory: Any, normal: bool = True) -> None:
+        """Start TLS inside the outer TLS (``normal``: in this object's ``client`` role)."""
+        if self.protocol is not None:
+            raise RuntimeError("TLS inside this transport is started already")
+        producer = self._producer
+        if producer is not None:
+            self.unregisterProducer()
+        client = self._client if normal else not self._client
+        factory = TLSMemoryBIOFactory(contextFactory, client, None)
+        self.protocol = tls = factory.protocol(factory, self.wrapped, False)
+        alsoProvides(self, ISSLTransport)
+        tls.makeConnection(self.transport)
+        if producer is not None:
+            self.registerProducer(*producer)
+
+    def write(self, data: bytes) -> None:
+        (self.protocol or self.transport).write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        (self.protocol or self.transport).writeSequence(data)
+
+    def loseConnection(self) -> None:
+        (self.protocol or self.transport).loseConnection()
+
+    def abortConnection(self) -> None:
+        (self.protocol or self.transport).abortConnection()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        (self.protocol or self.transport).registerProducer(producer, streaming)
+        self._producer = (producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        (self.protocol or self.transport).unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+    def getHandle(self) -> Any:
+        """The inner TLS connection once started, else the outer one."""
+        return (self.protocol or self.transport).getHandle()
+
+    def getPeerCertificate(self) -> Any:
+        return (self.protocol or self.transport).getPeerCertificate()
+
+    @property
+    def negotiatedProtocol(self) -> bytes | None:
+        """ALPN of the inner TLS once started, else of the outer one."""
+        return (self.protocol or self.transport).negotiatedProtocol
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(enabled)
+
+
+# -- 10. Twisted's ssl: server endpoint -------------------------------------------
+
+
+def server_tls_context(endpoint: Any) -> Any:
+    """The ``SSL.Context`` every connection of the ``ssl:`` server ``endpoint`` is made
+    from (to configure before it listens).
+
+    Raises:
+        TypeError: ``endpoint`` is not an ``ssl:`` one.
+    """
+    if not isinstance(endpoint, SSL4ServerEndpoint):
+        raise TypeError(f"not an ssl: endpoint: {endpoint!r}")
+    return endpoint._sslContextFactory.getContext()

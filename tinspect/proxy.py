@@ -55,10 +55,13 @@ class _PortService(Service):
     port: Any = None
     ctx: ProxyContext
 
-    def _bind(self, where: str, endpoint_text: str, factory: Any) -> tuple[str, int]:
-        """Listen on ``endpoint_text``; the bound address. ``where`` names the option in errors."""
+    def _bind(self, where: str, endpoint_text: str, factory: Any, prepare: Any = None) -> tuple[str, int]:
+        """Listen on ``endpoint_text``; the bound address. ``where`` names the option in errors;
+        ``prepare``, if given, is called with the endpoint before it listens."""
         try:
             endpoint = server_endpoint(self.ctx.reactor, endpoint_text)
+            if prepare is not None:
+                prepare(endpoint)
         except Exception as e:
             raise ListenError(f"{where}: bad endpoint: {e}") from None
         self.port = _now(endpoint.listen(factory), where)
@@ -82,7 +85,7 @@ class _TCPListener(_PortService):
         self.ctx = ctx
         self.spec = spec
         if spec.mode == "explicit":
-            self.factory = ExplicitProxyFactory(ctx, spec.text)
+            self.factory = ExplicitProxyFactory(ctx, spec.text, tls=spec.tls)
         else:
             destination = Destination(spec.mode, spec.dst)
             self.factory = TCPProxyFactory(ctx, spec.text, destination)
@@ -90,7 +93,8 @@ class _TCPListener(_PortService):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        address = self._bind(f"--listen {self.spec.text}", self.spec.endpoint, self.factory)
+        prepare = self.factory.prepare if isinstance(self.factory, ExplicitProxyFactory) else None
+        address = self._bind(f"--listen {self.spec.text}", self.spec.endpoint, self.factory, prepare)
         self._log.info("listening on {address} ({mode}) for {spec}", address=format_addr(address),
                        mode=self.spec.mode, spec=self.spec.text)
 

@@ -5,6 +5,7 @@ shows the client's own address), with curl through TPROXY and the explicit proxy
 from __future__ import annotations
 
 import datetime
+import re
 import subprocess
 import sys
 
@@ -215,19 +216,38 @@ def https_proxy(lab, proxy, pki, tmp_path):
 
 
 def test_https_proxy_listener_carries_plain_http_and_connect(lab, https, https_proxy, pki):
-    """curl --proxy https://: an http:// request is decoded by the taps; an https:// one tunnels (untouched,
-    as TLS inside the listener's TLS cannot be intercepted) and curl verifies the real server."""
+    """curl --proxy https://: an http:// request is decoded by the taps, and so is an https:// one: the TLS
+    of its CONNECT tunnel, inside the listener's TLS, is intercepted (curl trusts our CA for the server)."""
     p = https_proxy()
     via = ["--proxy", f"https://{GW_CLIENT4}:3129", "--proxy-cacert", str(pki["ours"])]
     plain = curl(lab, *via, f"http://{SERVER_NAME}/index.html")
     assert plain.returncode == 0, plain.stderr + p.log()
     assert plain.stdout == "hello tls\n"
-    tunnel = curl(lab, *via, "--cacert", str(pki["server_ca"]), f"https://{SERVER_NAME}/")
+    tunnel = curl(lab, *via, "--http1.1", "--cacert", str(pki["ours"]), f"https://{SERVER_NAME}/")
     assert tunnel.returncode == 0, tunnel.stderr + p.log()
     assert tunnel.stdout == "hello tls\n"
+    h2 = curl(lab, *via, "--http2", "--cacert", str(pki["ours"]), "-w", "%{http_version}", f"https://{SERVER_NAME}/")
+    assert h2.returncode == 0 and h2.stdout == "hello tls\n2", h2.stderr + p.log()
     wait_log(p, r"flow \d+ to_server request GET http://server\.test/index\.html")
-    log = wait_log(p, r"flow \d+: TLS for server\.test inside the proxy listener's own TLS is passed through")
+    wait_log(p, r"flow \d+: TLS intercepted for server\.test \(TLSv1\.3, ALPN http/1\.1\)")
+    wait_log(p, r"flow \d+: TLS intercepted for server\.test \(TLSv1\.3, ALPN h2\)")
+    log = wait_log(p, r"(?s)(flow \d+ to_server request GET https://server\.test/ .*){2}")
+    assert len(re.findall(r"flow \d+ to_server request GET https://server\.test/ ", log)) == 2, log
     assert "Traceback" not in log, log
+
+
+def test_https_proxy_listener_refuses_a_client_offering_only_h2(lab, https, https_proxy, pki):
+    """A client offering only h2 over ALPN gets a no_application_protocol alert and a log line naming it;
+    one offering h2 and http/1.1 gets http/1.1."""
+    p = https_proxy()
+    only_h2 = lab.exec(lab.client, "openssl", "s_client", "-connect", f"{GW_CLIENT4}:3129", "-alpn", "h2",
+                       "-CAfile", str(pki["ours"]), check=False, input="", timeout=20)
+    assert only_h2.returncode != 0 and "no application protocol" in only_h2.stderr, only_h2.stderr + p.log()
+    both = lab.exec(lab.client, "openssl", "s_client", "-connect", f"{GW_CLIENT4}:3129", "-alpn", "h2,http/1.1",
+                    "-CAfile", str(pki["ours"]), check=False, input="", timeout=20)
+    assert "ALPN protocol: http/1.1" in both.stdout, both.stdout + both.stderr
+    log = wait_log(p, r"refusing TLS from 192\.0\.2\.2:\d+ on explicit@ssl:3129\S*: it offers h2 over ALPN")
+    assert "Traceback" not in log and "Unhandled" not in log, log
 
 
 def test_https_proxy_listener_requires_proxy_auth(lab, https, https_proxy, pki):

@@ -9,11 +9,13 @@ first) and lets the `Sniffer` choose the layer that carries the connection.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from typing import Any
+
+from OpenSSL import SSL
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from zope.interface import implementer
 
+from tinspect._compat import TLSInTLS, server_tls_context
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
 from tinspect.layers.dispatch import Sniffer
@@ -156,7 +158,6 @@ class TCPProxyFactory(_ListenerFactory):
         Sniffer(ctx, Handoff(flow, client, Upstream(shell, connecting=d), lambda: ctx.close_flow(flow)))
 
 
-@implementer(IProtocolNegotiationFactory)
 class ExplicitProxyFactory(_ListenerFactory):
     """Builds a `ClientConnection` per client of the explicit proxy.
 
@@ -164,22 +165,29 @@ class ExplicitProxyFactory(_ListenerFactory):
     first byte, so there is nothing to sniff: each connection is an
     `Http1Layer` in explicit mode (see `tinspect.layers.http.explicit`).
 
+    On an HTTPS proxy listener (``explicit@ssl:...``, ``tls``) the endpoint runs
+    TLS with the client first; each shell then gets a `TLSInTLS` as its
+    transport, so that the TLS of a CONNECT tunnel inside is intercepted as on
+    the plain listener, and ALPN selects ``http/1.1``: a client offering only
+    other protocols (``h2``) is refused with a ``no_application_protocol``
+    alert and a log line (the proxy speaks HTTP/1.1 to its clients).
+
     Args:
         ctx: the proxy context.
         listener: the listen spec, for logs.
+        tls: the endpoint is TLS (``ssl:``).
     """
 
     default_clients = LOCAL_NETWORKS  # not an open relay, whatever interface it listens on
 
-    def acceptableProtocols(self) -> list[bytes]:
-        """ALPN on an HTTPS proxy listener (``explicit@ssl:...``): the proxy speaks
-        HTTP/1.1. Twisted's ``ssl:`` endpoint asks its factory; without an answer it
-        selects nothing in a way OpenSSL turns into an ``internal_error`` alert."""
-        return [b"http/1.1"]
-
-    def __init__(self, ctx: ProxyContext, listener: str) -> None:
+    def __init__(self, ctx: ProxyContext, listener: str, tls: bool = False) -> None:
         self.ctx = ctx
         self.listener = listener
+        self.tls = tls
+
+    def buildProtocol(self, addr):
+        proto = super().buildProtocol(addr)
+        return TLSInTLS(proto, client=False) if self.tls else proto
 
     def start(self, client: ClientConnection) -> None:
         """A client connected: open its flow and speak HTTP."""
@@ -193,3 +201,40 @@ class ExplicitProxyFactory(_ListenerFactory):
             ctx.close_flow(flow)
             return
         Http1Layer(ctx, flow, client, lambda: ctx.close_flow(flow), explicit=True)
+
+    def prepare(self, endpoint: Any) -> None:
+        """Before listening on ``endpoint``: on an HTTPS proxy listener, make
+        ``_select_alpn`` the ALPN choice of its TLS context (one for all its
+        connections, which cannot change once one was made). Twisted's own choice,
+        when no offer is acceptable, selects an empty name, which OpenSSL answers
+        with an ``internal_error`` alert."""
+        if self.tls:
+            server_tls_context(endpoint).set_alpn_select_callback(self._select_alpn)
+
+    def _select_alpn(self, connection: Any, offers: list[bytes]) -> bytes:
+        if b"http/1.1" in offers:
+            return b"http/1.1"
+        peer = connection.get_app_data().getPeer()
+        shown = ", ".join(offer.decode("ascii", "replace") for offer in offers)
+        self._log.warn(
+            "refusing TLS from {client} on {listener}: it offers {offers} over ALPN and this HTTPS proxy "
+            "speaks http/1.1 (no_application_protocol alert)",
+            client=format_addr((normalize_host(peer.host), peer.port)), listener=self.listener, offers=shown,
+        )
+        # pyOpenSSL answers a failing callback with SSL_TLSEXT_ERR_ALERT_FATAL, which OpenSSL
+        # sends as no_application_protocol; the handshake then fails with this error.
+        raise NoApplicationProtocol(shown)
+
+
+class NoApplicationProtocol(SSL.Error):
+    """An HTTPS proxy listener's client offered no ALPN protocol the proxy speaks.
+
+    Its argument is an error queue as OpenSSL's errors carry one (``(library,
+    function, reason)`` entries), which is what Twisted reads of a failed handshake.
+
+    Args:
+        offers: the client's offers, for the reason.
+    """
+
+    def __init__(self, offers: str) -> None:
+        super().__init__([("SSL routines", "", f"no application protocol (the client offers only {offers})")])

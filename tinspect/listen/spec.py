@@ -45,6 +45,12 @@ class ListenSpec:
     endpoint: str
     dst: tuple[str, int] | None = None
 
+    @property
+    def tls(self) -> bool:
+        """Whether the endpoint speaks TLS to its clients first (``ssl:``): with the
+        explicit mode, an HTTPS proxy listener."""
+        return self.endpoint.split(":", 1)[0] == "ssl"
+
 
 @dataclass(frozen=True)
 class UDPSpec:

@@ -21,21 +21,18 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tinspect.context import ProxyContext
 from tinspect.layers.raw import start_tls
-from tinspect.net.parent import ParentRefused
-from tinspect.net.upstream import connect, connect_failure_kind, describe_failure
+from tinspect.net.upstream import UpstreamFactory, connect, connect_failure_kind, describe_failure
 
 __all__ = [
     "ClientConnection",
     "ServerConnection",
-    "UpstreamFactory",
     "ClientHandler",
     "ClientHandshakeHandler",
     "ServerHandler",
@@ -252,18 +249,6 @@ class ServerConnection(Protocol):
             self.handler.server_lost(reason)
 
 
-class UpstreamFactory(Factory):
-    """Connects one given `ServerConnection` (one factory per connect)."""
-
-    noisy = False
-
-    def __init__(self, shell: ServerConnection) -> None:
-        self.shell = shell
-
-    def buildProtocol(self, addr):
-        return self.shell
-
-
 def open_upstream(
     ctx: ProxyContext,
     dst: tuple[str, int],
@@ -296,15 +281,7 @@ def open_upstream(
     shell = ServerConnection(handler, connect_tls=tls, timings=timings)
     parent = ctx.parents.choose(dst[0]) if ctx.parents and not direct else None
     shell.parent = parent
-    parent_tls = None
-    if parent is not None and parent.scheme == "https":
-        if tls is not None:  # the tunnel is a TLS protocol already: no TLS inside it
-            refusal = ParentRefused(parent.display, "cannot carry TLS to the server through an https:// parent "
-                                                    "(use an http:// parent)")
-            d = deferLater(ctx.reactor, 0, _raise, refusal)  # failed later, as a connect fails
-            d.addErrback(lambda failure: shell.handler.server_failed(describe_failure(failure)))
-            return shell, d
-        parent_tls = _parent_tls(ctx, parent.host)
+    parent_tls = _parent_tls(ctx, parent.host) if parent is not None and parent.scheme == "https" else None
     source = client[0] if client is not None and ctx.settings.spoof_source else None
     d = connect(ctx.reactor, dst, UpstreamFactory(shell), ctx.settings.connect_timeout, parent, parent_tls, source)
     d.addErrback(_connect_failed, ctx, shell)
@@ -316,10 +293,6 @@ def _connect_failed(failure: Failure, ctx: ProxyContext, shell: ServerConnection
     if kind is not None:
         ctx.metrics.connect_failures[kind] += 1
     shell.handler.server_failed(describe_failure(failure))
-
-
-def _raise(error: Exception) -> None:
-    raise error
 
 
 def _parent_tls(ctx: ProxyContext, host: str) -> Any:

@@ -13,8 +13,10 @@ connection goes to the parent (over TLS for an ``https://`` one), and a
 `ParentTunnel` runs the CONNECT or SOCKS5 dialogue on it before the upstream
 protocol is built: that protocol gets the tunnel's transport as if it were a
 direct connection to the server (TLS with the server's SNI is started on it as
-on any other), and the tunnel only forwards events from then on. A parent that
-refuses fails the connect with a `ParentRefused` naming it and its answer.
+on any other; inside an ``https://`` parent's TLS, through
+`tinspect._compat.TLSInTLS`), and the tunnel only forwards events from then
+on. A parent that refuses fails the connect with a `ParentRefused` naming it
+and its answer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ipaddress
 import socket
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
@@ -32,7 +35,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect._compat import connect_from
+from tinspect._compat import TLSInTLS, connect_from
+from tinspect.layers.tls.policy import describe_error
 from tinspect.net.addresses import is_ip
 from tinspect.net.parent import (
     ConnectReplyReader,
@@ -43,7 +47,7 @@ from tinspect.net.parent import (
     connect_request,
 )
 
-__all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel", "ParentTimeout"]
+__all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel", "ParentTimeout", "UpstreamFactory"]
 
 
 def _endpoint(reactor: Any, dst: tuple[str, int], timeout: float) -> Any:
@@ -94,14 +98,21 @@ def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, i
              timeout: float) -> Deferred:
     tunnel = ParentTunnel(reactor, parent, dst, factory)
     if parent.scheme == "socks5" and not is_ip(dst[0]):
-        # socks5:// (not socks5h://): the name is resolved here and the parent gets an address.
-        def resolved(ip: str) -> Deferred:
-            tunnel.dst = (ip, dst[1])
-            return endpoint.connect(_Once(tunnel))
+        # socks5:// (not socks5h://): the name is resolved here, IPv4 and IPv6, and the parent
+        # gets an address: of the family it is reached by when there is a choice (its own
+        # address a literal of that family), else the resolver's first.
+        def resolved(ips: list[str]) -> Deferred:
+            if not ips:
+                raise error.DNSLookupError(dst[0])
+            if is_ip(parent.host):
+                v6 = ipaddress.ip_address(parent.host).version == 6
+                ips = sorted(ips, key=lambda ip: (":" in ip) != v6)
+            tunnel.dst = (ips[0], dst[1])
+            return endpoint.connect(UpstreamFactory(tunnel))
 
-        connecting = reactor.resolve(dst[0]).addCallback(resolved)
+        connecting = _addresses(reactor, dst[0], dst[1]).addCallback(resolved)
     else:
-        connecting = endpoint.connect(_Once(tunnel))
+        connecting = endpoint.connect(UpstreamFactory(tunnel))
 
     def cancel(_: Deferred) -> None:
         connecting.cancel()
@@ -126,7 +137,10 @@ def _through(reactor: Any, endpoint: Any, parent: ParentProxy, dst: tuple[str, i
     return done
 
 
-class _Once(Factory):
+class UpstreamFactory(Factory):
+    """Connects one given protocol (one factory per connect): the upstream shell,
+    or the `ParentTunnel` in front of it."""
+
     noisy = False
 
     def __init__(self, protocol: Protocol) -> None:
@@ -142,7 +156,8 @@ class ParentTunnel(Protocol):
 
     Until the parent has opened the tunnel, its bytes go to the sans-IO dialogue
     (`Socks5Dialogue`, or `ConnectReplyReader` after `connect_request`). Then
-    the factory's protocol is built and connected to this transport, ``done``
+    the factory's protocol is built and connected to this transport (through a
+    `TLSInTLS` for an ``https://`` parent, so that TLS can start inside), ``done``
     fires with it, and every later event (data, half-close, TLS handshake,
     loss) is passed straight on to it.
 
@@ -190,9 +205,10 @@ class ParentTunnel(Protocol):
             return
         if rest is None:
             return
-        self.inner = inner = self._factory.buildProtocol(self.transport.getPeer())
+        protocol = self._factory.buildProtocol(self.transport.getPeer())
+        self.inner = inner = TLSInTLS(protocol, client=True) if self._parent.scheme == "https" else protocol
         inner.makeConnection(self.transport)
-        self.done.callback(inner)
+        self.done.callback(protocol)
         if rest:
             inner.dataReceived(rest)
 
@@ -232,6 +248,9 @@ class ParentTunnel(Protocol):
         if self.inner is not None:
             self.inner.connectionLost(reason)
             return
+        if reason.check(SSL.Error) and not self.done.called:  # an https:// parent's TLS
+            self._fail(ParentUnreachable(self._parent.display, f"TLS with it failed: {describe_error(reason.value)}"))
+            return
         self._closed_early()
 
     def _closed_early(self) -> None:
@@ -255,17 +274,24 @@ def _direct(reactor: Any, dst: tuple[str, int], factory: Factory, timeout: float
 def _resolve_then_connect(reactor: Any, host: str, port: int, factory: Factory, timeout: float, source: str) -> Deferred:
     """A name, from a client's address: its first address of the client's family; a name with
     addresses of the other family only is connected to normally, as such an address is."""
-    family = socket.AF_INET6 if ipaddress.ip_address(source).version == 6 else socket.AF_INET
+    version = ipaddress.ip_address(source).version
 
-    def resolved(infos: list) -> Deferred:
-        same = [info[4][0] for info in infos if info[0] == family]
+    def resolved(ips: list[str]) -> Deferred:
+        same = [ip for ip in ips if ipaddress.ip_address(ip).version == version]
         if same:
             return connect_from(reactor, same[0], port, factory, timeout, source)
-        return _endpoint(reactor, (infos[0][4][0], port), timeout).connect(factory)
+        return _endpoint(reactor, (ips[0], port), timeout).connect(factory)
 
+    return _addresses(reactor, host, port).addCallback(resolved)
+
+
+def _addresses(reactor: Any, host: str, port: int) -> Deferred:
+    """The addresses of the name ``host``, IPv4 and IPv6, in the resolver's order: ``getaddrinfo`` in the reactor's thread pool, as Twisted's
+    ``HostnameEndpoint`` resolves (``reactor.resolve`` knows IPv4 only). A name that
+    does not resolve fails it with ``DNSLookupError``."""
     d = deferToThreadPool(reactor, reactor.getThreadPool(), socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
     d.addErrback(lambda failure: Failure(error.DNSLookupError(host)) if failure.check(OSError) else failure)
-    return d.addCallback(resolved)
+    return d.addCallback(lambda infos: list(dict.fromkeys(info[4][0] for info in infos)))
 
 
 def describe_failure(failure: Failure) -> str:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -347,23 +346,13 @@ class TlsLayer:
         self._hello = hello
         self.flow.sni = hello.sni
         name = self._name()
-        # A tunnel inside an HTTPS proxy listener's TLS (`ssl:`): Twisted cannot start TLS in
-        # TLS, so it is passed through (and a block can only be an alert).
-        nested = ISSLTransport.providedBy(self._client.transport)
-        passthrough = nested or self.tls.passthrough.should_pass(name, self.flow.dst[0])
+        passthrough = self.tls.passthrough.should_pass(name, self.flow.dst[0])
         verdict = self.ctx.chain.tls_block(name, self.flow, not passthrough)
         if verdict == "alert" or (verdict == "page" and passthrough):
             self._refuse(name)
             return
         if verdict == "page":
             self._blocked(name)
-            return
-        if nested:
-            self._log.info(
-                "flow {flow_id}: TLS for {name} inside the proxy listener's own TLS is passed through untouched",
-                flow_id=self.flow.id, name=name,
-            )
-            self._relay_raw()
             return
         if passthrough or self.ctx.chain.tls_passthrough(name, self.flow):
             self.flow.verdict = "passthrough"
@@ -418,13 +407,6 @@ class TlsLayer:
         hello = self._hello
         offers = [p for p in hello.alpn if p not in _UNCARRIED]
         host, port = self.flow.dst[0], self.flow.dst[1]
-        if not hasattr(self._up.transport, "startTLS"):
-            # The tunnel of an https:// parent proxy is a TLS protocol already: no TLS inside it.
-            self._up.failure = f"TLS to the server through the https:// parent proxy {self._server.parent} " \
-                               f"is not supported (use an http:// parent)"
-            self._log.warn("flow {flow_id}: {reason}", flow_id=self.flow.id, reason=self._up.failure)
-            self._start_client_tls(())
-            return
         self._upstream_hs = hs = self.tls.upstream.creator(hello.sni, offers, ip=host, port=port)
         self._server.tls = hs
         start_tls(self._up.transport, hs)

@@ -691,6 +691,11 @@ class H1Upstreams:
             if kind is BodyData:
                 layer.upstream_body(st, event.data, 0)
             elif kind is ResponseHead:
+                if up.via is not None:
+                    refusal = up.parent_refusal(event)
+                    if refusal is not None:
+                        self._failed(up, refusal)
+                        return
                 status = event.status
                 resp = Response(
                     status, event.reason.decode("latin-1"), Headers(event.headers),

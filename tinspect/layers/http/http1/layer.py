@@ -554,11 +554,9 @@ class Http1Layer:
         what = "closed the connection" if reason.check(ConnectionDone) else "reset the connection"
         self._bad_response(up, f"{what} before the response was complete")
 
-    def _parent_refused(self, ex: _Exchange, up: Http1Upstream, head: ResponseHead) -> None:
-        """The HTTP parent ``up`` goes to wants credentials (or other ones): a 502 page naming it,
-        not a 407 the client would take for this proxy's own."""
-        answer = f"{head.status} {head.reason.decode('latin-1')}".strip()
-        reason = f"parent proxy {up.via} answered: {answer}"
+    def _parent_refused(self, ex: _Exchange, up: Http1Upstream, reason: str) -> None:
+        """The HTTP parent ``up`` goes to refused the request (`Http1Upstream.parent_refusal`):
+        a 502 page naming it."""
         self._log.warn("flow {flow_id}: upstream {dst} failed: {reason}", flow_id=self.flow.id,
                        dst=format_addr(up.dst), reason=reason)
         up.abort()
@@ -598,9 +596,11 @@ class Http1Layer:
                 if ex is None or ex.upstream is not up or ex.answered:
                     self._bad_response(up, "sent a response nobody asked for")
                     return
-                if up.via is not None and event.status == 407:
-                    self._parent_refused(ex, up, event)
-                    return
+                if up.via is not None:
+                    refusal = up.parent_refusal(event)
+                    if refusal is not None:
+                        self._parent_refused(ex, up, refusal)
+                        return
                 self._response_head(ex, up, event, queue)
             elif kind is BodyData:
                 resp = up.message

@@ -90,6 +90,16 @@ class Http1Upstream:
         return self.writer.request(req, upgrade=upgrade, target=f"http://{authority}{req.target}",
                                    extra=proxy_fields(parent))
 
+    def parent_refusal(self, head: Any) -> str | None:
+        """Why the HTTP parent this connection goes to refused the request whose response
+        ``head`` is (a 407: it wants credentials, or other ones), or ``None``. Such an
+        answer is the parent's, not the server's: relayed, the client would take it for
+        this proxy's own, so each layer answers a 502 page with this reason instead."""
+        if self.via is None or head.status != 407:
+            return None
+        answer = f"{head.status} {head.reason.decode('latin-1')}".strip()
+        return f"parent proxy {self.via} answered: {answer}"
+
     @property
     def usable(self) -> bool:
         return not self.closed and self.failure is None and self.keep_alive
