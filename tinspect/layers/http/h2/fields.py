@@ -118,19 +118,33 @@ def response_from_block(block: Block, request: Request | None) -> Response:
 
 
 def request_block(req: Request) -> Block:
-    """The header block to send ``req`` to an HTTP/2 server."""
+    """The header block to send ``req`` to an HTTP/2 server.
+
+    h2 does not validate what the proxy sends (`tinspect.layers.http.h2.conn.new_connection`):
+    the block is right by construction, and the two things a tap could leave
+    wrong that h2's outbound checks refused are refused here.
+
+    Raises:
+        H2FieldError: no authority to send (nor a ``host``, which HTTP/2 carries
+            as ``:authority``), or an empty target (``:path``).
+    """
     method = req.method.encode("latin-1")
     if req.method == "CONNECT":
-        block: Block = [(b":method", method), (b":authority", (req.authority or req.target).encode("latin-1"))]
+        authority = req.authority or req.target
+        if not authority:
+            raise H2FieldError("a CONNECT request without an authority")
+        block: Block = [(b":method", method), (b":authority", authority.encode("latin-1"))]
     else:
+        if not req.authority:
+            raise H2FieldError("a request without an authority (:authority or Host)")
+        if not req.target:
+            raise H2FieldError("a request with an empty :path")
         block = [
             (b":method", method),
             (b":scheme", req.scheme.encode("latin-1")),
             (b":authority", req.authority.encode("latin-1")),
             (b":path", req.target.encode("latin-1")),
         ]
-        if not req.authority:
-            del block[2]
     _regular(req.headers.fields, block, req.body, framed_length=True)
     return block
 
