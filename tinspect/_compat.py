@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 A few of the proxy's figures (a fifth of its time on small requests, a tenth
-of it on downloads) and one RFC rule depend on what Twisted, h2, hyperframe
+of it on downloads) and one RFC rule depend on what Twisted, h2, hpack, hyperframe
 and autobahn do inside, beyond what they document. Each such reach lives in
 this module and nowhere else, and ``tests/test_compat.py`` checks, for each,
 that the library still has and does what it relies on, failing with the
 library's version and what changed when an upgrade breaks it; it checks too
 that no other module touches a private name of these libraries. Checked
-against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
+against Twisted 26.10.0, h2 4.4.1, hpack 4.2.0, hyperframe 6.1.0 and autobahn 26.11.1.
 
 1. Twisted's TCP write queue (`fast_write`). ``tcp.Connection.write``
    queues every write for the next reactor turn; when nothing is queued,

@@ -79,7 +79,7 @@ def request_from_block(block: Block, *, stream_id: int, scheme: str) -> Request:
     if cookies:
         i = fields.index((b"cookie", b""))
         fields[i] = (b"cookie", b"; ".join(cookies))
-    headers = Headers(fields)
+    headers = Headers.wrap(fields)
     if authority is None:
         authority = headers.raw(b"host")
     smethod = method.decode("latin-1")
@@ -114,7 +114,7 @@ def response_from_block(block: Block, request: Request | None) -> Response:
             fields.append((name, value))
     if status is None or not status.isdigit() or len(status) != 3:
         raise H2FieldError(f"a response with :status {status!r}")
-    return Response(int(status), "", Headers(fields), "HTTP/2", body=None, request=request)
+    return Response(int(status), "", Headers.wrap(fields), "HTTP/2", body=None, request=request)
 
 
 def request_block(req: Request) -> Block:
