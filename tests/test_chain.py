@@ -77,6 +77,43 @@ def logged_failures():
     globalLogPublisher.removeObserver(observer)
 
 
+def test_without_taps_units_delivered_during_delivery_keep_their_order():
+    """With no tap for a kind, a unit submitted while the previous one is being delivered
+    is delivered after it, not inside it."""
+    chain = TapChain([])
+    flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+    delivered = []
+
+    def deliver(unit):
+        delivered.append(("start", unit.data))
+        if unit.data == b"1":
+            arm.submit(Data(b"2", direction=TO_SERVER))
+        delivered.append(("end", unit.data))
+
+    arm = Arm(chain, flow, TO_SERVER, deliver)
+    for data in (b"0", b"1", b"3"):  # the first fills the route cache, the rest take the fast path
+        arm.submit(Data(data, direction=TO_SERVER))
+    assert delivered == [("start", b"0"), ("end", b"0"), ("start", b"1"), ("end", b"1"),
+                         ("start", b"2"), ("end", b"2"), ("start", b"3"), ("end", b"3")]
+    assert arm.idle
+
+
+def test_without_taps_a_failing_delivery_fails_the_arm():
+    """With no tap for a kind, an exception from the delivery still goes to ``on_error``."""
+    chain = TapChain([])
+    flow = Flow(("192.0.2.2", 40000), ("198.51.100.2", 80))
+    errors = []
+
+    def deliver(unit):
+        if unit.data == b"bad":
+            raise ValueError("broken")
+
+    arm = Arm(chain, flow, TO_SERVER, deliver, on_error=errors.append)
+    arm.submit(Data(b"ok", direction=TO_SERVER))
+    arm.submit(Data(b"bad", direction=TO_SERVER))
+    assert [f.getErrorMessage() for f in errors] == ["broken"]
+
+
 def test_taps_run_in_order_on_both_arms():
     """Each arm calls the taps in chain order and delivers the last result."""
     log = []

@@ -31,6 +31,8 @@ from h2.config import H2Configuration
 from h2.events import ConnectionTerminated
 from h2.exceptions import ProtocolError
 from hyperframe.frame import DataFrame
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 from twisted.internet import reactor, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
@@ -347,6 +349,130 @@ def test_h2_builds_a_received_data_frames_repr_and_the_cheap_one_serializes_no_b
     monkeypatch.setattr(DataFrame, "_body_repr", hyperframe.frame.Frame._body_repr)
     assert receive_data_frame() == [16000], \
         changed("h2", "receiving a DATA frame no longer builds its repr (the patch may no longer be needed)")
+
+
+# -- 9. hpack's debug lines ------------------------------------------------------
+
+
+class _Recorder:
+    """A stand-in for hpack's module logger that keeps the debug lines asked for."""
+
+    def __init__(self):
+        self.lines = []
+
+    def debug(self, *args, **kwargs):
+        self.lines.append(args[0])
+
+
+def test_hpack_logs_every_field_through_its_module_logger(monkeypatch):
+    """hpack calls ``hpack.hpack.log.debug`` when it encodes and decodes fields: the attribute
+    `quiet_hpack_debug` replaces."""
+    import hpack
+    import hpack.hpack
+
+    recorder = _Recorder()
+    monkeypatch.setattr(hpack.hpack, "log", recorder)
+    block = hpack.Encoder().encode([(b":status", b"200"), (b"server", b"x")])
+    hpack.Decoder().decode(block, raw=True)
+    assert len(recorder.lines) >= 4, changed("hpack", f"encoding and decoding log other lines: {recorder.lines}")
+
+
+def test_quiet_hpack_debug_silences_debug_only(monkeypatch):
+    """After `quiet_hpack_debug`, hpack's debug calls reach no logger; its other levels still do."""
+    import logging
+
+    import hpack.hpack
+
+    logger = logging.getLogger("hpack.hpack")
+    monkeypatch.setattr(hpack.hpack, "log", logger)
+    monkeypatch.setattr(logger, "isEnabledFor", lambda level: level > logging.DEBUG)
+    compat.quiet_hpack_debug()
+    quiet = hpack.hpack.log
+    assert quiet is not logger
+    seen = []
+    monkeypatch.setattr(logger, "_log", lambda *args, **kwargs: seen.append(args[1]))
+    quiet.debug("not %s", "this")
+    quiet.warning("this")
+    assert seen == ["this"]
+
+
+def test_quiet_hpack_debug_leaves_a_debugging_logger_alone(monkeypatch):
+    """With stdlib debug logging on for hpack, its logger is kept."""
+    import logging
+
+    import hpack.hpack
+
+    logger = logging.getLogger("hpack.hpack")
+    monkeypatch.setattr(hpack.hpack, "log", logger)
+    monkeypatch.setattr(logger, "isEnabledFor", lambda level: True)
+    compat.quiet_hpack_debug()
+    assert hpack.hpack.log is logger
+
+
+# -- 10. h2's inbound header validation --------------------------------------------
+
+
+def test_h2_validates_received_headers_through_the_stream_modules_global(monkeypatch):
+    """``H2Stream._process_received_headers`` calls ``h2.stream.validate_headers``, the global
+    `fast_header_validation` replaces."""
+    import h2.stream
+
+    seen = []
+
+    def record(headers, flags):
+        headers = list(headers)
+        seen.append(headers)
+        return headers
+
+    monkeypatch.setattr(h2.stream, "validate_headers", record)
+    client = h2.connection.H2Connection(H2Configuration(client_side=True))
+    server = h2.connection.H2Connection(H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    client.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")],
+                        end_stream=True)
+    server.receive_data(client.data_to_send())
+    assert seen and seen[0][0] == (b":method", b"GET"), \
+        changed("h2", "received headers are no longer validated through h2.stream.validate_headers")
+
+
+_NAMES = [b":method", b":path", b":scheme", b":authority", b":status", b":protocol", b":bogus", b"host", b"te",
+          b"connection", b"keep-alive", b"accept", b"X-Up", b"a b", b"", b"a:b", b"\x7f", b"\xe9", b"cookie"]
+_VALUES = [b"", b"GET", b"CONNECT", b"/", b"a.example", b"b.example", b"trailers", b"TRAILERS", b"gzip", b" x",
+           b"x\t", b"a\r\nb", b"a\nb", b"\x00", b"200", b"x y", b"\xff"]
+
+
+_PREFIXES = [
+    [],
+    [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.example"), (b":path", b"/")],
+    [(b":method", b"CONNECT"), (b":authority", b"a.example")],
+    [(b":status", b"200")],
+]
+_GOOD = hs.tuples(hs.sampled_from([b"accept", b"x-up", b"cookie", b"host", b"te"]),
+                  hs.sampled_from([b"a.example", b"trailers", b"x", b"x y", b""]))
+_ANY = hs.tuples(hs.sampled_from(_NAMES), hs.sampled_from(_VALUES))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(hs.sampled_from(_PREFIXES), hs.lists(hs.one_of(_GOOD, _GOOD, _ANY), max_size=6),
+       hs.booleans(), hs.booleans(), hs.booleans())
+def test_the_fast_header_validation_accepts_and_refuses_what_h2_does(prefix, fields, trailer, response, client):
+    """For any header block, the one-pass validation returns the same fields as h2's pipeline, or
+    raises the same error."""
+    block = prefix + fields
+    import h2.utilities
+    from h2.utilities import HeaderValidationFlags
+
+    flags = HeaderValidationFlags(is_client=client, is_trailer=trailer, is_response_header=response,
+                                  is_push_promise=False)
+
+    def outcome(validate):
+        try:
+            return list(validate(list(block), flags))
+        except ProtocolError as e:
+            return ("refused", str(e))
+
+    assert outcome(compat._validate_headers_fast) == outcome(h2.utilities.validate_headers)
 
 
 # -- 6, 7. autobahn ----------------------------------------------------------------

@@ -64,6 +64,16 @@ def test_to_bytes_rejects_non_latin1():
 # ---------------------------------------------------------------------------
 
 
+def test_wrap_uses_the_codecs_list_as_it_is():
+    """`Headers.wrap` takes a codec's list as `fields` itself, like the constructor does with bytes pairs."""
+    fields = [(b"Host", b"a")]
+    h = Headers.wrap(fields)
+    assert h.fields is fields
+    assert h == Headers([(b"Host", b"a")])
+    h["X"] = "1"
+    assert fields == [(b"Host", b"a"), (b"X", b"1")]
+
+
 def test_list_of_bytes_pairs_is_used_without_copy():
     """A list of bytes pairs becomes `fields` itself, so changes show in both."""
     fields = [(b"Host", b"a"), (b"Accept", b"*/*")]

@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 A few of the proxy's figures (a fifth of its time on small requests, a tenth
-of it on downloads) and one RFC rule depend on what Twisted, h2, hyperframe
+of it on downloads) and one RFC rule depend on what Twisted, h2, hpack, hyperframe
 and autobahn do inside, beyond what they document. Each such reach lives in
 this module and nowhere else, and ``tests/test_compat.py`` checks, for each,
 that the library still has and does what it relies on, failing with the
 library's version and what changed when an upgrade breaks it; it checks too
 that no other module touches a private name of these libraries. Checked
-against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
+against Twisted 26.10.0, h2 4.4.1, hpack 4.2.0, hyperframe 6.1.0 and autobahn 26.11.1.
 
 1. Twisted's TCP write queue (`fast_write`). ``tcp.Connection.write``
    queues every write for the next reactor turn; when nothing is queued,
@@ -72,6 +72,18 @@ against Twisted 26.10.0, h2 4.4.1, hyperframe 6.1.0 and autobahn 26.11.1.
    ``SSL.Context`` all the endpoint's connections are made from; pyOpenSSL
    refuses to change a context once a connection was made from it, so what
    is set on it is set before the endpoint listens.
+11. hpack's debug lines (`quiet_hpack_debug`). ``hpack.hpack`` logs through
+   its module-level ``log``, a stdlib logger, with ``log.debug(...)`` for
+   every integer and every field it encodes or decodes, logging on or not;
+   replacing the module attribute replaces what those calls reach.
+12. h2's inbound header validation (`fast_header_validation`).
+    ``H2Stream._process_received_headers`` calls ``validate_headers(headers,
+    flags)`` as a global of ``h2.stream`` (imported from ``h2.utilities``);
+    replacing that global replaces the pipeline of generators it builds.
+    The replacement relies on h2's ``CONNECTION_HEADERS``,
+    ``_ALLOWED_PSEUDO_HEADER_FIELDS``, ``_check_pseudo_header_field_acceptability``
+    and on the ``HeaderValidationFlags`` fields ``is_trailer`` and
+    ``is_response_header``.
 
 autobahn is imported only by the functions that need it (the WebSocket
 layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
@@ -79,12 +91,20 @@ layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import h2.stream
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated
+from h2.utilities import _ALLOWED_PSEUDO_HEADER_FIELDS as _PSEUDO_FIELDS
+from h2.utilities import CONNECTION_HEADERS as _CONNECTION_FIELDS
+from h2.utilities import (
+    _check_pseudo_header_field_acceptability as _check_pseudo_fields,
+)
+from h2.utilities import validate_headers as _validate_headers_h2
 from hyperframe.frame import DataFrame, GoAwayFrame
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -105,6 +125,8 @@ __all__ = [
     "replay_into_tls",
     "GracefulH2Connection",
     "cheap_data_frame_repr",
+    "quiet_hpack_debug",
+    "fast_header_validation",
     "quiet_autobahn_colours",
     "AutobahnSide",
     "connect_from",
@@ -468,3 +490,104 @@ def server_tls_context(endpoint: Any) -> Any:
     if not isinstance(endpoint, SSL4ServerEndpoint):
         raise TypeError(f"not an ssl: endpoint: {endpoint!r}")
     return endpoint._sslContextFactory.getContext()
+# -- 11. hpack's debug lines ----------------------------------------------------------
+
+
+class _NoDebug:
+    """A stdlib logger whose ``debug`` does nothing; everything else is the logger's."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+def quiet_hpack_debug() -> None:
+    """Make hpack's debug lines cost one empty call each: it logs a few for
+    every header field it encodes or decodes (64 calls into logging per
+    request relayed between two HTTP/2 legs, debug on or not). Left alone
+    when stdlib logging has debug on for hpack (tinspect logs through
+    twisted.logger and never turns it on)."""
+    import hpack.hpack
+
+    log = hpack.hpack.log
+    if isinstance(log, logging.Logger) and not log.isEnabledFor(logging.DEBUG):
+        hpack.hpack.log = _NoDebug(log)
+
+
+# -- 12. h2's inbound header validation ----------------------------------------------
+
+# RFC 9113 §8.2.1: the bytes a field name may contain (no controls, SP, upper
+# case, DEL or above); ':' is among them, and allowed only first.
+_NAME_BYTES = bytes(range(0x21, 0x41)) + bytes(range(0x5B, 0x7F))
+_VALUE_FORBIDDEN = b"\x00\r\n"
+
+
+def _validate_headers_fast(headers: Any, flags: Any) -> list:
+    """h2's inbound validation (``h2.utilities.validate_headers``) in one pass.
+
+    Every field of a received header block goes through h2's pipeline of
+    seven generators, two of which walk each name and value byte by byte in
+    Python: a sixth of what the h2 library spends on a relayed request. This
+    checks the same rules with ``bytes.translate`` and set lookups, and only
+    to accept: a block it has any doubt about (anything h2 could refuse) goes
+    through h2's own pipeline, which raises h2's own error, so that what is
+    refused, and the error saying why, stay h2's. What it accepts h2 accepts
+    (``tests/test_compat.py`` checks this on generated blocks).
+    """
+    if type(headers) is not list:
+        headers = list(headers)
+    request = not flags.is_response_header and not flags.is_trailer
+    pseudo: set = set()
+    regular = False
+    method = authority = host = None
+    doubt = False
+    for header in headers:
+        name = header[0]
+        value = header[1]
+        if not name or name.translate(None, _NAME_BYTES) or name.find(b":", 1) >= 0:
+            doubt = True
+            break
+        if value and (len(value.translate(None, _VALUE_FORBIDDEN)) != len(value)
+                      or value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09)):
+            doubt = True
+            break
+        if name[0] == 0x3A:
+            if regular or name in pseudo or name not in _PSEUDO_FIELDS:
+                doubt = True
+                break
+            pseudo.add(name)
+            if name == b":method":
+                method = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":path" and not value and request:
+                doubt = True
+                break
+        else:
+            regular = True
+            if name in _CONNECTION_FIELDS or (name == b"te" and value.lower() != b"trailers"):
+                doubt = True
+                break
+            if name == b"host" and request:
+                if host is not None:
+                    doubt = True
+                    break
+                host = value
+    if not doubt:
+        _check_pseudo_fields(pseudo, method, flags)  # raises what h2's pipeline raises first
+        if not request or (authority is not None or host is not None) and (
+                authority is None or host is None or authority == host):
+            return headers
+    return list(_validate_headers_h2(headers, flags))
+
+
+def fast_header_validation() -> None:
+    """Have h2 validate received header blocks with `_validate_headers_fast`."""
+    h2.stream.validate_headers = _validate_headers_fast

@@ -65,6 +65,16 @@ class Headers:
             items = fields.items() if hasattr(fields, "items") else fields
             self.fields = [(to_bytes(n), to_bytes(v)) for n, v in items]
 
+    @classmethod
+    def wrap(cls, fields: list[tuple[bytes, bytes]]) -> Headers:
+        """``fields``, a list of ``(name, value)`` byte pairs, used as they are
+        without the constructor's check of every pair's types: for the codecs,
+        whose lists are of bytes already (one call per message instead of one
+        per field)."""
+        headers = cls.__new__(cls)
+        headers.fields = fields
+        return headers
+
     # -- reading ------------------------------------------------------------
 
     def get(self, name: str | bytes, default: str | None = None) -> str | None:

@@ -142,9 +142,24 @@ def test_streamed_request_keeps_the_declared_length():
     assert regular(request_block(req)) == [(b"content-length", b"99")]
 
 
-def test_request_block_without_authority_has_no_authority_field():
+def test_request_block_without_authority_is_refused():
+    """h2 does not check what the proxy sends: a request with no authority to send is refused here."""
     req = Request("GET", "/x", Headers([(b"host", b"h")]), scheme="http", authority="", body=b"")
-    assert request_block(req) == [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/x")]
+    with pytest.raises(H2FieldError, match="without an authority"):
+        request_block(req)
+
+
+def test_request_block_with_an_empty_path_is_refused():
+    """A tap that empties the target gets an error, not a stream HTTP/2 forbids (RFC 9113 §8.3.1)."""
+    req = Request("GET", "", Headers(), scheme="https", authority="a", body=b"")
+    with pytest.raises(H2FieldError, match="empty :path"):
+        request_block(req)
+
+
+def test_connect_request_block_without_authority_is_refused():
+    """A CONNECT with neither authority nor target cannot be sent."""
+    with pytest.raises(H2FieldError):
+        request_block(Request("CONNECT", "", authority="", body=None))
 
 
 def test_connect_request_block():

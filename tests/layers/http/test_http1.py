@@ -19,6 +19,7 @@ from tinspect.layers.http.http1.parse import (
     header_value,
     header_values,
     keep_alive,
+    persists,
 )
 from tinspect.layers.http.http1.write import frame_chunk, last_chunk, serialize_request_head, serialize_response_head
 
@@ -1053,6 +1054,20 @@ def test_keep_alive_follows_version_and_connection(version, connection, expected
     """HTTP/1.1 persists unless 'close'; HTTP/1.0 only with 'keep-alive'."""
     headers = [(b"Host", b"a")] + ([(b"Connection", connection)] if connection else [])
     assert keep_alive(version, headers) is expected
+
+
+@pytest.mark.parametrize("role", ["request", "response"])
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+@pytest.mark.parametrize("connection", [None, b"close", b"Upgrade, Close", b"keep-alive", b"Keep-Alive, x"])
+def test_persists_of_a_parsed_head_is_keep_alive_of_its_fields(role, version, connection):
+    """The Connection values the reader collects give what keep_alive finds in the fields."""
+    fields = b"Host: a\r\n" + (b"Connection: %s\r\nX: 1\r\nconnection: te\r\n" % connection if connection else b"")
+    if role == "request":
+        data = b"GET / %s\r\n%s\r\n" % (version, fields)
+    else:
+        data = b"%s 200 OK\r\nContent-Length: 0\r\n%s\r\n" % (version, fields)
+    (head, _end) = Http1Reader(role).feed(data)
+    assert persists(head) is keep_alive(version, head.headers)
 
 
 # ---------------------------------------------------------------------------

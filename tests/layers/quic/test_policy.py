@@ -16,6 +16,7 @@ from tinspect.flow import Flow
 from tinspect.headers import Headers
 from tinspect.layers.quic.initial import VERSION_2, QuicHello
 from tinspect.layers.quic.policy import PASS, REFUSE, QuicPolicy, QuicStart, Unreadable, version_name, without_h3
+from tinspect.units import Request
 
 FLOW = Flow(("192.0.2.2", 5000), ("198.51.100.2", 443), listener="t", mode="transparent", transport="udp",
             protocol="quic")
@@ -181,15 +182,17 @@ def test_without_h3_leaves_no_h3_and_loses_nothing_else(entries):
 def test_strip_alt_svc_changes_headers_only_when_quic_would_be_refused():
     """Under refuse, h3 entries leave the response (a field left empty goes); under pass, or a passthrough host, they stay."""
     chain = TapChain([])
+    request = Request("GET", "/", authority="server.test:443")
     headers = Headers([(b"Alt-Svc", b'h3=":443"'), (b"Content-Type", b"text/html"), (b"alt-svc", b'h2=":8443"')])
-    assert QuicPolicy(REFUSE).strip_alt_svc(headers, "server.test", chain, FLOW)
+    assert QuicPolicy(REFUSE).strip_alt_svc(headers, request, chain, FLOW)
     assert headers.fields == [(b"Content-Type", b"text/html"), (b"Alt-Svc", b'h2=":8443"')]
     kept = Headers([(b"Alt-Svc", b'h3=":443"')])
-    assert not QuicPolicy(PASS).strip_alt_svc(kept, "server.test", chain, FLOW)
-    assert not QuicPolicy(REFUSE, ["server.test"]).strip_alt_svc(kept, "server.test", chain, FLOW)
+    assert not QuicPolicy(PASS).strip_alt_svc(kept, request, chain, FLOW)
+    assert not QuicPolicy(REFUSE, ["server.test"]).strip_alt_svc(kept, request, chain, FLOW)
     assert kept.fields == [(b"Alt-Svc", b'h3=":443"')]
     asked = Says(None)
-    assert not QuicPolicy(REFUSE).strip_alt_svc(Headers([(b"Alt-Svc", b'h2=":1"')]), "x", TapChain([asked]), FLOW)
+    assert not QuicPolicy(REFUSE).strip_alt_svc(Headers([(b"Alt-Svc", b'h2=":1"')]), Request("GET", "/", authority="x"), TapChain([asked]),
+                                             FLOW)
     assert asked.asked == []  # no h3 entry: nobody is asked
 
 

@@ -62,7 +62,7 @@ class _Log(Protocol):
 
 def _trailers(fields: Fields | None) -> Headers | None:
     """Trailer fields as taps get them: ``None`` for none."""
-    return Headers(fields) if fields else None
+    return Headers.wrap(fields) if fields else None
 
 
 class MessageAssembler:

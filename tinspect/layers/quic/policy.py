@@ -198,23 +198,24 @@ class QuicPolicy:
             return Verdict(PASS, "--passthrough")
         return Verdict(self.default, f"--quic {self.default}")
 
-    def strip_alt_svc(self, headers: Any, host: str, chain: Any, flow: Any) -> bool:
-        """Remove the h3 entries of a response's ``Alt-Svc`` fields, unless QUIC passes for ``host``.
+    def strip_alt_svc(self, headers: Any, request: Any, chain: Any, flow: Any) -> bool:
+        """Remove the h3 entries of a response's ``Alt-Svc`` fields, unless QUIC passes for the host.
 
         Called by the HTTP layers on every intercepted response, before the
         taps see it; costs one lookup when there is no ``Alt-Svc``.
 
         Args:
             headers: The response's `Headers` (changed in place).
-            host: The request's host.
+            request: The `tinspect.units.Request` it answers: QUIC is decided for its host.
             chain, flow: What the taps are asked with.
 
         Returns:
             Whether anything was removed.
         """
-        values = headers.get_all("alt-svc")
+        values = headers.get_all(b"alt-svc")
         if not values:
             return False
+        host = request.host
         if not any(_has_h3(value) for value in values) or self.decide(host, host, chain, flow).passes:
             return False
         headers.remove("alt-svc")

@@ -79,7 +79,7 @@ def request_from_block(block: Block, *, stream_id: int, scheme: str) -> Request:
     if cookies:
         i = fields.index((b"cookie", b""))
         fields[i] = (b"cookie", b"; ".join(cookies))
-    headers = Headers(fields)
+    headers = Headers.wrap(fields)
     if authority is None:
         authority = headers.raw(b"host")
     smethod = method.decode("latin-1")
@@ -114,23 +114,37 @@ def response_from_block(block: Block, request: Request | None) -> Response:
             fields.append((name, value))
     if status is None or not status.isdigit() or len(status) != 3:
         raise H2FieldError(f"a response with :status {status!r}")
-    return Response(int(status), "", Headers(fields), "HTTP/2", body=None, request=request)
+    return Response(int(status), "", Headers.wrap(fields), "HTTP/2", body=None, request=request)
 
 
 def request_block(req: Request) -> Block:
-    """The header block to send ``req`` to an HTTP/2 server."""
+    """The header block to send ``req`` to an HTTP/2 server.
+
+    h2 does not validate what the proxy sends (`tinspect.layers.http.h2.conn.new_connection`):
+    the block is right by construction, and the two things a tap could leave
+    wrong that h2's outbound checks refused are refused here.
+
+    Raises:
+        H2FieldError: no authority to send (nor a ``host``, which HTTP/2 carries
+            as ``:authority``), or an empty target (``:path``).
+    """
     method = req.method.encode("latin-1")
     if req.method == "CONNECT":
-        block: Block = [(b":method", method), (b":authority", (req.authority or req.target).encode("latin-1"))]
+        authority = req.authority or req.target
+        if not authority:
+            raise H2FieldError("a CONNECT request without an authority")
+        block: Block = [(b":method", method), (b":authority", authority.encode("latin-1"))]
     else:
+        if not req.authority:
+            raise H2FieldError("a request without an authority (:authority or Host)")
+        if not req.target:
+            raise H2FieldError("a request with an empty :path")
         block = [
             (b":method", method),
             (b":scheme", req.scheme.encode("latin-1")),
             (b":authority", req.authority.encode("latin-1")),
             (b":path", req.target.encode("latin-1")),
         ]
-        if not req.authority:
-            del block[2]
     _regular(req.headers.fields, block, req.body, framed_length=True)
     return block
 

@@ -477,7 +477,7 @@ class H2Layer:
         self._answers.kick()
         if st.closed or st.answered:
             return
-        self.ctx.quic.strip_alt_svc(resp.headers, st.request.host, self.ctx.chain, self.flow)
+        self.ctx.quic.strip_alt_svc(resp.headers, st.request, self.ctx.chain, self.flow)
         if resp.interim:
             self.arms[TO_CLIENT].submit(resp)
             return

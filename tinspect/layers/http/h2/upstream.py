@@ -58,7 +58,7 @@ from tinspect.layers.http.http1.parse import (
     EndOfMessage,
     ProtocolError,
     ResponseHead,
-    keep_alive,
+    persists,
     take_body,
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream
@@ -698,7 +698,7 @@ class H1Upstreams:
                         return
                 status = event.status
                 resp = Response(
-                    status, event.reason.decode("latin-1"), Headers(event.headers),
+                    status, event.reason.decode("latin-1"), Headers.wrap(event.headers),
                     event.version.decode("latin-1"), body=None, request=st.request,
                 )
                 if status < 200:
@@ -708,7 +708,7 @@ class H1Upstreams:
                     resp.body = b""
                     layer.upstream_response(st, resp)
                     continue
-                if not keep_alive(event.version, event.headers):
+                if not persists(event):
                     up.keep_alive = False
                 whole = take_body(queue)
                 if whole is not None:

@@ -79,7 +79,7 @@ from tinspect.layers.http.http1.parse import (
     ProtocolError,
     RequestHead,
     ResponseHead,
-    keep_alive,
+    persists,
     take_body,
 )
 from tinspect.layers.http.http1.upstream import Http1Upstream, UpstreamPauser
@@ -320,9 +320,9 @@ class Http1Layer:
 
     def _request_head(self, head: RequestHead) -> None:
         version = head.version.decode("latin-1")
-        fields = Headers(head.headers)
+        fields = Headers.wrap(head.headers)
         req = Request(head.method.decode("latin-1"), head.target.decode("latin-1"), fields, version, self._scheme)
-        ex = self._exchange = _Exchange(req, version, keep_alive(head.version, head.headers))
+        ex = self._exchange = _Exchange(req, version, persists(head))
         clock = self.ctx.metrics.clock
         if clock is not None:
             ex.started = clock()
@@ -619,13 +619,12 @@ class Http1Layer:
         resp = Response(
             status,
             head.reason.decode("latin-1"),
-            Headers(head.headers),
+            Headers.wrap(head.headers),
             head.version.decode("latin-1"),
             body=None,
             request=ex.request,
         )
-        self.ctx.quic.strip_alt_svc(resp.headers, ex.request.host, self.ctx.chain, self.flow)
-        arm = self.arms[TO_CLIENT]
+        self.ctx.quic.strip_alt_svc(resp.headers, ex.request, self.ctx.chain, self.flow)
         if up.record is not None:
             if status == 101:
                 up.keep_alive = False
@@ -636,13 +635,13 @@ class Http1Layer:
                 ex.websocket = None
         if status < 200 and status != 101:
             resp.body = b""
-            arm.submit(resp)  # interim: no body, no end
+            self.arms[TO_CLIENT].submit(resp)  # interim: no body, no end
             return
         if status == 101 and not ex.switching:
             self._bad_response(up, "switched protocols without being asked to")
             return
         ex.response_submitted = True
-        if not keep_alive(head.version, head.headers):
+        if not persists(head):
             up.keep_alive = False
         whole = take_body(queue)
         if whole is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "header_value",
     "header_values",
     "keep_alive",
+    "persists",
     "take_body",
 ]
 
@@ -150,6 +151,8 @@ class RequestHead:
             case, values are stripped of surrounding spaces and tabs.
         switching: a CONNECT or an upgrade request (``Upgrade`` named in
             ``Connection``): the reader pauses after it. Not compared.
+        connection: the values of its ``Connection`` fields, ``None`` when it
+            has none (collected while parsing, for `persists`). Not compared.
     """
 
     method: bytes
@@ -157,6 +160,7 @@ class RequestHead:
     version: bytes
     headers: Headers
     switching: bool = field(default=False, compare=False)
+    connection: list[bytes] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -168,12 +172,14 @@ class ResponseHead:
         status: The three-digit status code.
         reason: The reason phrase, possibly empty.
         headers: As for :class:`RequestHead`.
+        connection: As for :class:`RequestHead`.
     """
 
     version: bytes
     status: int
     reason: bytes
     headers: Headers
+    connection: list[bytes] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -267,7 +273,20 @@ def keep_alive(version: bytes, headers: Headers) -> bool:
     Returns:
         True if the connection may carry another message.
     """
-    options = tokens(header_values(headers, b"connection"))
+    return _persists(version, header_values(headers, b"connection"))
+
+
+def persists(head: RequestHead | ResponseHead) -> bool:
+    """`keep_alive` of a head a reader parsed, from the ``Connection`` values
+    it collected (no second look at every field)."""
+    connection = head.connection
+    if connection is None:
+        return head.version == b"HTTP/1.1"
+    return _persists(head.version, connection)
+
+
+def _persists(version: bytes, connection: list[bytes]) -> bool:
+    options = tokens(connection)
     if b"close" in options:
         return False
     if version == b"HTTP/1.1":
@@ -707,7 +726,7 @@ class Http1Reader:
         switching = method == b"CONNECT" or (
             bool(upgrade) and connection is not None and b"upgrade" in tokens(connection)
         )
-        events.append(RequestHead(method, target, version, headers, switching))
+        events.append(RequestHead(method, target, version, headers, switching, connection))
         self._pause_after = switching
         if te is not None:
             if cl is not None:
@@ -748,8 +767,8 @@ class Http1Reader:
         if status is None:
             raise ProtocolError(400, "malformed status code")
         reason = parts[2] if len(parts) == 3 else b""
-        headers, cl, te, _connection, _upgrade = _parse_fields(lines)
-        events.append(ResponseHead(version, status, reason, headers))
+        headers, cl, te, connection, _upgrade = _parse_fields(lines)
+        events.append(ResponseHead(version, status, reason, headers, connection))
         expect = self._expect
         if status < 200 and status != 101:
             return  # interim; the final response answers the same request
