@@ -387,7 +387,7 @@ class Arm:
         if not self._busy and not self._dead:
             chain = self.chain
             routes = chain._routes.get(type(unit))
-            if routes is not None and not routes and not chain.measuring:
+            if routes is not None and not routes:
                 # No tap sees this kind: what `_enter` and `_run` would do, in one call.
                 self._busy = True
                 try:
