@@ -43,6 +43,7 @@ from tinspect.chain import Tap
 from tinspect.console.hub import Hub
 from tinspect.console.ring import LiveRecord, cut_head, head_json
 from tinspect.flow import Flow
+from tinspect.headers import Headers
 from tinspect.net.addresses import authority_host, format_addr
 from tinspect.taplib.har import encode_body
 from tinspect.units import TO_SERVER, BodyChunk, Data, Datagram, MessageEnd, Request, Response, Unit, WebSocketMessage
@@ -58,6 +59,7 @@ WS_CAP = 512
 _WS_REPUBLISH = 0.25  # seconds between live updates of one WebSocket record: a flood of messages is not a flood of events
 
 _KEY = "console"  # flow.state key
+_NO_HEADERS = Headers()  # of the request a record's URL is made from, which has none (never changed)
 
 
 class _Exchange(LiveRecord):
@@ -73,7 +75,7 @@ class _Exchange(LiveRecord):
     __slots__ = ("feed", "flow", "flow_id", "time", "client", "protocol", "sni", "server", "status", "size",
                  "duration", "verdict", "error", "done", "stream", "reached", "seen_response", "answered",
                  "d_request", "d_response", "tunnel", "request", "response", "req_body", "req_size", "resp_body",
-                 "resp_size", "request_end", "response_start", "end", "connection", "ws", "ws_count")
+                 "resp_size", "request_end", "response_start", "end", "connection", "ws", "ws_count", "shown")
 
     def __init__(self, feed: ConsoleFeed, flow: Flow, key: str, req: Request, now: float) -> None:
         self.feed = feed
@@ -110,14 +112,17 @@ class _Exchange(LiveRecord):
         self.connection: tuple | None = None  # the flow's `_facts`, once the flow is let go
         self.ws: deque | None = None  # the latest WebSocket messages: (direction, binary, first bytes, size, time)
         self.ws_count = 0
+        self.shown: tuple[str, str, str] | None = None  # client, host and URL as text, made at the first read
 
     def summary(self) -> dict[str, Any]:
-        method, target, scheme, authority = self.request[:4]
-        record = {"id": self.id, "flow": self.flow_id, "time": self.time,
-                  "client": format_addr(self.client) if self.client else "", "protocol": self.protocol,
-                  "host": authority_host(authority) or self.sni or (self.server[0] if self.server else ""),
-                  "method": method,
-                  "url": Request(method, target, scheme=scheme, authority=authority).url,
+        if self.shown is None:
+            method, target, scheme, authority = self.request[:4]
+            self.shown = (format_addr(self.client) if self.client else "",
+                          authority_host(authority) or self.sni or (self.server[0] if self.server else ""),
+                          Request(method, target, _NO_HEADERS, scheme=scheme, authority=authority).url)
+        client, host, url = self.shown
+        record = {"id": self.id, "flow": self.flow_id, "time": self.time, "client": client,
+                  "protocol": self.protocol, "host": host, "method": self.request[0], "url": url,
                   "status": self.status, "size": self.size, "duration": self.duration, "verdict": self.verdict,
                   "error": self.error, "done": self.done}
         if self.ws is not None:

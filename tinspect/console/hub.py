@@ -22,9 +22,12 @@ from typing import Any, Callable
 from tinspect.console.ring import FlowRing, LiveRecord, record_id, summary
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # made once: json.dumps with default= makes one per call
+
+
 def sse_event(record: dict[str, Any]) -> bytes:
     """One server-sent event (``data:`` line and blank line) carrying ``record`` as JSON."""
-    return b"data: " + json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n\n"
+    return b"data: " + _JSON.encode(record).encode() + b"\n\n"
 
 
 @dataclass
