@@ -26,6 +26,12 @@ HTTP/2 exchanges are told apart by stream id; HTTP/1.1 ones are answered in
 order (pipelining included), so the oldest open exchange is the one a
 response belongs to.
 
+Cost: an exchange's record is an `_Exchange` (a `tinspect.console.ring.LiveRecord`)
+holding references and packed heads, not JSON: its summary and detail are built
+when a page reads it, so the feed's work per exchange is a few attribute stores,
+two `cut_head` joins and the ring's insertion (docs/console.md, "Cost";
+``bench/micro_console.py`` measures it).
+
 Bounds: a record holds at most two heads of `tinspect.console.ring.HEAD_CAP`
 bytes, two bodies of ``body_cap`` bytes, and the last ``ws_messages``
 WebSocket messages of at most ``ws_cap`` bytes each; the ring holds at most
