@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinspect.console import FlowRing, curl_command, heads, matches, summary
+from tinspect.console.ring import cut_head, unpack_head
+from tinspect.headers import Headers
 
 
 def test_ring_evicts_oldest_past_capacity():
@@ -97,3 +99,20 @@ def test_heads_are_cut_at_the_cap_and_say_how_much():
 def test_summary_leaves_the_detail_out():
     """The list's summary is the record minus its detail."""
     assert summary({"id": "1", "status": 200, "detail": {"x": 1}}) == {"id": "1", "status": 200}
+
+
+def test_packed_heads_give_back_their_fields_even_with_a_nul_or_none():
+    """`cut_head` packs fields into bytes and `unpack_head` restores them: empty values, a NUL inside a
+    value (kept as pairs) and an empty head all come back as they were."""
+    for fields in ([], [(b"A", b"")], [(b"A", b"x\0y"), (b"B", b"c")], [(b"Host", b"a"), (b"X", b"1")]):
+        packed, cut = cut_head(fields)
+        assert cut == 0 and unpack_head(packed) == [(n.decode(), v.decode()) for n, v in fields]
+
+
+def test_a_packed_head_is_a_copy_a_later_change_does_not_reach():
+    """Changing the message's headers after the console kept them leaves the kept head as it was."""
+    headers = Headers([("Host", "a.example"), ("Cookie", "x")])
+    packed, _ = cut_head(headers.fields)
+    headers["Cookie"] = "changed"
+    del headers["Host"]
+    assert unpack_head(packed) == [("Host", "a.example"), ("Cookie", "x")]

@@ -26,6 +26,12 @@ HTTP/2 exchanges are told apart by stream id; HTTP/1.1 ones are answered in
 order (pipelining included), so the oldest open exchange is the one a
 response belongs to.
 
+Cost: an exchange's record is an `_Exchange` (a `tinspect.console.ring.LiveRecord`)
+holding references and packed heads, not JSON: its summary and detail are built
+when a page reads it, so the feed's work per exchange is a few attribute stores,
+two `cut_head` joins and the ring's insertion (docs/console.md, "Cost";
+``bench/micro_console.py`` measures it).
+
 Bounds: a record holds at most two heads of `tinspect.console.ring.HEAD_CAP`
 bytes, two bodies of ``body_cap`` bytes, and the last ``ws_messages``
 WebSocket messages of at most ``ws_cap`` bytes each; the ring holds at most
@@ -36,13 +42,15 @@ flow (``flow.state``) and goes with it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any, Callable, Iterable
 
 from tinspect.chain import Tap
 from tinspect.console.hub import Hub
-from tinspect.console.ring import heads
+from tinspect.console.ring import LiveRecord, cut_head, head_json
 from tinspect.flow import Flow
-from tinspect.net.addresses import format_addr
+from tinspect.headers import Headers
+from tinspect.net.addresses import authority_host, format_addr
 from tinspect.taplib.har import encode_body
 from tinspect.units import TO_SERVER, BodyChunk, Data, Datagram, MessageEnd, Request, Response, Unit, WebSocketMessage
 
@@ -57,28 +65,123 @@ WS_CAP = 512
 _WS_REPUBLISH = 0.25  # seconds between live updates of one WebSocket record: a flood of messages is not a flood of events
 
 _KEY = "console"  # flow.state key
+_NO_HEADERS = Headers()  # of the request a record's URL is made from, which has none (never changed)
 
 
-class _Exchange:
-    """One request/response exchange being recorded."""
+class _Exchange(LiveRecord):
+    """One request/response exchange: what it was made of, its record built only when read.
 
-    __slots__ = ("record", "detail", "stream", "reached", "seen_response", "answered", "d_request", "d_response",
-                 "req_body", "req_size", "resp_body", "resp_size", "tunnel")
+    It keeps references, not copies: the flow while the exchange is open (its
+    connection facts are read from it when the record is), the heads' field
+    lists as `cut_head` cut them, the bodies' first ``body_cap`` bytes. At its
+    end it takes the few connection facts it shows and lets the flow go, so a
+    kept record holds no more than its caps.
+    """
 
-    def __init__(self, record: dict, stream: int | None, decisions: int) -> None:
-        self.record = record
-        self.detail = record["detail"]
-        self.stream = stream
+    __slots__ = ("feed", "flow", "flow_id", "time", "client", "protocol", "sni", "server", "status", "size",
+                 "duration", "verdict", "error", "done", "stream", "reached", "seen_response", "answered",
+                 "d_request", "d_response", "tunnel", "request", "response", "req_body", "req_size", "resp_body",
+                 "resp_size", "request_end", "response_start", "end", "connection", "ws", "ws_count", "shown")
+
+    def __init__(self, feed: ConsoleFeed, flow: Flow, key: str, req: Request, now: float) -> None:
+        self.feed = feed
+        self.flow: Flow | None = flow
+        self.id = key
+        self.flow_id = flow.id
+        self.time = now
+        self.client = flow.client
+        self.protocol = flow.protocol
+        self.sni = flow.sni
+        self.server = flow.dst
+        self.status: int | None = None
+        self.size = 0
+        self.duration: float | None = None
+        self.verdict: str | None = None
+        self.error: str | None = None
+        self.done = False
+        self.stream = req.stream_id
         self.reached = False  # the request passed the tail: it went upstream
         self.seen_response = False  # the head saw the final response
         self.answered = False  # the tail saw it
-        self.d_request = decisions
-        self.d_response = decisions
-        self.req_body = bytearray()
-        self.req_size = 0
-        self.resp_body = bytearray()
-        self.resp_size = 0
+        self.d_request = self.d_response = flow.decisions
         self.tunnel = False  # the explicit proxy's CONNECT: its 200 does not cross the taps
+        # the heads: method, target, scheme, authority, version (status, reason, version), `cut_head`'s two
+        self.request = (req.method, req.target, req.scheme, req.authority, req.version, *cut_head(req.headers.fields))
+        self.response: tuple | None = None
+        self.req_body: bytes | bytearray | None = None  # its first body_cap bytes
+        self.req_size = 0
+        self.resp_body: bytes | bytearray | None = None
+        self.resp_size = 0
+        self.request_end: float | None = None
+        self.response_start: float | None = None
+        self.end: float | None = None
+        self.connection: tuple | None = None  # the flow's `_facts`, once the flow is let go
+        self.ws: deque | None = None  # the latest WebSocket messages: (direction, binary, first bytes, size, time)
+        self.ws_count = 0
+        self.shown: tuple[str, str, str] | None = None  # client, host and URL as text, made at the first read
+
+    def summary(self) -> dict[str, Any]:
+        if self.shown is None:
+            method, target, scheme, authority = self.request[:4]
+            self.shown = (format_addr(self.client) if self.client else "",
+                          authority_host(authority) or self.sni or (self.server[0] if self.server else ""),
+                          Request(method, target, _NO_HEADERS, scheme=scheme, authority=authority).url)
+        client, host, url = self.shown
+        record = {"id": self.id, "flow": self.flow_id, "time": self.time, "client": client,
+                  "protocol": self.protocol, "host": host, "method": self.request[0], "url": url,
+                  "status": self.status, "size": self.size, "duration": self.duration, "verdict": self.verdict,
+                  "error": self.error, "done": self.done}
+        if self.ws is not None:
+            record["messages"] = self.ws_count
+        return record
+
+    def whole(self) -> dict[str, Any]:
+        record = self.summary()
+        feed = self.feed
+        method, _, _, _, version, kept, cut = self.request
+        request = head_json(version, kept, cut, method=method, url=record["url"])
+        if self.request_end is not None or self.done:
+            request["body"] = feed.body(self.req_body, self.req_size)
+        response = None
+        if self.response is not None:
+            status, reason, version, kept, cut = self.response
+            response = head_json(version, kept, cut, status=status, reason=reason)
+            if self.done:
+                response["body"] = feed.body(self.resp_body, self.resp_size)
+        timings = {"start": self.time}
+        for name in ("request_end", "response_start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                timings[name] = value
+        times, tls = _connection(self.connection if self.flow is None else _facts(self.flow))
+        detail = {"type": "exchange", "flow": self.flow_id, "client": list(self.client) if self.client else None,
+                  "server": list(self.server) if self.server else None, "protocol": self.protocol,
+                  "request": request, "response": response, "timings": timings, "connection": times, "tls": tls}
+        if self.ws is not None:
+            detail["websocket"] = [feed.ws_record(self.flow_id, *message) for message in self.ws]
+            if self.ws_count > len(self.ws):
+                detail["websocket_dropped"] = self.ws_count - len(self.ws)
+        if self.error and self.done and self.protocol != "websocket":  # a WebSocket's error is the connection's
+            detail["error"] = self.error
+        record["detail"] = detail
+        return record
+
+
+def _facts(flow: Flow) -> tuple:
+    """The flow's connection facts as known now: its steps' times and its TLS (a tuple: no dict per exchange)."""
+    t = flow.timings
+    return (t.accepted, t.upstream_connected, t.client_tls_done, t.upstream_tls_done,
+            flow.sni, flow.alpn, flow.tls_version, flow.upstream_cert)
+
+
+def _connection(facts: tuple) -> tuple[dict, dict | None]:
+    """`_facts` as the console shows them: the times, and the TLS details (``None`` without TLS)."""
+    accepted, upstream_connected, client_tls_done, upstream_tls_done, sni, alpn, version, cert = facts
+    times = {"accepted": accepted, "upstream_connected": upstream_connected,
+             "client_tls_done": client_tls_done, "upstream_tls_done": upstream_tls_done}
+    tls = None if version is None and sni is None else {"sni": sni, "alpn": alpn, "version": version,
+                                                         "upstream_cert": cert}
+    return times, tls
 
 
 class _FlowState:
@@ -132,39 +235,29 @@ class ConsoleFeed:
             fs = flow.state[_KEY] = _FlowState()
         return fs
 
-    def _base(self, flow: Flow, key: str, kind: str, now: float) -> dict[str, Any]:
+    @staticmethod
+    def _base(flow: Flow, key: str, now: float) -> dict[str, Any]:
+        """A record for a flow that carries no HTTP exchange (made once per flow, so a plain dictionary)."""
         dst = flow.dst
+        times, tls = _connection(_facts(flow))
         return {
             "id": key, "flow": flow.id, "time": now, "client": format_addr(flow.client) if flow.client else "",
             "protocol": flow.protocol, "host": flow.sni or (dst[0] if dst else ""), "method": None,
             "url": format_addr(dst) if dst else "", "status": None, "size": 0, "duration": None,
-            "verdict": flow.verdict if kind == "flow" else None, "error": None, "done": False,
-            "detail": {"type": kind, "flow": flow.id, "client": list(flow.client) if flow.client else None,
-                       "server": list(dst) if dst else None, "protocol": flow.protocol},
+            "verdict": flow.verdict, "error": None, "done": False,
+            "detail": {"type": "flow", "flow": flow.id, "client": list(flow.client) if flow.client else None,
+                       "server": list(dst) if dst else None, "protocol": flow.protocol,
+                       "connection": times, "tls": tls},
         }
-
-    def _connection(self, flow: Flow, detail: dict) -> None:
-        """The flow's connection facts: its steps' times and TLS, as known now."""
-        t = flow.timings
-        detail["connection"] = {"accepted": t.accepted, "upstream_connected": t.upstream_connected,
-                                "client_tls_done": t.client_tls_done, "upstream_tls_done": t.upstream_tls_done}
-        detail["tls"] = None if flow.tls_version is None and flow.sni is None else {
-            "sni": flow.sni, "alpn": flow.alpn, "version": flow.tls_version, "upstream_cert": flow.upstream_cert}
 
     def request(self, req: Request, flow: Flow) -> None:
         """The head saw a request: a new exchange, shown at once."""
         fs = self._state(flow)
         fs.count += 1
         now = self.clock()
-        self._tunnelled(fs, now)
-        record = self._base(flow, f"{flow.id}.{fs.count}", "exchange", now)
-        record.update(method=req.method, url=req.url, host=req.host or record["host"])
-        detail = record["detail"]
-        detail["request"] = heads(req)
-        detail["response"] = None
-        detail["timings"] = {"start": now}
-        self._connection(flow, detail)
-        ex = _Exchange(record, req.stream_id, flow.decisions)
+        if fs.h1:
+            self._tunnelled(fs, now)
+        ex = _Exchange(self, flow, f"{flow.id}.{fs.count}", req, now)
         if req.stream_id is None:
             fs.h1.append(ex)
         else:
@@ -172,8 +265,10 @@ class ConsoleFeed:
         if req.body is None:
             fs.requests[id(req)] = ex
         else:
-            self._request_done(ex, req.body, now)
-        self.hub.publish(record)
+            ex.req_size = len(req.body)
+            ex.req_body = req.body if len(req.body) <= self.body_cap else req.body[: self.body_cap]
+            ex.request_end = now
+        self.hub.publish(ex)
 
     def request_part(self, unit: BodyChunk | MessageEnd, flow: Flow) -> None:
         """The head saw a request's body chunk or end."""
@@ -183,38 +278,30 @@ class ConsoleFeed:
             return
         if type(unit) is BodyChunk:
             ex.req_size += len(unit.data)
-            self._keep(ex.req_body, unit.data)
+            ex.req_body = self._keep(ex.req_body, unit.data)
         else:
             del fs.requests[id(unit.message)]
-            self._request_done(ex, None, self.clock())
-
-    def _request_done(self, ex: _Exchange, whole: bytes | None, now: float) -> None:
-        if whole is not None:
-            ex.req_size = len(whole)
-            self._keep(ex.req_body, whole)
-        ex.detail["timings"]["request_end"] = now
-        ex.detail["request"]["body"] = self._body(ex.req_body, ex.req_size)
-        ex.req_body = bytearray()
+            ex.request_end = self.clock()
 
     def reached(self, req: Request, flow: Flow) -> None:
         """The tail saw a request: it goes upstream (a tap's decision on the way is this exchange's)."""
         fs = flow.state.get(_KEY)
         if fs is None:
             return
-        ex = self._find(fs, req.stream_id, lambda e: not e.reached)
+        ex = self._find(fs, req, "reached", False)
         if ex is None:
             return
         ex.reached = True
         ex.tunnel = req.method == "CONNECT" and flow.mode == "explicit"
         if flow.decisions != ex.d_request:
-            ex.record["verdict"] = flow.verdict
+            ex.verdict = flow.verdict
 
     def response_seen(self, resp: Response, flow: Flow) -> None:
         """The head saw a final response: decisions from here on are about it."""
         fs = flow.state.get(_KEY)
-        if fs is None or resp.interim:
+        if fs is None or (resp.status < 200 and resp.interim):
             return
-        ex = self._find(fs, _stream(resp), lambda e: not e.seen_response)
+        ex = self._find(fs, resp, "seen_response", False)
         if ex is not None:
             ex.seen_response = True
             ex.d_response = flow.decisions
@@ -222,35 +309,33 @@ class ConsoleFeed:
     def response(self, resp: Response, flow: Flow) -> None:
         """The tail saw a final response: what the client gets."""
         fs = flow.state.get(_KEY)
-        if fs is None or resp.interim:
+        if fs is None or (resp.status < 200 and resp.interim):
             return
-        ex = self._find(fs, _stream(resp), lambda e: not e.answered)
+        ex = self._find(fs, resp, "answered", False)
         if ex is None:
             return
         ex.answered = True
         now = self.clock()
-        record = ex.record
         if not ex.reached:
-            record["verdict"] = flow.verdict if flow.decisions != ex.d_request else "local"
+            ex.verdict = flow.verdict if flow.decisions != ex.d_request else "local"
         elif flow.decisions != ex.d_response:
-            record["verdict"] = flow.verdict
-        record["status"] = resp.status
+            ex.verdict = flow.verdict
+        ex.status = resp.status
         if flow.dst:  # an explicit proxy's flow learns it from the request
-            ex.detail["server"] = list(flow.dst)
-        self._connection(flow, ex.detail)  # the upstream connect and handshakes are done by now
-        ex.detail["response"] = heads(resp)
-        ex.detail["timings"]["response_start"] = now
+            ex.server = flow.dst
+        ex.response = (resp.status, resp.reason, resp.version, *cut_head(resp.headers.fields))
+        ex.response_start = now
         if resp.status == 101:
-            record["protocol"] = ex.detail["protocol"] = "websocket"
+            ex.protocol = "websocket"
             fs.ws = ex
             self._finish(fs, ex, now)
         elif resp.body is not None:
-            record["error"] = _proxy_error(resp)
+            ex.error = _proxy_error(resp)
             ex.resp_size = len(resp.body)
-            self._keep(ex.resp_body, resp.body)
+            ex.resp_body = resp.body if len(resp.body) <= self.body_cap else resp.body[: self.body_cap]
             self._finish(fs, ex, now)
         else:
-            self.hub.publish(record)
+            self.hub.publish(ex)
 
     def response_part(self, unit: BodyChunk | MessageEnd, flow: Flow) -> None:
         """The tail saw a response's body chunk or end."""
@@ -258,12 +343,12 @@ class ConsoleFeed:
         message = unit.message
         if fs is None or message is None:
             return
-        ex = self._find(fs, _stream(message), lambda e: e.answered)
+        ex = self._find(fs, message, "answered", True)
         if ex is None:
             return
         if type(unit) is BodyChunk:
             ex.resp_size += len(unit.data)
-            self._keep(ex.resp_body, unit.data)
+            ex.resp_body = self._keep(ex.resp_body, unit.data)
         else:
             self._finish(fs, ex, self.clock())
 
@@ -274,20 +359,23 @@ class ConsoleFeed:
         if ex is None:
             return
         now = self.clock()
-        size = len(msg.data)
-        messages = ex.detail.setdefault("websocket", [])
-        record = {"type": "websocket", "flow": flow.id, "direction": str(msg.direction), "binary": msg.binary,
-                  "size": size, "time": now}
-        record.update(encode_body(msg.data[: self.ws_cap], self.ws_cap, size))
-        messages.append(record)
-        if len(messages) > self.ws_messages:
-            del messages[0]
-            ex.detail["websocket_dropped"] = ex.detail.get("websocket_dropped", 0) + 1
-        ex.record["size"] += size
-        ex.record["messages"] = ex.record.get("messages", 0) + 1
+        if ex.ws is None:
+            ex.ws = deque(maxlen=self.ws_messages)
+        data = msg.data
+        ex.ws.append((msg.direction, msg.binary, data[: self.ws_cap], len(data), now))
+        ex.ws_count += 1
+        ex.size += len(data)
         if now - fs.ws_published >= _WS_REPUBLISH:
             fs.ws_published = now
-            self.hub.publish(ex.record)
+            self.hub.publish(ex)
+
+    def ws_record(self, flow_id: str, direction: Any, binary: bool, kept: bytes, size: int,
+                  now: float) -> dict[str, Any]:
+        """A kept WebSocket message as the console shows it."""
+        record = {"type": "websocket", "flow": flow_id, "direction": str(direction), "binary": binary,
+                  "size": size, "time": now}
+        record.update(encode_body(kept, self.ws_cap, size))
+        return record
 
     def payload(self, unit: Data | Datagram, flow: Flow) -> None:
         """The head saw raw bytes: counted; the flow's own record is shown at the first."""
@@ -299,8 +387,7 @@ class ConsoleFeed:
         else:
             fs.down += len(unit.data)
         if fs.conn is None:
-            fs.conn = self._base(flow, flow.id, "flow", flow.started)
-            self._connection(flow, fs.conn["detail"])
+            fs.conn = self._base(flow, flow.id, flow.started)
             self.hub.publish(fs.conn)
 
     def closed(self, flow: Flow) -> None:
@@ -312,23 +399,23 @@ class ConsoleFeed:
             if flow.timings.upstream_connected is not None:
                 self._tunnelled(fs, now)
             for ex in [*fs.h1, *fs.h2.values()]:
-                ex.record["error"] = error or "the connection ended before the response did"
+                ex.error = error or "the connection ended before the response did"
                 self._finish(fs, ex, now)
             if fs.ws is not None:
-                record = fs.ws.record
-                record["duration"] = now - record["time"]
-                record["error"] = error
-                self.hub.publish(record)
+                ws = fs.ws
+                ws.duration = now - ws.time
+                ws.error = error
+                self.hub.publish(ws)
             if fs.count and fs.conn is None:
                 return
         record = fs.conn if fs is not None and fs.conn is not None else None
         if record is None:
-            record = self._base(flow, flow.id, "flow", flow.started)
+            record = self._base(flow, flow.id, flow.started)
         record.update(protocol=flow.protocol, host=flow.sni or record["host"], verdict=flow.verdict, error=error,
                       duration=(flow.ended or now) - flow.started, done=True,
                       size=(fs.up + fs.down) if fs is not None else 0)
         detail = record["detail"]
-        self._connection(flow, detail)
+        detail["connection"], detail["tls"] = _connection(_facts(flow))
         detail.update(protocol=flow.protocol, bytes_up=fs.up if fs else 0, bytes_down=fs.down if fs else 0,
                       ended=flow.ended, error=error)
         if flow.quic_version:
@@ -339,48 +426,58 @@ class ConsoleFeed:
         """Something crossed (or ended) a tunnel the explicit proxy opened: its CONNECT was answered 200."""
         for ex in [e for e in fs.h1 if e.tunnel and not e.answered]:
             ex.answered = True
-            ex.record["status"] = 200
+            ex.status = 200
             self._finish(fs, ex, now)
 
     def _finish(self, fs: _FlowState, ex: _Exchange, now: float) -> None:
-        record, detail = ex.record, ex.detail
         if ex.stream is None:
             if ex in fs.h1:
                 fs.h1.remove(ex)
         else:
             fs.h2.pop(ex.stream, None)
-        for key in [k for k, v in fs.requests.items() if v is ex]:
-            del fs.requests[key]
-        if "body" not in detail["request"]:  # ended before its request did
-            detail["request"]["body"] = self._body(ex.req_body, ex.req_size)
-        if detail["response"] is not None:
-            detail["response"]["body"] = self._body(ex.resp_body, ex.resp_size)
-            if record["protocol"] != "websocket":
-                record["size"] = ex.resp_size
-        ex.req_body = ex.resp_body = bytearray()
-        detail["timings"]["end"] = now
-        if record["error"]:
-            detail["error"] = record["error"]
-        record["duration"] = now - record["time"]
-        record["done"] = True
-        self.hub.publish(record)
+        if fs.requests:
+            for key in [k for k, v in fs.requests.items() if v is ex]:
+                del fs.requests[key]
+        if ex.response is not None and ex.protocol != "websocket":
+            ex.size = ex.resp_size
+        ex.end = now
+        ex.duration = now - ex.time
+        ex.done = True
+        if ex.flow is not None:  # take the flow's facts as they are now, and let the flow go
+            ex.connection = _facts(ex.flow)
+            ex.flow = None
+        self.hub.publish(ex)
 
     @staticmethod
-    def _find(fs: _FlowState, stream: int | None, wanted: Callable[[_Exchange], bool]) -> _Exchange | None:
+    def _find(fs: _FlowState, message: Request | Response, flag: str, value: bool) -> _Exchange | None:
+        """The open exchange of ``message``: its stream's, or the oldest HTTP/1.1 one whose ``flag`` is ``value``."""
+        if type(message) is Request:
+            stream = message.stream_id
+        else:
+            request = message.request
+            stream = request.stream_id if request is not None else None
         if stream is not None:
             return fs.h2.get(stream)
         for ex in fs.h1:
-            if wanted(ex):
+            if getattr(ex, flag) is value:
                 return ex
         return None
 
-    def _keep(self, kept: bytearray, data: bytes) -> None:
+    def _keep(self, kept: bytes | bytearray | None, data: bytes) -> bytes | bytearray | None:
+        """``kept`` with as much of the next chunk ``data`` as the cap leaves room for."""
+        if kept is None:  # the chunk itself when under the cap (no copy), else its first bytes
+            return data if len(data) <= self.body_cap else data[: self.body_cap]
         room = self.body_cap - len(kept)
-        if room > 0:
-            kept += data[:room]
+        if room <= 0:
+            return kept
+        if type(kept) is not bytearray:
+            kept = bytearray(kept)
+        kept += data[:room]
+        return kept
 
-    def _body(self, kept: bytearray, size: int) -> dict:
-        return encode_body(bytes(kept), self.body_cap, size) if self.body_cap else {"size": size}
+    def body(self, kept: bytes | bytearray | None, size: int) -> dict:
+        """A body as the console shows it: its size, and what was kept of it."""
+        return encode_body(bytes(kept or b""), self.body_cap, size) if self.body_cap else {"size": size}
 
 
 def _proxy_error(resp: Response) -> str | None:
@@ -393,14 +490,6 @@ def _proxy_error(resp: Response) -> str | None:
     if not found:
         return None
     return rest.decode("utf-8", "replace").strip() or None
-
-
-def _stream(message: Request | Response) -> int | None:
-    """The HTTP/2 stream of a message (``None`` for HTTP/1.x)."""
-    if type(message) is Request:
-        return message.stream_id
-    request = message.request
-    return request.stream_id if request is not None else None
 
 
 class _Head(Tap):

@@ -19,12 +19,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tinspect.console.ring import FlowRing, summary
+from tinspect.console.ring import FlowRing, LiveRecord, record_id, summary
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # made once: json.dumps with default= makes one per call
 
 
 def sse_event(record: dict[str, Any]) -> bytes:
     """One server-sent event (``data:`` line and blank line) carrying ``record`` as JSON."""
-    return b"data: " + json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n\n"
+    return b"data: " + _JSON.encode(record).encode() + b"\n\n"
 
 
 @dataclass
@@ -54,7 +57,7 @@ class Hub:
     def subscribe(self, sub: Subscriber) -> None:
         """Add ``sub`` and send it every kept record, oldest first."""
         self.subscribers.append(sub)
-        for record in self.ring.records():
+        for record in self.ring.entries():
             sub.write(sse_event(summary(record)))
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -62,12 +65,12 @@ class Hub:
         if sub in self.subscribers:
             self.subscribers.remove(sub)
 
-    def publish(self, record: dict[str, Any]) -> None:
+    def publish(self, record: dict[str, Any] | LiveRecord) -> None:
         """Keep ``record``; the next `flush` sends it (nothing is noted while no page is open)."""
         self.ring.put(record)
         if self.subscribers:
             changed = self._changed
-            changed[record["id"]] = record
+            changed[record_id(record)] = record
             if len(changed) > self.ring.capacity:  # more than the ring holds changed in one interval
                 del changed[next(iter(changed))]
 
@@ -78,7 +81,7 @@ class Hub:
         changed, self._changed = self._changed, {}
         if not self.subscribers:
             return
-        event = b"".join(sse_event(summary(self.ring.get(key) or record)) for key, record in changed.items())
+        event = b"".join(sse_event(summary(self.ring.entry(key) or record)) for key, record in changed.items())
         for sub in list(self.subscribers):
             if sub.pending() > self.max_pending:
                 self.unsubscribe(sub)
