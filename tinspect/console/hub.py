@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 from tinspect.console.ring import FlowRing, LiveRecord, record_id, summary
 
-
 _JSON = json.JSONEncoder(separators=(",", ":"), default=str)  # made once: json.dumps with default= makes one per call
 
 
