@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.bidi import Firefox
 from tests.cdp import Browser, png_pixels
 from tests.conftest import DUAL, REPO, client_run
 from tinspect.lab.netlab import CLIENT4, SERVER4, SERVER_NAME, Nginx
@@ -31,9 +33,9 @@ new MutationObserver(() => { for (const tr of document.querySelectorAll('#flows 
 
 
 @pytest.fixture
-def console(lab, proxy, pki, tmp_path):
+def console_proxy(lab, proxy, pki, tmp_path):
     """nginx on 80/443; the proxy under TPROXY with the filter tap (``/blocked/`` is blocked) and
-    ``--console`` on the gateway's loopback; Chromium in the gateway showing the console, live."""
+    ``--console`` on the gateway's loopback."""
     web = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]))
     (web.root / "index.html").write_text("hello\n")
     (web.root / "blocked").mkdir()
@@ -49,6 +51,11 @@ def console(lab, proxy, pki, tmp_path):
     proxy(["--listen", DUAL, "--taps", "filter", "--tap-option", f"filter.rules={rules}",
            "--console", "tcp:8081", "--state-dir", str(pki["state"]), "--upstream-ca", str(pki["server_ca"])],
           wait=[(8080, "tcp"), (8081, "tcp")])
+
+
+@pytest.fixture
+def console(lab, console_proxy):
+    """Chromium in the gateway showing the console, live."""
     with Browser(prefix=["ip", "netns", "exec", lab.gateway]) as browser:
         browser.goto(CONSOLE)
         browser.wait_for("document.getElementById('live').textContent === 'live'", what="the live stream open")
@@ -150,3 +157,30 @@ def test_the_page_is_not_blank(lab, pki, console):
     background = max(set(table), key=table.count)
     assert len(set(table)) > 20, "the table area is (nearly) one colour: the page rendered empty"
     assert sum(p != background for p in table) > len(table) // 50, "hardly anything drawn in the table area"
+
+
+@pytest.mark.skipif(shutil.which("firefox-esr") is None, reason="needs Debian's firefox-esr (scripts/install-deps)")
+def test_firefox_shows_the_flows_live_and_filters_them(lab, pki, console_proxy):
+    """The same page in headless Firefox (WebDriver BiDi): rows arrive live, the host filter narrows them,
+    a blocked request says blocked, and the screenshot is not blank."""
+    with Firefox(lab.gateway) as browser:
+        browser.goto(CONSOLE)
+        browser.wait_for("document.getElementById('live').textContent === 'live'", what="the live stream open")
+        curl(lab, pki, f"http://{SERVER4}/")
+        curl(lab, pki, f"https://{SERVER_NAME}/", "--http2")
+        curl(lab, pki, f"http://{SERVER4}/blocked/page")
+        plain, tls, blocked = (row_of(browser, f"{SERVER4}/"), row_of(browser, f"{SERVER_NAME}/"),
+                               row_of(browser, "/blocked/page"))
+        verdict = browser.js(f"document.querySelector('tr[data-id=\"{blocked}\"] .col-verdict').textContent")
+        assert verdict == "blocked"
+        assert browser.js(f"document.querySelector('tr[data-id=\"{tls}\"] .col-protocol').textContent") == "h2"
+        png = browser.screenshot()
+        browser.js("(() => { const h = document.querySelector('#filters [name=host]'); h.value = 'server.test';"
+                   " h.dispatchEvent(new Event('input', {bubbles: true})); return 1 })()")
+        shown = browser.wait_for(f"(() => {{ const v = ({ROWS}).filter(tr => !tr.hidden).map(tr => tr.dataset.id);"
+                                 f" return v.length && !v.includes({json.dumps(plain)}) ? v : null }})()",
+                                 what="the host filter applied")
+        assert shown == [tls]
+    width, height, pixel = png_pixels(png)
+    table = [pixel(x, y) for x in range(0, min(width, 900), 3) for y in range(40, min(height, 200), 2)]
+    assert len(set(table)) > 20, "the table area is (nearly) one colour: the page rendered empty in Firefox"
