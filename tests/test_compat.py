@@ -160,15 +160,21 @@ async def test_fast_write_ends_in_the_socket_of_a_loopback_tcp_transport():
 # -- 2. Twisted's TLS layering -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server_tls():
-    """Server TLS options with a throwaway self-signed certificate."""
+def _self_signed():
+    """A throwaway key and self-signed certificate for compat.test."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "compat.test")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def server_tls():
+    """Server TLS options with a throwaway self-signed certificate."""
+    key, cert = _self_signed()
     return CertificateOptions(privateKey=key, certificate=cert)
 
 
@@ -816,12 +822,7 @@ async def test_an_ssl_endpoint_makes_its_connections_from_the_context_server_tls
     from OpenSSL import SSL
     from twisted.internet.endpoints import SSL4ClientEndpoint, serverFromString
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "compat.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    key, cert = _self_signed()
     pem = tmp_path / "server.pem"
     pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))

@@ -423,13 +423,8 @@ class Http1Layer:
         if self._upstream_error is not None:
             self._answer(ex, error_page(502, f"upstream {format_addr(self.flow.dst)}: {self._upstream_error}", req))
             return
-        try:
-            dst = self._destination(req)
-        except ValueError as e:
-            self._answer(ex, error_page(400, str(e), req))
-            return
-        if self.explicit and self.ctx.loops(dst):
-            self._answer(ex, _loop_page(dst, req))
+        dst = self._reachable(ex, req, self._destination, check_loop=self.explicit)
+        if dst is None:
             return
         up = self.upstream
         if up is not None and up is self._early:
@@ -466,19 +461,28 @@ class Http1Layer:
         if req.body is not None:
             self._await_response(ex)
 
+    def _reachable(self, ex: _Exchange, req: Request, find: Callable[[Request], tuple[str, int]],
+                   check_loop: bool = True) -> tuple[str, int] | None:
+        """Where ``req`` goes (``find`` says), or ``None`` once it has been answered: a 400
+        for a target that names no destination, the loop page for this proxy itself."""
+        try:
+            dst = find(req)
+        except ValueError as e:
+            self._answer(ex, error_page(400, str(e), req))
+            return None
+        if check_loop and self.ctx.loops(dst):
+            self._answer(ex, _loop_page(dst, req))
+            return None
+        return dst
+
     def _send_instead(self, ex: _Exchange, req: Request) -> None:
         """A tap answered the server's whole response with ``req`` (a redirect it follows
         itself): send that in its place; the client gets the answer to it."""
         up = ex.upstream
         if req.body is None or not ex.request_done or ex.switching or (up is not None and up.message is not None):
             raise RuntimeError("taps can only send a whole request in place of a whole response")
-        try:
-            dst = self._destination(req)
-        except ValueError as e:
-            self._answer(ex, error_page(400, str(e), req))
-            return
-        if self.ctx.loops(dst):
-            self._answer(ex, _loop_page(dst, req))
+        dst = self._reachable(ex, req, self._destination)
+        if dst is None:
             return
         ex.response_submitted = False
         if up is not None and up is self.upstream and req.host != ex.request.host:
@@ -808,13 +812,8 @@ class Http1Layer:
 
     def _open_tunnel(self, ex: _Exchange, req: Request) -> None:
         """The explicit proxy's CONNECT: connect, answer 200, then sniff the tunnel."""
-        try:
-            dst = host_port(req.target, None)
-        except ValueError as e:
-            self._answer(ex, error_page(400, str(e), req))
-            return
-        if self.ctx.loops(dst):
-            self._answer(ex, _loop_page(dst, req))
+        dst = self._reachable(ex, req, lambda r: host_port(r.target, None))
+        if dst is None:
             return
         if self.upstream is not None:
             self.upstream.close()
