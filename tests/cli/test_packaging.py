@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import venv
 
@@ -45,3 +46,12 @@ def test_plain_pip_install_registers_twistd_plugin(tmp_path):
     # Twisted's plugin convention: our tree merges into twisted.plugins, so it has no __init__.py.
     assert not (REPO / "twisted" / "__init__.py").exists()
     assert not (REPO / "twisted" / "plugins" / "__init__.py").exists()
+
+
+def test_the_checkout_as_installed_runs_twistd_tinspect_from_anywhere(tmp_path):
+    """As scripts/install-deps installs the checkout (editable), `twistd tinspect` works outside it with no
+    PYTHONPATH: the README's first commands must not depend on the directory they run in."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    helptext = subprocess.run(["twistd", "tinspect", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=60)
+    assert helptext.returncode == 0 and "--listen" in helptext.stdout, helptext.stdout + helptext.stderr
