@@ -15,6 +15,7 @@ SANS_IO = [
     "tinspect/flow.py",
     "tinspect/console/feed.py",
     "tinspect/console/hub.py",
+    "tinspect/console/merge.py",
     "tinspect/console/ring.py",
     "tinspect/layers/sniff.py",
     "tinspect/layers/http/assemble.py",

@@ -19,9 +19,18 @@ from typing import Any, Callable, Protocol
 from tinspect.net.addresses import format_addr
 from tinspect.units import Direction, Unit
 
-__all__ = ["Flow", "FlowArm", "FlowClosed", "Timings"]
+__all__ = ["Flow", "FlowArm", "FlowClosed", "Timings", "set_id_prefix"]
 
 _ids = itertools.count(1)
+_prefix = ""  # "w1-PID-" in worker 1 of --workers: ids unique across the workers (logs, the console)
+
+
+def set_id_prefix(prefix: str) -> None:
+    """Start every later flow id with ``prefix``: worker ``n`` of ``--workers`` uses ``w{n}-{pid}-``,
+    so flow ids (and the console's record ids made from them) are unique across the processes, and
+    a restarted worker's do not repeat those of its run before."""
+    global _prefix
+    _prefix = prefix
 
 
 class FlowClosed(Exception):
@@ -121,7 +130,7 @@ class Flow:
         protocol: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.id = str(next(_ids))
+        self.id = f"{_prefix}{next(_ids)}"
         self.client = client
         self.dst = dst
         self.listener = listener

@@ -20,6 +20,7 @@ anything else starts.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
 import time
@@ -138,8 +139,13 @@ class _ConsoleListener(_PortService):
         from tinspect.layers.http.explicit import ClientNetworks
 
         where = f"--console {self.endpoint}"
-        hub, auth, clients = self.site_args
-        address = self._bind(where, self.endpoint, console_site(hub, auth, clients))
+        hub, auth, clients, workers = self.site_args
+        consoles = None
+        if workers:
+            from tinspect.console.fanin import WorkerConsoles
+
+            consoles = WorkerConsoles(self.ctx.reactor, workers)
+        address = self._bind(where, self.endpoint, console_site(hub, auth, clients, workers=consoles))
         if auth is None and address[0] not in ClientNetworks(("127.0.0.0/8", "::1/128")):
             self.port.stopListening()
             self.port = None
@@ -149,24 +155,32 @@ class _ConsoleListener(_PortService):
                        auth="password required" if auth is not None else "no password: loopback only")
 
 
-class _WorkerMetrics(Service):
-    """A worker's counters for worker 0 to sum: its exposition on a Unix socket."""
+class _WorkerSocket(Service):
+    """What a worker serves worker 0 (its counters, its console records) on a Unix socket of mode 0600,
+    in the directory worker 0 made for them (0700). A socket file left by a run of this worker that
+    was killed is removed first: the restarted worker must be reachable again."""
 
     port: Any = None
+    _log = Logger()
 
-    def __init__(self, ctx: ProxyContext, path: str) -> None:
+    def __init__(self, ctx: ProxyContext, path: str, factory: Callable[[], Any], what: str) -> None:
         self.ctx = ctx
         self.path = path
-        self.setName(f"worker metrics {path}")
+        self.factory = factory
+        self.setName(f"worker {what} {path}")
 
     def startService(self) -> None:
         super().startService()
         from twisted.internet.endpoints import UNIXServerEndpoint
 
-        from tinspect.ops.metrics_http import worker_metrics_factory
-
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
         endpoint = UNIXServerEndpoint(self.ctx.reactor, self.path, mode=0o600, wantPID=False)
-        endpoint.listen(worker_metrics_factory(self.ctx)).addCallback(lambda port: setattr(self, "port", port))
+        d = endpoint.listen(self.factory())
+        d.addCallback(lambda port: setattr(self, "port", port))
+        d.addErrback(lambda failure: self._log.failure("{name}: cannot listen", failure, name=self.name))
 
     def stopService(self) -> Any:
         super().stopService()
@@ -320,7 +334,8 @@ class Proxy(MultiService):
         return self
 
     def serve_console(self, endpoint: str, flows: int = 2000, credentials: Iterable[str] = (),
-                      clients: Iterable[str] | None = None, body_cap: int | None = None) -> "Proxy":
+                      clients: Iterable[str] | None = None, body_cap: int | None = None,
+                      workers: dict[int, str] | None = None) -> "Proxy":
         """Serve the live web console at ``http://ENDPOINT/`` (a Twisted server endpoint string).
 
         Its feed wraps the tap chain (`tinspect.console.feed`): call this
@@ -333,31 +348,54 @@ class Proxy(MultiService):
             clients: networks (CIDRs) whose clients may connect; by default
                 loopback and private networks, as for the explicit proxy.
             body_cap: bytes kept of each body (`tinspect.console.feed.BODY_CAP`).
+            workers: worker number -> the Unix socket where that worker of ``--workers``
+                serves its records (`serve_worker_console`): the console covers them too.
 
         Raises:
             ValueError: a bad count, credential or network.
         """
-        from tinspect.console.feed import BODY_CAP, ConsoleFeed
-        from tinspect.console.hub import Hub
         from tinspect.layers.http.explicit import LOCAL_NETWORKS, ClientNetworks, ProxyAuth
 
         credentials = list(credentials)
         auth = ProxyAuth(credentials, realm="tinspect console") if credentials else None
         networks = ClientNetworks(tuple(clients) if clients else LOCAL_NETWORKS)
+        self._feed_console(flows, body_cap)
+        _ConsoleListener(self.ctx, endpoint, (self.console, auth, networks, dict(workers or {}))).setServiceParent(self)
+        return self
+
+    def _feed_console(self, flows: int, body_cap: int | None) -> None:
+        """Keep the console's records in `console`: its feed wraps the tap chain."""
+        from tinspect.console.feed import BODY_CAP, ConsoleFeed
+        from tinspect.console.hub import Hub
+
         self.console = Hub(flows)
         feed = ConsoleFeed(self.console, BODY_CAP if body_cap is None else body_cap)
         old = self.ctx.chain
         self.ctx.chain = TapChain(feed.wrap(old.taps))
         if old.metrics is not None:
             self.ctx.chain.measure(old.metrics)
-        _ConsoleListener(self.ctx, endpoint, (self.console, auth, networks)).setServiceParent(self)
+
+    def serve_worker_console(self, path: str, flows: int = 2000, body_cap: int | None = None) -> "Proxy":
+        """As an extra worker of ``--workers``: keep console records of this worker's flows and serve
+        them (the console site, without a password) on the Unix socket ``path``, for worker 0's
+        console to merge (`tinspect.console.fanin`). Call before the proxy starts."""
+        self._feed_console(flows, body_cap)
+
+        def site() -> Any:
+            from tinspect.console.web import console_site
+
+            return console_site(self.console, reactor=self.ctx.reactor)
+
+        _WorkerSocket(self.ctx, path, site, "console").setServiceParent(self)
         return self
 
     def serve_worker_metrics(self, path: str) -> "Proxy":
         """As an extra worker of ``--workers``: serve the counters on the Unix
         socket ``path`` for worker 0's ``--metrics`` to sum."""
+        from tinspect.ops.metrics_http import worker_metrics_factory
+
         self.ctx.metrics.measure(self.ctx.chain)
-        _WorkerMetrics(self.ctx, path).setServiceParent(self)
+        _WorkerSocket(self.ctx, path, lambda: worker_metrics_factory(self.ctx), "metrics").setServiceParent(self)
         return self
 
     def listen_udp(self, spec: str) -> "Proxy":

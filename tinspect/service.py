@@ -21,6 +21,7 @@ from twisted.python import usage
 from taps import BUILTIN
 from tinspect.cli.config import ConfigError, config_argv, split_config
 from tinspect.context import Settings
+from tinspect.flow import set_id_prefix
 from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
 from tinspect.layers.tls.policy import ClientCertificate
 from tinspect.listen.spec import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
@@ -134,6 +135,8 @@ next to it (LOGFILE.workerN).
                                 "(e.g. tcp:9108:interface=127.0.0.1); with --workers, summed over them."],
         ["log-json", None, None, "Also write the log as JSON Lines to PATH ('-': standard output)."],
         ["worker-metrics", None, None, "(internal) The Unix socket where this worker serves its counters."],
+        ["worker-console", None, None, "(internal) The Unix socket where this worker serves its console records."],
+        ["worker-index", None, 0, "(internal) This worker's number (its flow ids start with wN-).", int],
         # QUIC (transparent UDP on --quic-ports, read by tinspect/layers/quic)
         ["quic", None, "refuse", "QUIC connections no tap or --passthrough decides: refuse (dropped: the browser "
                                  "falls back to TCP, where it is inspected) or pass (relayed, name logged)."],
@@ -360,23 +363,30 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     for spec in options["listen"]:
         proxy.listen(spec.text)
     if options["worker"]:
+        # Flow and console record ids unique across the workers, and across a restarted worker's runs
+        set_id_prefix(f"w{options['worker-index']}-{os.getpid()}-")
         if options["worker-metrics"]:
             proxy.serve_worker_metrics(options["worker-metrics"])
-        return proxy  # UDP sessions and the metrics endpoint live in worker 0
-    if options["console"]:  # worker 0's flows only: see docs/console.md
+        if options["worker-console"]:
+            proxy.serve_worker_console(options["worker-console"], options["console-flows"], options["console-body"])
+        return proxy  # UDP sessions, the metrics endpoint and the console page live in worker 0
+    extra = range(1, options["workers"])
+    runtime = None  # where the extra workers serve worker 0 their counters and console records
+    if extra and (options["metrics"] or options["console"]):
+        runtime = tempfile.mkdtemp(prefix="tinspect-workers-")  # 0700: only this user reaches the sockets
+        proxy.addService(_RemoveWhenStopped(runtime))
+    metrics = {n: os.path.join(runtime, f"worker{n}.sock") for n in extra if runtime and options["metrics"]}
+    consoles = {n: os.path.join(runtime, f"console{n}.sock") for n in extra if runtime and options["console"]}
+    if options["console"]:
         proxy.serve_console(options["console"], options["console-flows"], options["console_auth"],
-                            options["console_clients"], options["console-body"])
-    sockets: list[str | None] = [None] * (options["workers"] - 1)  # each extra worker's metrics socket
+                            options["console_clients"], options["console-body"], workers=consoles)
     if options["metrics"]:
-        if options["workers"] > 1:
-            runtime = tempfile.mkdtemp(prefix="tinspect-metrics-")  # 0700: only this user reads the counters
-            sockets = [os.path.join(runtime, f"worker{n}.sock") for n in range(1, options["workers"])]
-            proxy.addService(_RemoveWhenStopped(runtime))
-        proxy.serve_metrics(options["metrics"], [path for path in sockets if path])
+        proxy.serve_metrics(options["metrics"], list(metrics.values()))
     for spec in options["udp"]:
         proxy.listen_udp(spec.text)
-    if options["workers"] > 1:
-        argvs = [worker_argv(sys.argv, options["argv"], n, metrics_socket=path) for n, path in enumerate(sockets, 1)]
+    if extra:
+        argvs = [worker_argv(sys.argv, options["argv"], n, metrics_socket=metrics.get(n),
+                             console_socket=consoles.get(n)) for n in extra]
         Workers(proxy.ctx.reactor, argvs, proxy.ctx.metrics).setServiceParent(proxy)
     return proxy
 
@@ -393,7 +403,7 @@ def console_endpoint(text: str) -> str:
 
 
 class _RemoveWhenStopped(Service):
-    """Removes a directory of the proxy's (the workers' metrics sockets) when it stops."""
+    """Removes a directory of the proxy's (the workers' sockets) when it stops."""
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -41,9 +41,12 @@ def test_an_unshareable_endpoint_is_refused():
 def test_worker_command_line_keeps_the_options_and_logs_beside_worker_0():
     argv = worker_argv(["-n", "-l", "/var/log/tinspect.log", "tinspect", "--workers", "4"],
                        ["--listen", "tproxy:8080", "--workers", "4", "--taps", "logger"], 2)
-    assert argv[argv.index("tinspect"):] == ["tinspect", "--listen", "tproxy:8080", "--taps", "logger", "--worker"]
+    assert argv[argv.index("tinspect"):] == ["tinspect", "--listen", "tproxy:8080", "--taps", "logger", "--worker",
+                                             "--worker-index", "2"]
     assert "--logfile=/var/log/tinspect.log.worker2" in argv and "--nodaemon" in argv
-    assert worker_argv(["-n", "tinspect"], ["--workers=3"], 1)[-2:] == ["tinspect", "--worker"]
+    assert worker_argv(["-n", "tinspect"], ["--workers=3"], 1)[-4:] == ["tinspect", "--worker", "--worker-index", "1"]
+    assert worker_argv(["-n", "tinspect"], [], 1, "/run/m.sock", "/run/c.sock")[-4:] == [
+        "--worker-metrics", "/run/m.sock", "--worker-console", "/run/c.sock"]
     assert "--logfile=-" in worker_argv(["-n", "tinspect"], [], 1)
 
 

@@ -11,6 +11,11 @@ the server-sent event stream fed by the `tinspect.console.hub.Hub`.
 With ``auth`` every route asks for HTTP Basic authentication; with
 ``clients`` a connection from outside those networks is closed at once
 (logged), as the explicit proxy does with its clients.
+
+With ``workers`` (worker 0 of ``--workers``) every route covers the other
+workers' records too: lists and HAR files are merged from their answers,
+a record's detail is fetched from the worker its id names, and each page's
+stream follows theirs (`tinspect.console.fanin`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tinspect._compat import pending_bytes
 from tinspect.console.hub import Hub, Subscriber
+from tinspect.console.merge import merge_har, merge_summaries, worker_of
 from tinspect.console.ring import curl_command, matches, summary
 from tinspect.layers.http.explicit import ClientNetworks, ProxyAuth
 from tinspect.net.addresses import format_addr, normalize_host
@@ -44,7 +50,7 @@ FLUSH_INTERVAL = 0.1
 
 
 def console_site(hub: Hub, auth: ProxyAuth | None = None, clients: ClientNetworks | None = None,
-                 reactor: Any = None) -> Site:
+                 reactor: Any = None, workers: Any = None) -> Site:
     """The site serving ``hub``; while it listens, changed records go to the open pages every
     `FLUSH_INTERVAL` seconds.
 
@@ -53,8 +59,10 @@ def console_site(hub: Hub, auth: ProxyAuth | None = None, clients: ClientNetwork
         auth: the credentials every request must carry (Basic), or ``None``.
         clients: the networks served, or ``None`` for every client.
         reactor: schedules the sends (the global reactor when ``None``).
+        workers: the other workers' consoles (`tinspect.console.fanin.WorkerConsoles`) whose
+            records the routes cover too, or ``None``.
     """
-    site = _ConsoleSite(_Root(hub, auth), clients, LoopingCall(hub.flush))
+    site = _ConsoleSite(_Root(hub, auth, workers), clients, LoopingCall(hub.flush))
     if reactor is not None:
         site.flusher.clock = reactor
     site.displayTracebacks = False
@@ -97,10 +105,13 @@ class _ConsoleSite(Site):
 class _Root(Resource):
     isLeaf = True
 
-    def __init__(self, hub: Hub, auth: ProxyAuth | None) -> None:
+    _log = Logger()
+
+    def __init__(self, hub: Hub, auth: ProxyAuth | None, workers: Any = None) -> None:
         super().__init__()
         self.hub = hub
         self._auth = auth
+        self.workers = workers if workers else None
 
     def render_GET(self, request: Request) -> Any:
         if self._auth is not None and not self._auth.check(request.getHeader(b"authorization")):
@@ -113,12 +124,16 @@ class _Root(Resource):
         if path == "/events":
             return self._stream(request)
         if path == "/api/flows":
-            return self._json(request, [summary(r) for r in self._selected(request)])
+            own = [summary(r) for r in self._selected(request)]
+            return self._gathered(request, own, merge_summaries)
         if path == "/api/har":
             request.setHeader(b"content-disposition", b'attachment; filename="tinspect.har"')
-            return self._json(request, self._har(self._selected(request)))
+            return self._gathered(request, self._har(self._selected(request)), merge_har)
         if path.startswith("/api/flows/"):
-            record = self.hub.ring.get(path.rsplit("/", 1)[1])
+            key = path.rsplit("/", 1)[1]
+            if self.workers is not None and worker_of(key):
+                return self._fetched(request, worker_of(key))
+            record = self.hub.ring.get(key)
             if record is None:
                 request.setResponseCode(404)
                 return b"no such flow (evicted from the console's ring?)\n"
@@ -130,6 +145,56 @@ class _Root(Resource):
         args = {key: _arg(request, key) for key in (*_FILTERS, "ids")}
         ids = {i for i in args.pop("ids").split(",") if i}
         return [r for r in self.hub.ring.records() if (not ids or r["id"] in ids) and matches(r, **args)]
+
+    def _gathered(self, request: Request, own: Any, merge: Any) -> Any:
+        """``own`` as JSON, merged (``merge`` of the values) with every other worker's answer to this request."""
+        if self.workers is None:
+            return self._json(request, own)
+        gone: list[bool] = []  # the page hung up meanwhile
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(bodies: list[bytes]) -> None:
+            values = [own]
+            for body in bodies:
+                try:
+                    values.append(json.loads(body))
+                except ValueError as e:
+                    self._log.warn("console: a worker's answer is not JSON: {error}", error=e)
+            if not gone:
+                request.write(self._json(request, merge(values)))
+                request.finish()
+
+        d = self.workers.get_all(request.uri)
+        d.addCallback(answer)
+        d.addErrback(lambda failure: self._log.failure("console: merging the workers' answers failed", failure))
+        return NOT_DONE_YET
+
+    def _fetched(self, request: Request, n: int) -> Any:
+        """Worker ``n``'s answer to this request (a record it holds), passed on."""
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(result: tuple[int, bytes]) -> None:
+            status, body = result
+            request.setResponseCode(status)
+            if status == 200:
+                request.setHeader(b"content-type", b"application/json")
+            finish(body)
+
+        def failed(failure: Any) -> None:
+            request.setResponseCode(502)
+            finish(f"worker {n} did not answer: {failure.getErrorMessage()}\n".encode())
+
+        def finish(body: bytes) -> None:
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        if n not in self.workers.sockets:
+            request.setResponseCode(404)
+            return b"no such flow (no such worker)\n"
+        self.workers.get(n, request.uri).addCallbacks(answer, failed)
+        return NOT_DONE_YET
 
     @staticmethod
     def _har(records: list[dict]) -> dict:
@@ -165,10 +230,31 @@ class _Root(Resource):
         request.setHeader(b"content-type", b"text/event-stream")
         transport = request.channel.transport
         sub = Subscriber(request.write, lambda: pending_bytes(transport), request.finish)
+        processes = 1 + (len(self.workers) if self.workers is not None else 0)  # each keeps its own ring
         request.write(b": tinspect console\n\nevent: config\ndata: "
-                      + json.dumps({"capacity": self.hub.ring.capacity}).encode() + b"\n\n")
+                      + json.dumps({"capacity": self.hub.ring.capacity * processes}).encode() + b"\n\n")
         self.hub.subscribe(sub)
-        request.notifyFinish().addBoth(lambda _: self.hub.unsubscribe(sub))
+        ended: list[bool] = []
+        links = None
+        if self.workers is not None:
+            def write(events: bytes) -> None:
+                if ended:
+                    return
+                if pending_bytes(transport) > self.hub.max_pending:  # a slow page: dropped, as the Hub drops it
+                    ended.append(True)
+                    request.finish()
+                    return
+                request.write(events)
+
+            links = self.workers.follow(write)
+
+        def end(_: Any) -> None:
+            ended.append(True)
+            self.hub.unsubscribe(sub)
+            if links is not None:
+                links.close()
+
+        request.notifyFinish().addBoth(end)
         return NOT_DONE_YET
 
 

@@ -62,12 +62,13 @@ def shared_endpoint(endpoint: str) -> str:
     raise SpecError(f"{endpoint!r}: --workers needs tcp:, tcp6: or tproxy: listeners")
 
 
-def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int, metrics_socket: str | None = None
-                ) -> list[str]:
+def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int, metrics_socket: str | None = None,
+                console_socket: str | None = None) -> list[str]:
     """The command line of worker ``n``: twistd in the foreground, logging
     next to worker 0, with ``tinspect_argv`` minus ``--workers`` plus
-    ``--worker`` (and ``--worker-metrics metrics_socket``, where worker 0
-    sums its counters)."""
+    ``--worker --worker-index n`` (and ``--worker-metrics metrics_socket``,
+    where worker 0 sums its counters, and ``--worker-console console_socket``,
+    where worker 0's console reads its records)."""
     logfile = _logfile(twistd_argv)
     log = "-" if logfile in (None, "-") else f"{logfile}.worker{n}"
     args: list[str] = []
@@ -81,8 +82,10 @@ def worker_argv(twistd_argv: list[str], tinspect_argv: list[str], n: int, metric
             args.append(arg)
     path = [os.path.abspath(entry) for entry in sys.path]  # "" (the current directory) made absolute
     extra = ["--worker-metrics", metrics_socket] if metrics_socket else []
+    if console_socket:
+        extra += ["--worker-console", console_socket]
     return [sys.executable, "-c", _TWISTD.format(path=path), "--nodaemon", "--pidfile=", f"--logfile={log}", "tinspect",
-            *args, "--worker", *extra]
+            *args, "--worker", "--worker-index", str(n), *extra]
 
 
 def _logfile(argv: list[str]) -> str | None:
