@@ -32,7 +32,8 @@ from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -80,9 +81,16 @@ class WorkerConsoles:
     def get(self, n: int, path: bytes) -> defer.Deferred:
         """Worker ``n``'s answer to ``GET path`` (path and query) as ``(status, body)``; fails after `TIMEOUT`."""
         d = self._agent.request(b"GET", b"http://worker%d%s" % (n, path))
-        d.addCallback(lambda response: readBody(response).addCallback(lambda body: (response.code, body)))
+        d.addCallback(self._read)
         d.addTimeout(TIMEOUT, self.reactor)
         return d
+
+    @staticmethod
+    def _read(response: Any) -> defer.Deferred:
+        """``(status, body)`` of ``response`` once read; cancelling it closes the connection."""
+        reader = _Body(response.code)
+        response.deliverBody(reader)
+        return reader.done
 
     def get_all(self, path: bytes) -> defer.Deferred:
         """The bodies of every worker's 200 answer to ``GET path``, in worker order; a worker that fails or
@@ -109,6 +117,26 @@ class WorkerConsoles:
         for link in links.links:
             link.start()
         return links
+
+
+class _Body(Protocol):
+    """A worker's answer read to its end."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.parts: list[bytes] = []
+        self.done: defer.Deferred = defer.Deferred(lambda _: self.transport.stopProducing())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):  # the end, with or without a length
+            self.done.callback((self.status, b"".join(self.parts)))
+        else:
+            self.done.errback(reason)
 
 
 class _Links:

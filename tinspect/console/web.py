@@ -161,7 +161,9 @@ class _Root(Resource):
                 except ValueError as e:
                     self._log.warn("console: a worker's answer is not JSON: {error}", error=e)
             if not gone:
-                request.write(self._json(request, merge(values)))
+                data = self._json(request, merge(values))
+                request.setHeader(b"content-length", b"%d" % len(data))
+                request.write(data)
                 request.finish()
 
         d = self.workers.get_all(request.uri)
@@ -187,6 +189,7 @@ class _Root(Resource):
 
         def finish(body: bytes) -> None:
             if not gone:
+                request.setHeader(b"content-length", b"%d" % len(body))
                 request.write(body)
                 request.finish()
 
@@ -240,9 +243,10 @@ class _Root(Resource):
             def write(events: bytes) -> None:
                 if ended:
                     return
-                if pending_bytes(transport) > self.hub.max_pending:  # a slow page: dropped, as the Hub drops it
+                if pending_bytes(transport) > self.hub.max_pending:
+                    # A slow page: dropped as the Hub drops it, and what it left unread freed with the connection
                     ended.append(True)
-                    request.finish()
+                    transport.abortConnection()
                     return
                 request.write(events)
 
