@@ -365,10 +365,10 @@ def makeService(options: Options, reactor: Any = None) -> TwistdProxy:
     if options["worker"]:
         # Flow and console record ids unique across the workers, and across a restarted worker's runs
         set_id_prefix(f"w{options['worker-index']}-{os.getpid()}-")
+        if options["worker-console"]:  # first, as in worker 0: the counters then measure the chain it wraps
+            proxy.serve_worker_console(options["worker-console"], options["console-flows"], options["console-body"])
         if options["worker-metrics"]:
             proxy.serve_worker_metrics(options["worker-metrics"])
-        if options["worker-console"]:
-            proxy.serve_worker_console(options["worker-console"], options["console-flows"], options["console-body"])
         return proxy  # UDP sessions, the metrics endpoint and the console page live in worker 0
     extra = range(1, options["workers"])
     runtime = None  # where the extra workers serve worker 0 their counters and console records

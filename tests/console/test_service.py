@@ -101,3 +101,37 @@ def test_a_public_address_without_a_password_is_refused_with_one(tmp_path):
         proxy.privilegedStartService()
         for service in proxy:
             service.stopService()
+
+
+def test_with_workers_each_extra_worker_is_told_where_to_serve_its_records():
+    """--workers 2 --console: worker 0's console covers worker 1's socket, in a 0700 directory, and worker 1's
+    command line names that socket and its number."""
+    import os
+    import shutil
+    import stat
+
+    proxy = makeService(parse("--workers", "2", "--console", "8081", "--metrics", "9108"))
+    argv = proxy.getServiceNamed("workers").argvs[0]
+    path = argv[argv.index("--worker-console") + 1]
+    try:
+        listener = next(s for s in proxy if s.name == "console tcp:8081:interface=127.0.0.1")
+        assert listener.site_args[3] == {1: path}
+        assert argv[argv.index("--worker-index") + 1] == "1" and "--worker-metrics" in argv
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+    finally:
+        shutil.rmtree(os.path.dirname(path))
+
+
+def test_an_extra_worker_feeds_its_console_to_a_unix_socket_and_prefixes_its_flow_ids(tmp_path):
+    """As worker 3 with --console, the process wraps its chain in the feed, serves the records on its
+    socket instead of a console port, and names its flows w3-PID-N."""
+    code = ("import os; from tinspect.service import Options, makeService; from tinspect.flow import Flow; "
+            "o = Options(); o.parseOptions(['--taps', 'logger', '--console', '8081', '--worker', '--worker-index',"
+            f" '3', '--worker-console', {str(tmp_path / 'c.sock')!r}]); p = makeService(o); "
+            "print([str(t) for t in p.ctx.chain.taps]); print([s.name for s in p]); "
+            "print(Flow(('127.0.0.1', 1), None).id == f'w3-{os.getpid()}-1')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         timeout=120).stdout.splitlines()
+    assert out[0] == "['console', 'logger', 'console-tail']"
+    assert f"worker console {tmp_path / 'c.sock'}" in out[1] and "console tcp:" not in out[1]
+    assert out[2] == "True"
