@@ -184,3 +184,36 @@ def test_firefox_shows_the_flows_live_and_filters_them(lab, pki, console_proxy):
     width, height, pixel = png_pixels(png)
     table = [pixel(x, y) for x in range(0, min(width, 900), 3) for y in range(40, min(height, 200), 2)]
     assert len(set(table)) > 20, "the table area is (nearly) one colour: the page rendered empty in Firefox"
+
+
+def test_with_two_workers_the_page_shows_and_opens_the_flows_of_both(lab, proxy, pki, tmp_path):
+    """--workers 2: the requests the kernel spread over both processes all show on worker 0's page, live,
+    and a row of worker 1's opens with its own request headers."""
+    import re
+
+    web = Nginx(lab, lab.server, tmp_path / "nginx", tls=(pki["chain"], pki["key"]))
+    (web.root / "index.html").write_text("hello\n")
+    web.start()
+    lab.wait_listening(lab.server, 80)
+    lab.tproxy(8080, dports=[80])
+    p = proxy(["--listen", DUAL, "--workers", "2", "--console", "tcp:8081", "--state-dir", str(pki["state"])],
+              wait=[(8080, "tcp"), (8081, "tcp")])
+    deadline = time.monotonic() + 20
+    while len(re.findall(r"users:", lab.exec(lab.gateway, "ss", "-Hltnp", "sport = :8080").stdout)) < 2:
+        assert time.monotonic() < deadline, "the second worker did not listen"
+        time.sleep(0.1)
+    with Browser(prefix=["ip", "netns", "exec", lab.gateway]) as browser:
+        browser.goto(CONSOLE)
+        browser.wait_for("document.getElementById('live').textContent === 'live'", what="the live stream open")
+        for i in range(16):
+            curl(lab, pki, f"http://{SERVER4}/?n={i}", "-H", f"X-Worker-Test: n{i}")
+        ids = browser.wait_for(f"(() => {{ const v = ({ROWS}).map(tr => tr.dataset.id);"
+                               " return v.length === 16 ? v : null })()", what="16 rows")
+        theirs = [key for key in ids if key.startswith("w1-")]
+        assert theirs and len(theirs) < 16, ids  # both workers carried some
+        browser.js(f"document.querySelector('tr[data-id=\"{theirs[0]}\"]').click()")
+        request = browser.wait_for("(() => { const t = document.getElementById('req-headers').innerText;"
+                                   " return t.includes('X-Worker-Test') ? t : null })()", what="worker 1's headers")
+        url = browser.js(f"document.querySelector('tr[data-id=\"{theirs[0]}\"] .col-url').textContent")
+        assert f"n{url.rsplit('=', 1)[1]}" in request  # the headers of that very request
+    p.stop()
