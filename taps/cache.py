@@ -456,7 +456,7 @@ class CacheTap(Tap):
         req.headers[KEY_HEADER] = key
         return req
 
-    # -- what the cache's own server asks (tinspect.taplib.Entries) ------------------------
+    # -- what the cache's own server asks (tinspect.taplib.cacheserver.Entries) -------------
 
     def wait_stored(self, key: str) -> Deferred | None:
         """For a request routed to the cache's server, ``key`` not on disk: the fetch to wait for,

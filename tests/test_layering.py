@@ -1,4 +1,4 @@
-"""Sans-IO modules (parsers, units, specs, policies) import nothing from Twisted; taps take from it only the tap contract."""
+"""Sans-IO modules (parsers, units, specs, policies) import nothing from Twisted; taps only the tap contract."""
 
 from __future__ import annotations
 

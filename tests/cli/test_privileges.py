@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None or shutil.which(
                                 reason="needs setpriv and unshare (util-linux)")
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-PARSE = [sys.executable, "-c", "import sys; from tinspect.service import Options; Options().parseOptions(sys.argv[1:]); "
-         "print('parsed')"]
+PARSE = [sys.executable, "-c", "import sys; from tinspect.service import Options; "
+         "Options().parseOptions(sys.argv[1:]); print('parsed')"]
 ENV = {"PYTHONPATH": str(REPO), "HOME": "/tmp"}
 
 
