@@ -24,10 +24,11 @@ signed query is a hit.
   serves every worker.
 
 * Hits are served by a small HTTP server of the tap's own on loopback
-  (`twisted.web.static.File`: streamed from disk with back-pressure, and
+  (`tinspect.taplib.CacheServer`: streamed from disk with back-pressure, and
   ``Range`` requests answered with 206 as a server would); the request is
   routed there (`Request.destination`), so it passes every other tap as
-  usual and the response streams back through the proxy.
+  usual and the response streams back through the proxy. This module is the
+  policy; the server's Twisted side lives in `tinspect.taplib.cacheserver`.
 * Requests for a URL that is being fetched wait for that fetch and are then
   served from disk: the server sees one request (coalescing). On HTTP/1.1
   the request waits in the tap, and goes to the server itself if the fetch
@@ -80,25 +81,24 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
-from twisted.web.static import File
 
 from tinspect import BodyChunk, Flow, MessageEnd, Request, Response, Tap, Unit
 from tinspect.taplib import (
     CACHE_EXCLUDE,
     CACHE_KEY,
     CACHE_PATTERNS,
+    KEY_HEADER,
     MAX_REDIRECTS,
     REDIRECT_STATUSES,
+    CacheServer,
     cache_key,
     cacheable,
     follow_redirect,
+    poll,
 )
 
 __all__ = ["CacheTap", "CACHE_EXCLUDE", "CACHE_PATTERNS", "KEY_HEADER"]
 
-KEY_HEADER = b"X-Tinspect-Cache-Key"  # how a routed hit names its entry to the tap's server
 WAIT_LIMIT = 120  # seconds a request waits for another's fetch before going to the server itself
 POLL = 0.1  # seconds between looks at a fetch another worker is making (its lock, its entry)
 PRIVATE_MARK = b"credentials"  # what a lock file holds while its fetch is of a private entry
@@ -192,7 +192,7 @@ class CacheTap(Tap):
                 meta.unlink(missing_ok=True)
         self.total = sum(size for size, _ in self.index.values())
         self._fills: dict[str, _Fill] = {}  # key -> the fetch writing it
-        self._port: Any = None
+        self.server = CacheServer(self)  # where hits are routed; it listens once the first one is
 
     # -- requests ----------------------------------------------------------------------
 
@@ -299,7 +299,7 @@ class CacheTap(Tap):
             try:
                 os.write(lock, PRIVATE_MARK)
             except OSError:
-                pass  # they then find out from the entry, and fail closed (`_Objects._stored`)
+                pass  # they then find out from the entry, and fail closed (`wait_stored`)
         self.log.info("flow {flow_id}: cache: miss {url}", flow_id=flow.id, url=req.url)
 
     def _other_worker(self, key: str) -> Deferred:
@@ -315,32 +315,17 @@ class CacheTap(Tap):
             lock (a descriptor, now this process's) when it was let go without
             the entry, or with ``None`` when the wait ran out.
         """
-        from twisted.internet import reactor
+        return poll(lambda: self._look(key), POLL, WAIT_LIMIT)
 
-        deadline = time.monotonic() + WAIT_LIMIT
-        call: Any = None
-        done: Deferred = Deferred(lambda _: call.cancel() if call is not None and call.active() else None)
-
-        def look() -> None:
-            nonlocal call
-            if key in self.index or self._adopt(key):
-                done.callback(True)
-                return
-            lock = self._lock(key)
-            if lock is not None:
-                if self._adopt(key):
-                    self._unlock(key, lock)
-                    done.callback(True)
-                else:
-                    done.callback(lock)
-                return
-            if time.monotonic() >= deadline:
-                done.callback(None)
-                return
-            call = reactor.callLater(POLL, look)
-
-        call = reactor.callLater(POLL, look)
-        return done
+    def _look(self, key: str) -> bool | int | None:
+        """One look of `_other_worker`: ``True`` (stored), the lock (let go), or ``None`` (still fetching)."""
+        if key in self.index or self._adopt(key):
+            return True
+        lock = self._lock(key)
+        if lock is not None and self._adopt(key):
+            self._unlock(key, lock)
+            return True
+        return lock
 
     def _other_worker_done(self, result: bool | int | None, req: Request, key: str, digest: str | None,
                            flow: Flow) -> Request:
@@ -466,20 +451,42 @@ class CacheTap(Tap):
         return answer
 
     def _route(self, req: Request, key: str) -> Request:
-        req.destination = self._server()
+        req.destination = self.server.address()
         req.scheme = "http"
         req.headers[KEY_HEADER] = key
         return req
 
-    def _server(self) -> tuple[str, int]:
-        if self._port is None:
-            from twisted.internet import reactor
+    # -- what the cache's own server asks (tinspect.taplib.cacheserver.Entries) -------------
 
-            site = Site(_Objects(self))
-            site.noisy = False
-            site.log = lambda request: None  # the proxy's own log says hit
-            self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        return ("127.0.0.1", self._port.getHost().port)
+    def wait_stored(self, key: str) -> Deferred | None:
+        """For a request routed to the cache's server, ``key`` not on disk: the fetch to wait for,
+        this process's or another worker's (`_other_worker`), or ``None`` when there is none.
+
+        Returns:
+            A Deferred firing with whether the entry was stored and may be
+            served from disk: not a private one, which needs its check with
+            the origin (`_check`) that only the tap can make.
+        """
+        fill = self._fills.get(key)
+        if fill is not None:
+            waiting: Deferred = Deferred()
+            fill.waiters.append(waiting)
+            return waiting.addCallback(lambda stored: stored and not self._private(key))
+        lock = self._lock(key)
+        if lock is None:  # another worker is fetching it (the tap routed the request here for that)
+            return self._other_worker(key).addCallback(self._other_worker_stored, key)
+        self._unlock(key, lock)
+        return None
+
+    def _other_worker_stored(self, result: bool | int | None, key: str) -> bool:
+        """The fetch of another worker the server waited for has ended (or the wait ran out)."""
+        if isinstance(result, int) and result is not True:
+            self._unlock(key, result)
+        return result is True and not self._private(key)
+
+    def served(self, sent: int) -> None:
+        """Count body bytes the cache's server sent (`metrics`)."""
+        self.served_bytes += sent
 
     # -- responses being written ---------------------------------------------------------
 
@@ -662,75 +669,3 @@ class CacheTap(Tap):
                 self.log.info("flow {flow_id}: cache: {url} not kept: the transfer was cut", flow_id=flow.id,
                               url=fill.url)
 
-
-class _Objects(Resource):
-    """The tap's own server: the entry the routed request names, streamed from disk."""
-
-    isLeaf = True
-
-    def __init__(self, tap: CacheTap) -> None:
-        super().__init__()
-        self.tap = tap
-
-    def render(self, request: Any) -> Any:
-        key = (request.getHeader(KEY_HEADER) or b"").decode("ascii", "replace").strip()
-        path = self.tap.objects / key
-        fill = self.tap._fills.get(key)
-        if CACHE_KEY.fullmatch(key) and not path.exists() and fill is not None:
-            gone = request.notifyFinish()  # fires (as an error) if the client goes away meanwhile
-            gone.addErrback(lambda _: None)
-            waiting: Deferred = Deferred()
-            fill.waiters.append(waiting)
-            waiting.addCallback(self._stored, request, key, gone)
-            return NOT_DONE_YET
-        if CACHE_KEY.fullmatch(key) and not path.exists():
-            lock = self.tap._lock(key)
-            if lock is None:  # another worker is fetching it (the tap routed the request here for that)
-                gone = request.notifyFinish()
-                gone.addErrback(lambda _: None)
-                waiting = self.tap._other_worker(key)
-                waiting.addCallback(self._other_worker_done, request, key, gone)
-                return NOT_DONE_YET
-            self.tap._unlock(key, lock)
-        return self._serve(request, key)
-
-    def _other_worker_done(self, result: bool | int | None, request: Any, key: str, gone: Deferred) -> None:
-        """The fetch of another worker a request waited for has ended (or the wait ran out)."""
-        if isinstance(result, int) and result is not True:
-            self.tap._unlock(key, result)
-        self._stored(result is True, request, key, gone)
-
-    def _stored(self, stored: bool, request: Any, key: str, gone: Deferred) -> None:
-        """The fetch a request waited for has ended."""
-        if request.finished or gone.called:
-            return
-        if stored and not self.tap._private(key):
-            result = self._serve(request, key)
-        else:
-            request.setResponseCode(502)
-            result = b"the fetch this request waited for was not kept; ask again\n"
-        if result is not NOT_DONE_YET:
-            request.write(result)
-            request.finish()
-
-    def _served(self, _: Any, request: Any) -> None:
-        self.tap.served_bytes += request.sentLength  # what reached the proxy, a cut transfer's part included
-
-    def _serve(self, request: Any, key: str) -> Any:
-        path = self.tap.objects / key
-        if not CACHE_KEY.fullmatch(key) or not path.exists():
-            request.setResponseCode(404)
-            return b"not in the cache\n"
-        try:
-            meta = json.loads((self.tap.objects / f"{key}.json").read_text())
-        except (OSError, ValueError):
-            meta = {}
-        for name in ("content-encoding", "etag", "last-modified"):
-            if meta.get(name):
-                request.setHeader(name, meta[name])
-        request.setHeader(b"x-tinspect-cache", b"hit")
-        request.notifyFinish().addBoth(self._served, request)
-        resource = File(str(path), defaultType=meta.get("content-type") or "application/octet-stream")
-        resource.type = meta.get("content-type") or "application/octet-stream"
-        resource.encoding = None
-        return resource.render(request)

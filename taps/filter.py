@@ -17,8 +17,10 @@ the rule (and the list that matched); every block also goes, as one JSON line,
 to the ``log`` file, and is counted for ``--metrics``
 (``tinspect_filter_decisions_total`` by action, rule and category). ``kill -HUP`` reloads the rules file, its lists and the
 page: they are read in a thread while the old rules go on deciding (a big list
-takes seconds), then swapped in; open connections stay; a file with a mistake
-is refused (logged) and the old rules stay; the block log is reopened.
+takes seconds), then swapped in, and the decision counters start again from
+zero (their ``rule`` label, ``rules.txt:7``, may name another rule in the new
+file); open connections stay; a file with a mistake is refused (logged) and the
+old rules and their counts stay; the block log is reopened.
 
 Options:
     rules: path of the rules file (required).
@@ -129,6 +131,9 @@ class FilterTap(Tap):
 
     def _swap(self, loaded: tuple[Rules, string.Template], started: float) -> None:
         self.rules, self.page = loaded  # in the reactor thread: every decision sees old or new, whole
+        # The counters name rules by file and line, which the new file may give to another
+        # rule: they start afresh (a counter reset, which Prometheus's rate() allows for).
+        self.decisions.clear()
         self.log.info("filter: reloaded {n} rules from {path} ({entries} list entries, {seconds:.1f} s)",
                       n=len(self.rules.rules), path=str(self.path),
                       entries=sum(len(lst) for lst in self.rules.lists), seconds=time.monotonic() - started)

@@ -1,4 +1,4 @@
-"""Sans-IO modules (parsers, units, specs, policies) import nothing from Twisted."""
+"""Sans-IO modules (parsers, units, specs, policies) import nothing from Twisted; taps only the tap contract."""
 
 from __future__ import annotations
 
@@ -91,3 +91,48 @@ def test_every_module_without_twisted_is_listed():
         if not [name for name in imports(path) if name.split(".")[0] in THIRD_PARTY_IO]:
             unlisted.append(rel)
     assert unlisted == [], "add these to SANS_IO (or NOT_PARSERS, with the reason)"
+
+
+TAP_TWISTED = {
+    "twisted.internet.defer": "Deferreds: a tap's handle may return one",
+    "twisted.internet.task": "deferLater, for a tap that delays units",
+    "twisted.internet.threads": "deferToThread, for a tap that reads files on reload",
+    "twisted.logger": "the log a tap writes to",
+}
+"""What a tap may take from Twisted: the tap contract's Deferreds, timers and log (and the reactor,
+for its timers). Servers, protocols and sockets (twisted.web, twisted.internet.protocol...) live
+under tinspect/ and reach taps through tinspect.taplib."""
+
+
+def tap_twisted_imports(path: pathlib.Path) -> list[str]:
+    """The Twisted, autobahn and txaio imports of ``path`` outside `TAP_TWISTED` (``module`` or ``module:name``)."""
+    wrong = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found = [(alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found = [(node.module or "", alias.name) for alias in node.names]
+        else:
+            continue
+        for module, name in found:
+            if module.split(".")[0] not in THIRD_PARTY_IO or module in TAP_TWISTED:
+                continue
+            if (module, name) != ("twisted.internet", "reactor"):
+                wrong.append(module if name is None else f"{module}:{name}")
+    return wrong
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "taps").glob("*.py")), ids=lambda p: p.name)
+def test_a_tap_takes_from_twisted_only_the_tap_contract(path):
+    """A built-in tap imports tinspect and tinspect.taplib for everything beyond Deferreds, timers and the log."""
+    assert tap_twisted_imports(path) == [], "move this into tinspect/ and export it from tinspect.taplib"
+
+
+def test_the_tap_check_catches_a_server_of_its_own(tmp_path):
+    """twisted.web and a protocol are caught, at any depth; Deferred, the logger and the reactor are not."""
+    tap = tmp_path / "tap.py"
+    tap.write_text("from twisted.internet.defer import Deferred\nfrom twisted.logger import Logger\n"
+                   "import twisted.web.static\n\ndef f():\n    from twisted.internet import protocol, reactor\n"
+                   "    from twisted.web.server import Site\n")
+    assert sorted(tap_twisted_imports(tap)) == ["twisted.internet:protocol", "twisted.web.server:Site",
+                                             "twisted.web.static"]

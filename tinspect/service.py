@@ -27,6 +27,7 @@ from tinspect.layers.tls.policy import ClientCertificate
 from tinspect.listen.spec import DEFAULT_LISTEN, SpecError, parse_listen, parse_udp
 from tinspect.listen.workers import Workers, shared_endpoint, worker_argv
 from tinspect.net.parent import ParentRules
+from tinspect.net.sockets import transparency_refused
 from tinspect.ops.logs import JsonLog
 from tinspect.proxy import TwistdProxy
 from tinspect.taplib.loader import TapLoadError, build_taps, parse_tap_names
@@ -302,6 +303,11 @@ next to it (LOGFILE.workerN).
         except ValueError as e:
             raise usage.UsageError(f"--proxy-auth: {e}") from None
         self._console_options()
+        if self["spoof-source"]:
+            refused = transparency_refused()
+            if refused:  # checked now: otherwise every upstream connection would fail on its own
+                raise usage.UsageError(f"--spoof-source: this process cannot bind upstream sockets to clients' "
+                                       f"addresses (IP_TRANSPARENT): {refused}")
 
     def _console_options(self) -> None:
         """Check the console's options; ``console`` becomes an endpoint string, loopback unless told."""

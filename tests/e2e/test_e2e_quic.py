@@ -27,7 +27,7 @@ UDP = "tproxy:8443:interface=\\:\\:"
 @pytest.fixture
 def h3_server(lab, pki):
     """aioquic's HTTP/3 server on UDP 443 in the server namespace, with the lab server CA's certificate."""
-    proc = lab.spawn(lab.server, sys.executable, "-m", "tests.h3peers", "serve", "443", str(pki["chain"]),
+    proc = lab.spawn(lab.server, sys.executable, "-m", "bench.h3peers", "serve", "443", str(pki["chain"]),
                      str(pki["key"]), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lab.wait_listening(lab.server, 443, "udp", proc=proc)
     return proc
@@ -63,7 +63,7 @@ def quic_proxy(lab, proxy, pki, tmp_path):
 
 def h3_get(lab, ca, *extra, path="/a", check=True):
     """aioquic's HTTP/3 client in the client namespace: ``status body issuer=...``."""
-    out = lab.exec(lab.client, sys.executable, "-m", "tests.h3peers", "get", SERVER4, "443", SERVER_NAME, path,
+    out = lab.exec(lab.client, sys.executable, "-m", "bench.h3peers", "get", SERVER4, "443", SERVER_NAME, path,
                    str(ca), *extra, cwd=REPO, check=False, timeout=30)
     if check:
         assert out.returncode == 0, out.stderr[-2000:]
@@ -106,7 +106,7 @@ def test_v2_and_three_datagram_hellos_and_garbage_leave_the_proxy_serving(lab, o
     assert h3_get(lab, pki["server_ca"], "--version", "2", path="/v2").stdout.split()[:4] == \
         ["200", "hello", "h3", "/v2"]
     assert h3_get(lab, pki["server_ca"], "--big", path="/big").stdout.split()[:4] == ["200", "hello", "h3", "/big"]
-    sent = lab.exec(lab.client, sys.executable, "-m", "tests.h3peers", "garbage", SERVER4, "443", cwd=REPO,
+    sent = lab.exec(lab.client, sys.executable, "-m", "bench.h3peers", "garbage", SERVER4, "443", cwd=REPO,
                     timeout=15)
     assert sent.stdout.strip() == "sent 4"
     assert h3_get(lab, pki["server_ca"], path="/after").stdout.split()[:4] == ["200", "hello", "h3", "/after"]

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.unprivileged import NOBODY, python_view, setpriv
 from tinspect.lab.netlab import SERVER_NAME
 
 pytestmark = pytest.mark.netns
 
-NOBODY = 65534
 CAP_BITS = {"CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12}
 
 
@@ -50,22 +50,6 @@ def command(value: str) -> tuple[list[str], bool, bool]:
     """An Exec line: (argv, runs as root ("+"), failure ignored ("-"))."""
     prefix = re.match(r"[-+@:!]*", value).group(0)
     return shlex.split(value[len(prefix):]), "+" in prefix, "-" in prefix
-
-
-def python_view() -> list[str]:
-    """Mount commands that let an unprivileged user reach this Python, when it
-    lives under a home directory only root may enter (pyenv in /root):
-    ``/root`` seen as a directory holding just the interpreter's tree. They run
-    in the proxy's own mount namespace, so nothing changes outside it."""
-    prefix = Path(sys.prefix).resolve()
-    for parent in reversed(prefix.parents):
-        if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
-            view = Path(tempfile.mkdtemp(prefix="tinspect-view-"))
-            os.chmod(view, 0o755)
-            inner = prefix.relative_to(parent).parts[0]
-            (view / inner).mkdir()
-            return [f"mount --bind {parent / inner} {view / inner}", f"mount --rbind {view} {parent}"]
-    return []
 
 
 @pytest.fixture
@@ -111,13 +95,10 @@ def test_the_unit_runs_the_proxy_as_an_unprivileged_user_that_intercepts(lab, ht
     assert not as_root and service["User"] == ["tinspect"] and service["NoNewPrivileges"] == ["yes"]
     caps = service["AmbientCapabilities"][0].split()
     assert caps == service["CapabilityBoundingSet"][0].split() and set(caps) == set(CAP_BITS)
-    names = ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
     env = dict(e.split("=", 1) for e in service["Environment"])
     env.update(TINSPECT_STATE_DIR=str(state), PYTHONPATH=str(REPO), HOME=str(state))
-    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", f"--inh-caps=-all,{names}",
-               f"--ambient-caps=-all,{names}", f"--bounding-set=-all,{names}", "--no-new-privs"]
     script = " && ".join([*python_view(), "exec " + shlex.join(
-        [*setpriv, "env", *[f"{k}={v}" for k, v in env.items()], *argv])])
+        [*setpriv([c.removeprefix("CAP_").lower() for c in caps]), "env", *[f"{k}={v}" for k, v in env.items()], *argv])])
     log = work / "service.log"
     with open(log, "wb") as journal:  # the unit logs to standard output: the journal
         proc = lab.spawn(lab.gateway, "unshare", "--mount", "--propagation", "private", "sh", "-c", script,

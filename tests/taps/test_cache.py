@@ -13,11 +13,12 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
-from taps.cache import KEY_HEADER, CacheTap, _Objects
+from taps.cache import CacheTap
 from tinspect.chain import TapChain
 from tinspect.context import ProxyContext
 from tinspect.flow import Flow
 from tinspect.headers import Headers
+from tinspect.taplib import KEY_HEADER
 from tinspect.units import BodyChunk, Direction, MessageEnd, Request, Response
 
 
@@ -29,7 +30,7 @@ def _waiting(tmp_path):
     tap.handle(req, flow)
     waiting = DummyRequest([b""])
     waiting.requestHeaders.setRawHeaders(KEY_HEADER, [hashlib.sha256(req.url.encode()).hexdigest().encode()])
-    _Objects(tap).render(waiting)
+    tap.server.resource.render(waiting)
     return tap, flow, waiting
 
 
@@ -194,7 +195,7 @@ async def test_the_caches_server_waiting_for_another_workers_private_fetch_fails
     waiting = DummyRequest([b""])
     waiting.requestHeaders.setRawHeaders(KEY_HEADER, [f"sha256-{DIGEST}".encode()])
     finished = waiting.notifyFinish()
-    _Objects(other).render(waiting)
+    other.server.resource.render(waiting)
     one.handle(Response(200, headers=Headers([(b"content-length", str(len(DATA)).encode())]), body=DATA,
                         request=req), flow)
     await finished

@@ -168,3 +168,24 @@ def test_a_passthrough_decision_is_counted(tmp_path):
     assert list(tap.metrics()) == [("tinspect_filter_decisions_total", "counter",
                                     "Filter tap decisions, by action, rule and category.", 1,
                                     {"action": "passthrough", "rule": "rules.txt:1", "category": "none"})]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_starts_the_decision_counts_afresh(school, tmp_path):
+    """After a reload rules.txt:7 may be another rule: the counts of the old file's lines are gone."""
+    tap = school()
+    tap.handle(Request("GET", "/", authority="www.casino.example"), flow("192.0.2.10"))  # blocked, rules.txt:7
+    (tmp_path / "rules.txt").write_text(RULES.replace("block group=pupils", "allow group=pupils"))
+    await tap.reload()
+    tap.handle(Request("GET", "/", authority="www.casino.example"), flow("192.0.2.10"))  # allowed, rules.txt:7
+    assert {labels["action"]: n for *_, n, labels in tap.metrics()} == {"allowed": 1}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_reload_keeps_the_decision_counts(school, tmp_path):
+    """A rules file with a mistake leaves the old rules deciding, and their counts stand."""
+    tap = school()
+    tap.handle(Request("GET", "/", authority="www.casino.example"), flow("192.0.2.10"))
+    (tmp_path / "rules.txt").write_text("frobnicate host=x\n")
+    await tap.reload()
+    assert [n for *_, n, _ in tap.metrics()] == [1]

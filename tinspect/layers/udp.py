@@ -31,6 +31,8 @@ timer; when it expires the session and its flow close. When a listener holds
 
 With ``--spoof-source`` a session's upstream socket is bound, IP_TRANSPARENT,
 to the client's address (an ephemeral port), so the server sees the client.
+A session that cannot be bound so is dropped; a listener logs the first such
+drop of an interval and then a count (`_Unspoofable`), not a line a datagram.
 
 Datagram sources cannot be paused: while a tap is slow, a session's arm queues
 a bounded number of datagrams and drops the rest (UDP is lossy anyway), with
@@ -208,6 +210,7 @@ class ForwardUDP(DatagramProtocol):
         self.listener = listener
         self.dst = dst
         self.sessions = _Sessions(ctx)
+        self._unspoofable = _Unspoofable(ctx)
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         client = (normalize_host(addr[0]), addr[1])
@@ -225,13 +228,14 @@ class ForwardUDP(DatagramProtocol):
                     lambda s, key=client: self.sessions.discard(key),
                 )
             except SocketError as e:
-                _unspoofable(self.ctx, flow, e)
+                self._unspoofable(flow, e)
                 return
             self.sessions.add(client, session)
         session.from_client(data)
 
     def doStop(self) -> None:
         self.sessions.close_all()
+        self._unspoofable.stop()
 
 
 class TransparentUDP:
@@ -252,6 +256,7 @@ class TransparentUDP:
         self.port = port
         self.interface = interface
         self.sessions = _Sessions(ctx)
+        self._unspoofable = _Unspoofable(ctx)
         self._main: _DatagramSocket | None = None
         self._repliers: dict[tuple[str, int], _DatagramSocket] = {}
         self._users: dict[tuple[str, int], int] = {}
@@ -273,6 +278,7 @@ class TransparentUDP:
     def stop(self) -> None:
         """Close every session and socket."""
         self.sessions.close_all()
+        self._unspoofable.stop()
         for reader in [self._main, *self._repliers.values()]:
             if reader is not None:
                 self.ctx.reactor.removeReader(reader)
@@ -329,7 +335,7 @@ class TransparentUDP:
             )
         except SocketError as e:
             self._release(dst)
-            _unspoofable(self.ctx, flow, e)
+            self._unspoofable(flow, e)
             return None
         self.sessions.add((flow.client, dst), session)
         return session
@@ -549,10 +555,55 @@ class _RefusedQuic:
         self._on_closed(self)
 
 
-def _unspoofable(ctx: ProxyContext, flow: Flow, error: SocketError) -> None:
-    """A session that cannot leave from its client's address does not start (fail closed)."""
-    Logger().warn("flow {flow_id}: --spoof-source: {err}; dropping the session", flow_id=flow.id, err=str(error))
-    ctx.close_flow(flow, "cannot bind the client's address upstream")
+class _Unspoofable:
+    """Sessions of a listener that cannot leave from their client's address: dropped, logged in bulk.
+
+    Such a session does not start (fail closed), so the client's next datagram
+    tries a session again: under load, one failure a datagram. The first in
+    an interval of `INTERVAL` seconds is logged with its flow id and reason;
+    the others are counted, and one line at the interval's end says how many.
+
+    Args:
+        ctx: the proxy context (its reactor's timer ends an interval).
+    """
+
+    INTERVAL = 10.0
+    _log = Logger()
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.dropped = 0  # sessions dropped since the last line, not logged one by one
+        self._timer: Any = None
+
+    def __call__(self, flow: Flow, error: SocketError) -> None:
+        """Drop ``flow``'s session, which could not bind its client's address (``error``)."""
+        self.ctx.close_flow(flow, "cannot bind the client's address upstream")
+        if self._timer is not None:
+            self.dropped += 1
+            return
+        self._log.warn("flow {flow_id}: --spoof-source: {err}; dropping the session", flow_id=flow.id,
+                       err=str(error))
+        self._timer = self.ctx.reactor.callLater(self.INTERVAL, self._summary)
+
+    def _summary(self) -> None:
+        """An interval ends: its count, if any, is said, and a new one starts (the failures go on)."""
+        self._timer = None
+        if self.dropped:
+            self._say()
+            self._timer = self.ctx.reactor.callLater(self.INTERVAL, self._summary)
+
+    def _say(self) -> None:
+        self._log.warn("--spoof-source: {n} more UDP sessions dropped in {seconds:.0f} s: they could not leave "
+                       "from their client's address", n=self.dropped, seconds=self.INTERVAL)
+        self.dropped = 0
+
+    def stop(self) -> None:
+        """The listener stops: the interval's count is said now, not after it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.dropped:
+            self._say()
 
 
 def _sendto(sock: socket.socket, payload: bytes, addr: tuple[str, int]) -> None:

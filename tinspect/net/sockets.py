@@ -31,6 +31,7 @@ __all__ = [
     "SocketError",
     "original_dst",
     "transparent_socket",
+    "transparency_refused",
     "family_for",
     "recv_with_orig_dst",
     "enable_orig_dst",
@@ -78,6 +79,28 @@ def make_transparent(sock: socket.socket, client: bool = False) -> None:
         raise PermissionError(e.errno, f"{e.strerror} ({_PRIVILEGE})") from None
     if client and sock.type == socket.SOCK_STREAM:
         sock.setsockopt(SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+
+
+def transparency_refused() -> str | None:
+    """Why this process may not make transparent sockets, or ``None`` if it may.
+
+    A probe, for a start-up check: ``--spoof-source`` sets IP_TRANSPARENT on
+    every upstream socket, and without the privilege each connection would
+    fail on its own later. The probe is an unbound UDP socket of the first
+    family the host has.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError:
+            continue  # this family is not configured on the host
+        with sock:
+            try:
+                make_transparent(sock)
+            except PermissionError as e:
+                return e.strerror
+        return None
+    return "no IPv4 or IPv6 socket can be made"
 
 
 def transparent_socket(

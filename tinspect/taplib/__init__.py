@@ -21,6 +21,10 @@ in ``taps/`` do::
   or the URL (`tinspect.taplib.cachekeys`, sans-IO);
 * `follow_redirect`, `Redirect`, `REDIRECT_STATUSES` and `MAX_REDIRECTS` say which redirects
   a cache follows itself, and where to (`tinspect.taplib.redirects`, sans-IO);
+* `CacheServer`, `KEY_HEADER` and `poll`: a cache tap's own HTTP server on
+  loopback, which serves its entries from disk, and waiting on another
+  worker's fetch (`tinspect.taplib.cacheserver`, Twisted: imported on first
+  use, so that importing this package does not cost ``twisted.web``);
 * `on_sighup` registers a callback to reload something on ``kill -HUP``
   (`tinspect.ops.signals`).
 
@@ -28,6 +32,9 @@ Nothing else under ``tinspect`` is promised to stay where it is. Importing
 this package costs a few standard modules (``shlex``), never the layers;
 ``import tinspect`` does not import it.
 """
+
+from importlib import import_module
+from typing import Any
 
 from tinspect.ops.signals import on_sighup
 from tinspect.taplib.cachekeys import CACHE_EXCLUDE, CACHE_KEY, CACHE_PATTERNS, cache_key, cacheable
@@ -59,4 +66,17 @@ __all__ = [
     "Redirect",
     "REDIRECT_STATUSES",
     "MAX_REDIRECTS",
+    "CacheServer",
+    "KEY_HEADER",
+    "poll",
 ]
+
+_ON_FIRST_USE = {"CacheServer": "tinspect.taplib.cacheserver", "KEY_HEADER": "tinspect.taplib.cacheserver",
+                 "poll": "tinspect.taplib.cacheserver"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of `_ON_FIRST_USE`, imported when a tap first asks for one (PEP 562)."""
+    if name in _ON_FIRST_USE:
+        return getattr(import_module(_ON_FIRST_USE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

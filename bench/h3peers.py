@@ -1,6 +1,9 @@
-"""Real QUIC peers for the end-to-end tests, built on aioquic's asyncio API.
+"""Real QUIC peers for bench/run's lane q and the end-to-end tests, built on aioquic's asyncio API.
 
-``python -m tests.h3peers COMMAND ...`` in a lab namespace:
+One copy for both: the benchmark does not depend on the test tree, and the tests
+run it as ``python -m bench.h3peers`` (tests/e2e/test_e2e_quic.py).
+
+``python -m bench.h3peers COMMAND ...`` in a lab namespace:
 
 * ``serve PORT CHAIN KEY``: an HTTP/3 server on UDP ``PORT`` (IPv4 and
   IPv6), QUIC v1 and v2, answering ``/bytes/N`` with N zero bytes and every
@@ -155,7 +158,7 @@ def _garbage(host: str, port: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.h3peers")
+    parser = argparse.ArgumentParser(prog="python -m bench.h3peers")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve")
     s.add_argument("port", type=int)
