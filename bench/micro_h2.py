@@ -23,7 +23,8 @@ is the h2 library's and what no change to tinspect's own code can remove.
 Then the same download through the proxy itself: its HTTP/2 layer, both
 legs, the tap chain with no taps, over a `tests.memnet` network (no
 sockets, no TLS): lane e's shape, a server sending nginx's 8 KiB DATA
-frames in reads of one TLS record (16 KiB), as the server's window allows,
+frames in reads of 64 KiB (one read of the socket, decrypted), as the
+server's window allows,
 to a client with curl's settings (32 MiB windows, 16 KiB frames). Only the
 proxy's work is timed (CPU seconds per GiB); ``--profile N`` prints
 cProfile's top N entries of it, ``--size`` sets the download's size.
@@ -181,7 +182,7 @@ def per_gib(size: int, reads: int = 1024, repeat: int = 3) -> float:
 
 
 NGINX_FRAME = 8192  # nginx's http2_chunk_size
-RECORD = 16384  # what one TLS record read hands the proxy
+READ = 65536  # what one read of a TLS connection hands the proxy (Twisted reads 64 KiB from the socket)
 CURL_WINDOW = 32 << 20  # curl's stream and connection windows (HTTP2_HUGE_WINDOW_SIZE)
 
 
@@ -204,11 +205,11 @@ class Download:
         self.profile: cProfile.Profile | None = None
 
     def _send(self, peer, data: bytes) -> None:
-        """``peer`` sends ``data`` to the proxy, one record's worth per read; the proxy's work is timed."""
+        """``peer`` sends ``data`` to the proxy, at most READ bytes per read; the proxy's work is timed."""
         clock = time.process_time
         profile = self.profile
-        for i in range(0, len(data), RECORD):
-            piece = data[i:i + RECORD]
+        for i in range(0, len(data), READ):
+            piece = data[i:i + READ]
             t = clock()
             if profile is not None:
                 profile.enable()
