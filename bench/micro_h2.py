@@ -26,8 +26,10 @@ sockets, no TLS): lane e's shape, a server sending nginx's 8 KiB DATA
 frames in reads of 64 KiB (one read of the socket, decrypted), as the
 server's window allows,
 to a client with curl's settings (32 MiB windows, 16 KiB frames). Only the
-proxy's work is timed (CPU seconds per GiB); ``--profile N`` prints
-cProfile's top N entries of it, ``--size`` sets the download's size.
+proxy's work is timed (CPU seconds per GiB, best of three) and counted
+(Python calls per DATA frame from the server: cProfile's count, which no
+load on the machine changes); ``--profile N`` prints cProfile's top N
+entries of it, ``--size`` sets the download's size.
 """
 
 from __future__ import annotations
@@ -265,14 +267,16 @@ def through_layer(size: int, repeat: int = 3) -> float:
     return best
 
 
-def profile_layer(size: int, top: int) -> None:
-    """Print cProfile's ``top`` entries (by own time) of the proxy's work on one download."""
+def calls_per_frame(size: int, top: int = 0) -> float:
+    """Python function calls (cProfile's count, the same under any load) the proxy makes per 8 KiB DATA
+    frame of one download; prints cProfile's ``top`` entries by own time."""
     bench = Download(size)
     bench.profile = cProfile.Profile()
     bench.run()
     stats = pstats.Stats(bench.profile)
-    stats.sort_stats("tottime").print_stats(top)
-    print(f"{stats.total_calls / (size / NGINX_FRAME):.1f} calls per 8 KiB DATA frame from the server")
+    if top:
+        stats.sort_stats("tottime").print_stats(top)
+    return stats.total_calls / (size / NGINX_FRAME)
 
 
 def main() -> None:
@@ -284,13 +288,15 @@ def main() -> None:
     parser.add_argument("--layer-only", action="store_true", help="only the download through the layer")
     args = parser.parse_args()
     if args.profile:
-        profile_layer(args.size, args.profile)
+        print(f"{calls_per_frame(args.size, args.profile):.1f} calls per 8 KiB DATA frame from the server")
         return
     if not args.layer_only:
         print(f"{'relayed request (1 KiB answer, 16 in flight)':48s} {per_request():7.2f} us")
         for size in (8192, 16384):
             print(f"{f'download relayed in DATA frames of {size // 1024} KiB':48s} {per_gib(size):7.2f} s/GiB")
-    print(f"{'download through the HTTP/2 layer (8 KiB frames)':48s} {through_layer(args.size):7.2f} s/GiB")
+    what = "download through the HTTP/2 layer (8 KiB frames)"
+    print(f"{what:48s} {calls_per_frame(min(args.size, 16 << 20)):7.1f} calls")
+    print(f"{what:48s} {through_layer(args.size):7.2f} s/GiB")
 
 
 if __name__ == "__main__":
