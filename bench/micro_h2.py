@@ -19,11 +19,25 @@ lane e: its ``http2_chunk_size``) and 16 KiB, each the best of several
 repeats. Compared with the
 proxy's CPU time per unit in bench/run's table, it says how much of that
 is the h2 library's and what no change to tinspect's own code can remove.
+
+Then the same download through the proxy itself: its HTTP/2 layer, both
+legs, the tap chain with no taps, over a `tests.memnet` network (no
+sockets, no TLS): lane e's shape, a server sending nginx's 8 KiB DATA
+frames in reads of 64 KiB (one read of the socket, decrypted), as the
+server's window allows,
+to a client with curl's settings (32 MiB windows, 16 KiB frames). Only the
+proxy's work is timed (CPU seconds per GiB, best of three) and counted
+(Python calls per DATA frame from the server: cProfile's count, which no
+load on the machine changes); ``--profile N`` prints cProfile's top N
+entries of it, ``--size`` sets the download's size.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import os
+import pstats
 import sys
 import time
 
@@ -31,9 +45,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from h2.config import H2Configuration  # noqa: E402
 from h2.connection import H2Connection  # noqa: E402
-from h2.events import DataReceived, RequestReceived, ResponseReceived  # noqa: E402
+from h2.events import DataReceived, RequestReceived, ResponseReceived, StreamEnded, WindowUpdated  # noqa: E402
 from h2.settings import SettingCodes, Settings  # noqa: E402
 
+from tests.memnet import Net  # noqa: E402
 from tinspect.layers.http.h2.conn import new_connection  # noqa: E402
 
 IN_FLIGHT = 16
@@ -168,11 +183,120 @@ def per_gib(size: int, reads: int = 1024, repeat: int = 3) -> float:
     return best
 
 
+NGINX_FRAME = 8192  # nginx's http2_chunk_size
+READ = 65536  # what one read of a TLS connection hands the proxy (Twisted reads 64 KiB from the socket)
+CURL_WINDOW = 32 << 20  # curl's stream and connection windows (HTTP2_HUGE_WINDOW_SIZE)
+
+
+class Download:
+    """One download through the proxy's HTTP/2 layer in memory; `run` times the proxy's share."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.net = Net()
+        self.client = self.net.intercepted("h2")
+        (dial,) = self.net.dials
+        self.server = dial.accept()
+        self.c = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.c.local_settings = Settings(client=True, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: CURL_WINDOW})
+        self.c.initiate_connection()
+        self.c.increment_flow_control_window(CURL_WINDOW - 65535)
+        self.s = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self.s.initiate_connection()
+        self.spent = 0.0
+        self.profile: cProfile.Profile | None = None
+
+    def _send(self, peer, data: bytes) -> None:
+        """``peer`` sends ``data`` to the proxy, at most READ bytes per read; the proxy's work is timed."""
+        clock = time.process_time
+        profile = self.profile
+        for i in range(0, len(data), READ):
+            piece = data[i:i + READ]
+            t = clock()
+            if profile is not None:
+                profile.enable()
+                peer.send(piece)
+                profile.disable()
+            else:
+                peer.send(piece)
+            self.spent += clock() - t
+
+    def run(self) -> None:
+        """Download ``size`` bytes: the server sends what its window allows, the client acknowledges."""
+        c, s = self.c, self.s
+        c.send_headers(1, REQUEST, end_stream=True)
+        left = self.size
+        got = 0
+        ended = False
+        chunk = b"z" * NGINX_FRAME
+        sid = None
+        while not ended:
+            self._send(self.client, c.data_to_send())
+            for event in s.receive_data(self.server.take()):
+                if type(event) is RequestReceived:
+                    sid = event.stream_id
+                    s.send_headers(sid, response_head(self.size))
+            if sid is not None and left:
+                room = min(s.local_flow_control_window(sid), left)
+                while room >= NGINX_FRAME or room == left:
+                    n = min(NGINX_FRAME, room)
+                    left -= n
+                    room -= n
+                    s.send_data(sid, chunk[:n], end_stream=not left)
+                    if not left:
+                        break
+            self._send(self.server, s.data_to_send())
+            for event in c.receive_data(self.client.take()):
+                kind = type(event)
+                if kind is DataReceived:
+                    got += len(event.data)
+                    c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif kind is StreamEnded:
+                    ended = True
+        if got != self.size:
+            raise SystemExit(f"the client got {got} bytes of {self.size}")
+
+
+def through_layer(size: int, repeat: int = 3) -> float:
+    """CPU seconds per GiB the proxy spends on a ``size``-byte download, best of ``repeat``."""
+    best = float("inf")
+    for _ in range(repeat):
+        bench = Download(size)
+        bench.run()
+        best = min(best, bench.spent / size * (1 << 30))
+    return best
+
+
+def calls_per_frame(size: int, top: int = 0) -> float:
+    """Python function calls (cProfile's count, the same under any load) the proxy makes per 8 KiB DATA
+    frame of one download; prints cProfile's ``top`` entries by own time."""
+    bench = Download(size)
+    bench.profile = cProfile.Profile()
+    bench.run()
+    stats = pstats.Stats(bench.profile)
+    if top:
+        stats.sort_stats("tottime").print_stats(top)
+    return stats.total_calls / (size / NGINX_FRAME)
+
+
 def main() -> None:
     """Print one line per measured case."""
-    print(f"{'relayed request (1 KiB answer, 16 in flight)':48s} {per_request():7.2f} us")
-    for size in (8192, 16384):
-        print(f"{f'download relayed in DATA frames of {size // 1024} KiB':48s} {per_gib(size):7.2f} s/GiB")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=64 << 20, help="bytes of the download through the layer")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print cProfile's top N entries of the download through the layer, and only that")
+    parser.add_argument("--layer-only", action="store_true", help="only the download through the layer")
+    args = parser.parse_args()
+    if args.profile:
+        print(f"{calls_per_frame(args.size, args.profile):.1f} calls per 8 KiB DATA frame from the server")
+        return
+    if not args.layer_only:
+        print(f"{'relayed request (1 KiB answer, 16 in flight)':48s} {per_request():7.2f} us")
+        for size in (8192, 16384):
+            print(f"{f'download relayed in DATA frames of {size // 1024} KiB':48s} {per_gib(size):7.2f} s/GiB")
+    what = "download through the HTTP/2 layer (8 KiB frames)"
+    print(f"{what:48s} {calls_per_frame(min(args.size, 16 << 20)):7.1f} calls")
+    print(f"{what:48s} {through_layer(args.size):7.2f} s/GiB")
 
 
 if __name__ == "__main__":

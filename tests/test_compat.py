@@ -844,3 +844,101 @@ async def test_an_ssl_endpoint_makes_its_connections_from_the_context_server_tls
         await port.stopListening()
     with pytest.raises(TypeError):
         compat.server_tls_context(TCP4ServerEndpoint(reactor, 0))
+
+
+# -- 13. Twisted's TLS read loop ------------------------------------------------------
+
+
+def test_twisted_tls_read_loop_is_the_one_batched_tls_reads_follows():
+    """Twisted's ``_flushReceiveBIO`` still reads ``recv(2**15)`` until ``WantReadError``, hands each
+    piece on alone, shuts down on ``ZeroReturnError`` and fails on ``Error``: what the batched one copies."""
+    import tinspect.layers.raw  # noqa: F401  (what puts it in force)
+
+    source = inspect.getsource(compat._TWISTED_FLUSH_RECEIVE_BIO)
+    for piece in ("while not self._lostTLSConnection:", "self._tlsConnection.recv(2**15)", "except WantReadError:",
+                  "except ZeroReturnError:", "self._shutdownTLS()", "self._tlsShutdownFinished(None)",
+                  "except Error:", "failure = Failure()", "self._tlsShutdownFinished(failure)",
+                  "if not self._aborted:", "ProtocolWrapper.dataReceived(self, bytes)", "self._flushSendBIO()"):
+        assert piece in source, changed("twisted", f"TLSMemoryBIOProtocol._flushReceiveBIO no longer has {piece!r}")
+    assert TLSMemoryBIOProtocol._flushReceiveBIO is compat._flush_receive_bio_batched, \
+        "batched_tls_reads is not in force once the layers are imported"
+
+
+class _Chunks(Protocol):
+    """Keeps each chunk it receives and how its connection ended."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lost = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason) -> None:
+        self.lost = reason
+
+
+def _tls_memory_pair(server_tls):
+    """A client and a server `TLSMemoryBIOProtocol` over `StringTransport`s, past their handshake."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    ends = []
+    for options, is_client in ((CertificateOptions(), True), (server_tls, False)):
+        app = _Chunks()
+        tls = TLSMemoryBIOProtocol(TLSMemoryBIOFactory(options, is_client, None), app)
+        tls.makeConnection(StringTransport())
+        ends.append((tls, app))
+    _shuttle(ends)
+    return ends
+
+
+def _shuttle(ends) -> None:
+    """Move what each end wrote to the other until both are quiet."""
+    (client, _), (server, _) = ends
+    moved = True
+    while moved:
+        moved = False
+        for src, dst in ((client, server), (server, client)):
+            data = src.transport.value()
+            if data:
+                src.transport.clear()
+                dst.dataReceived(data)
+                moved = True
+
+
+def test_one_read_of_many_tls_records_reaches_the_application_as_one_chunk(server_tls):
+    """Three records read at once are one ``dataReceived`` of all their bytes, in order."""
+    (client, client_app), (server, _) = _tls_memory_pair(server_tls)
+    for part in (b"a" * 20000, b"b" * 5, b"c" * 300):
+        server._write(part)  # each write of TLSMemoryBIOProtocol itself makes records of its own
+    wire = server.transport.value()
+    server.transport.clear()
+    client.dataReceived(wire)
+    assert client_app.chunks == [b"a" * 20000 + b"b" * 5 + b"c" * 300]
+
+
+def test_data_before_a_close_notify_in_the_same_read_is_delivered_before_the_connection_ends(server_tls):
+    """A record and the peer's close_notify in one read: the bytes arrive, then the TLS layer shuts down."""
+    (client, client_app), (server, _) = _tls_memory_pair(server_tls)
+    server._write(b"last words")
+    server._tlsConnection.shutdown()
+    server._flushSendBIO()
+    wire = server.transport.value()
+    server.transport.clear()
+    client.dataReceived(wire)
+    assert client_app.chunks == [b"last words"]
+    assert client._lostTLSConnection and client.transport.disconnecting
+
+
+def test_data_before_a_broken_record_in_the_same_read_is_delivered_before_the_failure(server_tls):
+    """A good record then a corrupted one in one read: the good bytes arrive, then the connection fails."""
+    (client, client_app), (server, _) = _tls_memory_pair(server_tls)
+    server._write(b"good")
+    good = server.transport.value()
+    server.transport.clear()
+    server._write(b"spoiled")
+    bad = bytearray(server.transport.value())
+    bad[-1] ^= 0xFF
+    client.dataReceived(good + bytes(bad))
+    assert client_app.chunks == [b"good"]
+    assert client._reason is not None and client.transport.disconnecting

@@ -84,6 +84,15 @@ against Twisted 26.10.0, h2 4.4.1, hpack 4.2.0, hyperframe 6.1.0 and autobahn 26
     ``_ALLOWED_PSEUDO_HEADER_FIELDS``, ``_check_pseudo_header_field_acceptability``
     and on the ``HeaderValidationFlags`` fields ``is_trailer`` and
     ``is_response_header``.
+13. Twisted's TLS read loop (`batched_tls_reads`).
+    ``TLSMemoryBIOProtocol._flushReceiveBIO`` decrypts what one read of the
+    socket fed into the receive BIO, ``recv(2**15)`` after ``recv`` until
+    ``WantReadError``, and hands each piece to the application on its own;
+    OpenSSL returns one record per call. The replacement keeps its loop and
+    its handling of ``ZeroReturnError`` (``_shutdownTLS``,
+    ``_tlsShutdownFinished(None)``) and ``Error`` (``_tlsShutdownFinished``
+    with the failure), its attributes ``_tlsConnection``,
+    ``_lostTLSConnection`` and ``_aborted``, and ``_flushSendBIO`` at the end.
 
 autobahn is imported only by the functions that need it (the WebSocket
 layer is imported on the first upgrade: autobahn is 8 MiB of RSS).
@@ -110,8 +119,12 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ServerEndpoint, _WrappingFactory
 from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, ITLSTransport
+from OpenSSL.SSL import Error as SSLError
+from OpenSSL.SSL import WantReadError, ZeroReturnError
 from twisted.internet.protocol import Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from tinspect.net.sockets import make_transparent
@@ -127,6 +140,7 @@ __all__ = [
     "cheap_data_frame_repr",
     "quiet_hpack_debug",
     "fast_header_validation",
+    "batched_tls_reads",
     "quiet_autobahn_colours",
     "AutobahnSide",
     "connect_from",
@@ -591,3 +605,52 @@ def _validate_headers_fast(headers: Any, flags: Any) -> list:
 def fast_header_validation() -> None:
     """Have h2 validate received header blocks with `_validate_headers_fast`."""
     h2.stream.validate_headers = _validate_headers_fast
+
+
+# -- 13. Twisted's TLS read loop ------------------------------------------------------
+
+_TLS_RECV = 2**15  # what Twisted asks OpenSSL for per call (one record comes back)
+_TWISTED_FLUSH_RECEIVE_BIO = TLSMemoryBIOProtocol._flushReceiveBIO  # what the replacement follows (the tests read it)
+
+
+def _deliver_batch(tls: Any, chunks: list[bytes]) -> None:
+    """Hand what the loop decrypted so far to the application, as one chunk."""
+    if chunks and not tls._aborted:
+        ProtocolWrapper.dataReceived(tls, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        chunks.clear()
+
+
+def _flush_receive_bio_batched(self: Any) -> None:
+    """``TLSMemoryBIOProtocol._flushReceiveBIO``, but what one read of the
+    socket decrypts reaches the application as one chunk."""
+    chunks: list[bytes] = []
+    while not self._lostTLSConnection:
+        try:
+            chunks.append(self._tlsConnection.recv(_TLS_RECV))
+        except WantReadError:
+            break
+        except ZeroReturnError:  # close_notify: what came before it first, then the shutdown
+            _deliver_batch(self, chunks)
+            self._shutdownTLS()
+            self._tlsShutdownFinished(None)
+        except SSLError:
+            failure = Failure()
+            _deliver_batch(self, chunks)
+            self._tlsShutdownFinished(failure)
+    _deliver_batch(self, chunks)
+    self._flushSendBIO()
+
+
+def batched_tls_reads() -> None:
+    """Deliver what one read of a TLS connection decrypts as one chunk, not
+    one per TLS record.
+
+    OpenSSL hands back one record (16 KiB at most) per ``SSL_read``, and
+    Twisted passes each to the application on its own: a 64 KiB read of the
+    socket became four passes through the HTTP/2 or HTTP/1.1 layer, each
+    with its parse, its events, its pump and its writes, though one would do
+    for all of it. What one pass gets stays bounded by one read of the
+    socket (Twisted reads 64 KiB at a time) and what was left of a record
+    before it.
+    """
+    TLSMemoryBIOProtocol._flushReceiveBIO = _flush_receive_bio_batched  # type: ignore[method-assign]

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect._compat import eager_tls_records, lazy_tls_records, tls_started
+from tinspect._compat import batched_tls_reads, eager_tls_records, lazy_tls_records, tls_started
 from tinspect._compat import fast_write as send  # the relay's write, and the HTTP/1.1 layer's
 from tinspect.chain import Arm, TapChain
 from tinspect.flow import Flow
@@ -67,6 +67,7 @@ class PauseReason(enum.IntFlag):
 
 
 EAGER_RECORDS = 8192  # see start_tls
+batched_tls_reads()  # a read of many TLS records reaches the layers as one chunk, not one per record
 
 
 def start_tls(transport, handshake) -> None:

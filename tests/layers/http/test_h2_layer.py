@@ -387,6 +387,33 @@ def test_get_and_streamed_post_through_h2_both_sides(make_net):
     assert net.leftovers() == CLEAN
 
 
+def test_data_frames_of_one_stream_in_one_read_reach_the_taps_as_one_chunk_in_order(make_net):
+    """A read of DATA frames for streams A, A, B, A: the taps see A's first two joined, then B's,
+    then A's last, and each client stream gets its bytes in order."""
+    tap = Record()
+    net = make_net([tap])
+    c, s, wire = h2_pair(net)
+    a, b = c.request(b"/a"), c.request(b"/b")
+    wire.run()
+    up = {path: sid for sid, path in s.requests().items()}
+    for path in (b"/a", b"/b"):
+        s.conn.send_headers(up[path], [(b":status", b"200")])
+    wire.run()
+    for path, data in ((b"/a", b"one,"), (b"/a", b"two,"), (b"/b", b"other"), (b"/a", b"three")):
+        s.conn.send_data(up[path], data)
+    wire.run()  # the four frames go to the proxy in one read
+    chunks = [(u.message.request.stream_id, u.data) for u in tap.of(BodyChunk) if u.data]
+    assert chunks == [(a, b"one,two,"), (b, b"other"), (a, b"three")]
+    assert bytes(c.stream(a).data) == b"one,two,three" and bytes(c.stream(b).data) == b"other"
+    for path in (b"/a", b"/b"):
+        s.conn.end_stream(up[path])
+    wire.run()
+    assert c.stream(a).ended and c.stream(b).ended
+    c.conn.close_connection()
+    wire.run()
+    assert net.leftovers() == CLEAN
+
+
 @pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "one-read"])
 def test_trailers_both_ways(make_net, streamed):
     """Request trailers reach the server, response trailers reach the client: streamed over several

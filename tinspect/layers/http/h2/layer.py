@@ -62,7 +62,7 @@ from tinspect.context import ProxyContext
 from tinspect.flow import Flow
 from tinspect.headers import Headers
 from tinspect.layers.http.assemble import MessageAssembler
-from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_whole
+from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_data, take_whole
 from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_from_block, response_block, trailer_block
 from tinspect.layers.http.h2.upstream import H1Upstreams, H2Upstream, known_h1_only
 from tinspect.layers.raw import PauseReason
@@ -259,11 +259,12 @@ class H2Layer:
             i += 1
             kind = type(event)
             if kind is DataReceived:
+                data, credit, i = take_data(events, i - 1)
                 st = streams.get(event.stream_id)
                 if st is None:
-                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    conn.acknowledge_received_data(credit, event.stream_id)
                 else:
-                    self._request_data(st, event.data, event.flow_controlled_length)
+                    self._request_data(st, data, credit)
             elif kind is RequestReceived:
                 whole = None
                 if event.stream_ended is None:

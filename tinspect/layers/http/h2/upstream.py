@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tinspect.headers import Headers
-from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_whole
+from tinspect.layers.http.h2.conn import H2Endpoint, error_name, new_connection, take_data, take_whole
 from tinspect.layers.http.h2.fields import H2FieldError, list_size, request_block, response_from_block, trailer_block
 from tinspect.layers.http.http1.parse import (
     BodyData,
@@ -365,11 +365,12 @@ class H2Upstream:
             i += 1
             kind = type(event)
             if kind is DataReceived:
+                data, credit, i = take_data(events, i - 1)
                 st = by_id.get(event.stream_id)
                 if st is None:
-                    self.ep.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    self.ep.conn.acknowledge_received_data(credit, event.stream_id)
                     continue
-                layer.upstream_body(st, event.data, event.flow_controlled_length)
+                layer.upstream_body(st, data, credit)
             elif kind is ResponseReceived:
                 st = by_id.get(event.stream_id)
                 if st is None:
