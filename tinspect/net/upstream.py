@@ -35,7 +35,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect._compat import TLSInTLS, connect_from
+from tinspect._compat import TLSInTLS, connect_from, keep_declarations
 from tinspect.layers.tls.policy import describe_error
 from tinspect.net.addresses import is_ip
 from tinspect.net.parent import (
@@ -147,6 +147,7 @@ class UpstreamFactory(Factory):
         self._protocol = protocol
 
     def buildProtocol(self, addr):
+        keep_declarations(protocol=self._protocol)  # the endpoint's wrapper is declared like it
         return self._protocol
 
 
