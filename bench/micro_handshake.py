@@ -20,7 +20,7 @@ It prints microseconds of CPU per connection (and the part of it spent in
 the kernel, in socket calls, which Python code changes do not touch) and the Python function calls
 per connection (cProfile's count over one more batch: the same on every
 machine and under any load); ``--top N`` prints the profile's N costliest
-functions by their own time.
+functions by their own time, ``--save FILE`` writes the profile for pstats.
 """
 
 from __future__ import annotations
@@ -195,6 +195,8 @@ def proxy(args: argparse.Namespace) -> None:
     print(f"  proxy CPU per connection: {(user + system) / n * 1e6:.1f} us")
     print(f"  of which in the kernel (socket calls): {system / n * 1e6:.1f} us")
     print(f"  Python calls per connection: {stats.total_calls / n:.1f} calls")
+    if args.save:
+        profile.dump_stats(args.save)
     if args.top:
         stats.sort_stats("tottime").print_stats(args.top)
     shutil.rmtree(tmp)
@@ -212,6 +214,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed batches (the best counts)")
     parser.add_argument("--warmup", type=int, default=30, help="connections before the timed batches")
     parser.add_argument("--top", type=int, default=0, help="print the profile's N costliest functions")
+    parser.add_argument("--save", metavar="FILE", help="write the profile there (pstats' format)")
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ca", help=argparse.SUPPRESS)
