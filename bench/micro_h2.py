@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from h2.config import H2Configuration  # noqa: E402
 from h2.connection import H2Connection  # noqa: E402
-from h2.events import DataReceived, RequestReceived, ResponseReceived, StreamEnded, WindowUpdated  # noqa: E402
+from h2.events import DataReceived, RequestReceived, ResponseReceived, StreamEnded  # noqa: E402
 from h2.settings import SettingCodes, Settings  # noqa: E402
 
 from tests.memnet import Net  # noqa: E402

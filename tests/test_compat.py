@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import datetime
+import gc
 import importlib
 import importlib.metadata
 import inspect
@@ -41,7 +42,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from zope.interface import implementer
+from zope.interface import implementer, providedBy
 
 import tinspect._compat as compat
 from tests.conftest import REPO
@@ -942,3 +943,51 @@ def test_data_before_a_broken_record_in_the_same_read_is_delivered_before_the_fa
     client.dataReceived(good + bytes(bad))
     assert client_app.chunks == [b"good"]
     assert client._reason is not None and client.transport.disconnecting
+
+
+# -- 14. zope.interface's declarations, as Twisted's TLS wrapping and endpoints make them ---
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_tls_declares_from_zopes_cache_what_keep_declarations_holds(server_tls):
+    """``startTLS`` declares the transport ISSLTransport and its TLS protocol one interface of the
+    transport at a time, each a ``Provides`` from zope's cache; `keep_declarations` holds every one
+    of them, so a garbage collection leaves the next connection the same objects."""
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import Provides, providedBy
+
+    port, client, server, transport = await _tls_after_peek(server_tls, 0)
+    try:
+        tls = transport.protocol
+        compat.keep_declarations(transport)
+        gc.collect()
+        assert transport.__provides__ is Provides(type(transport), ISSLTransport), \
+            changed("twisted", "startTLS no longer declares its transport ISSLTransport from zope's cache")
+        interfaces = list(providedBy(transport))
+        assert tls.__provides__ is Provides(type(tls), interfaces[-1]), \
+            changed("twisted", "the TLS protocol is no longer declared its transport's interfaces one at a time")
+        kept = compat._kept_declarations[(type(tls), providedBy(transport))]
+        assert [id(Provides(type(tls), interface)) for interface in interfaces] == [id(d) for d in kept], \
+            changed("zope.interface", "Provides() no longer answers from its cache what is still held")
+    finally:
+        client.transport.abortConnection()
+        await port.stopListening()
+
+
+def test_an_endpoints_wrapper_is_declared_from_the_cache_keep_declarations_holds():
+    """The endpoints' ``_WrappingProtocol`` is declared like the protocol it connects, one interface
+    at a time, with the declarations `keep_declarations` keeps for that protocol."""
+    from twisted.internet.endpoints import _WrappingProtocol
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+
+    @implementer(IHalfCloseableProtocol, IHandshakeListener)
+    class Shell(Protocol):
+        pass
+
+    shell = Shell()
+    compat.keep_declarations(protocol=shell)
+    gc.collect()
+    wrapper = _WrappingProtocol(Deferred(), shell)
+    kept = compat._kept_declarations[(_WrappingProtocol, providedBy(shell))]
+    assert any(wrapper.__provides__ is declaration for declaration in kept), \
+        changed("twisted", "an endpoint's wrapper is no longer declared an interface of its protocol at a time")

@@ -9,10 +9,10 @@ import time
 import pytest_twisted
 from twisted.internet import reactor, threads
 
+from tests.console.test_web import body, get
 from tinspect.console.fanin import WorkerConsoles
 from tinspect.console.hub import Hub
 from tinspect.console.web import console_site
-from tests.console.test_web import body, get
 
 
 @pytest_twisted.inlineCallbacks

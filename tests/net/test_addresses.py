@@ -14,6 +14,7 @@ from tinspect.net.addresses import (
     canonical_host,
     format_addr,
     host_port,
+    ip_version,
     is_ip,
     normalize_host,
 )
@@ -158,6 +159,18 @@ def test_authority_host_takes_an_unbracketed_ipv6_address_as_a_host():
 def test_is_ip_is_true_for_address_literals_only(name, expected):
     """IPv4 and IPv6 literals are addresses; names and bracketed forms are not."""
     assert is_ip(name) is expected
+
+
+@given(st.one_of(st.ip_addresses().map(str), st.text(max_size=40)))
+def test_ip_version_answers_as_ipaddress_does_asked_once_or_again(name):
+    """The address family (or None for anything else) is ipaddress's, the first time and from the cache."""
+    try:
+        expected = ipaddress.ip_address(name).version
+    except ValueError:
+        expected = None
+    assert ip_version(name) == expected
+    assert ip_version(name) == expected
+    assert is_ip(name) is (expected is not None)
 
 
 @pytest.mark.parametrize(

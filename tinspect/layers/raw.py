@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect._compat import batched_tls_reads, eager_tls_records, lazy_tls_records, tls_started
+from tinspect._compat import batched_tls_reads, eager_tls_records, keep_declarations, lazy_tls_records, tls_started
 from tinspect._compat import fast_write as send  # the relay's write, and the HTTP/1.1 layer's
 from tinspect.chain import Arm, TapChain
 from tinspect.flow import Flow
@@ -81,6 +81,7 @@ def start_tls(transport, handshake) -> None:
     write went out at once). And none for HTTP/2 (`batch_records`).
     """
     transport.startTLS(handshake)
+    keep_declarations(transport)
     eager_tls_records(transport, EAGER_RECORDS)
 
 

@@ -11,13 +11,18 @@ bracketed, unbracketed and compared the same way everywhere:
   people;
 * `host_port`: ``host[:port]`` / ``[v6][:port]`` to a ``(host, port)``
   destination, strictly; `authority_host`: the host of an authority, leniently;
-* `is_ip` and `canonical_host`: names as the TLS passthrough rules compare them.
+* `is_ip`, `ip_version` and `canonical_host`: names as the TLS passthrough
+  rules compare them.
 
-No I/O, no name resolution.
+No I/O, no name resolution. The last three are kept for the last names
+asked (`functools.lru_cache`): every new connection asks them of the same
+few names (its SNI, its destination), and parsing an address costs more
+than the lookup.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 __all__ = [
@@ -26,6 +31,7 @@ __all__ = [
     "canonical_host",
     "format_addr",
     "host_port",
+    "ip_version",
     "is_ip",
     "normalize_host",
 ]
@@ -105,15 +111,21 @@ def authority_host(authority: str) -> str:
     return authority.rpartition(":")[0] if authority.count(":") == 1 else authority
 
 
+@functools.lru_cache(maxsize=4096)
+def ip_version(name: str) -> int | None:
+    """4 or 6 if ``name`` is an IPv4 or IPv6 address literal (no brackets), else ``None``."""
+    try:
+        return ipaddress.ip_address(name).version
+    except ValueError:
+        return None
+
+
 def is_ip(name: str) -> bool:
     """Whether ``name`` is an IPv4 or IPv6 address literal (no brackets)."""
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    return ip_version(name) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_host(host: str) -> str:
     """``host`` in one spelling for comparisons: lower case, no trailing dot,
     no brackets, and an IP address in its compressed form (``2001:DB8:0::1``

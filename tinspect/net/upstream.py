@@ -35,9 +35,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tinspect._compat import TLSInTLS, connect_from
+from tinspect._compat import TLSInTLS, connect_from, keep_declarations
 from tinspect.layers.tls.policy import describe_error
-from tinspect.net.addresses import is_ip
+from tinspect.net.addresses import ip_version, is_ip
 from tinspect.net.parent import (
     ConnectReplyReader,
     ParentProxy,
@@ -52,11 +52,10 @@ __all__ = ["connect", "connect_failure_kind", "describe_failure", "ParentTunnel"
 
 def _endpoint(reactor: Any, dst: tuple[str, int], timeout: float) -> Any:
     host, port = dst
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    version = ip_version(host)
+    if version is None:
         return HostnameEndpoint(reactor, host.encode("idna"), port, timeout=timeout)
-    cls = TCP6ClientEndpoint if ip.version == 6 else TCP4ClientEndpoint
+    cls = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
     return cls(reactor, host, port, timeout=timeout)
 
 
@@ -147,6 +146,7 @@ class UpstreamFactory(Factory):
         self._protocol = protocol
 
     def buildProtocol(self, addr):
+        keep_declarations(protocol=self._protocol)  # the endpoint's wrapper is declared like it
         return self._protocol
 
 

@@ -506,6 +506,22 @@ def test_lru_eviction_at_cache_size(ec_ca):
     assert (leaves.hits, leaves.misses) == (hits, misses + 1)
 
 
+def test_names_as_given_find_their_leaf_again_within_the_bound(ec_ca):
+    """Spellings of the same names find one leaf, each remembered as given; what is remembered is
+    bounded like the leaves, and a forgotten spelling still finds its leaf by its normal form."""
+    leaves = LeafCertificates(ec_ca, cache_size=2)
+    leaf, _ = leaves.get("A.Test.", ["B.test"])
+    assert leaves.get("a.test", ["b.test"])[0] is leaf
+    assert leaves.get("A.Test.", ["B.test"])[0] is leaf
+    assert (leaves.hits, leaves.misses) == (2, 1)
+    leaves.get("c.test")
+    assert len(leaves._keys) == 2 and ("a.test", ("b.test",)) not in leaves._keys
+    assert leaves.get("a.test", ["b.test"])[0] is leaf
+    with pytest.raises(ValueError):
+        leaves.get("not a name")
+    assert len(leaves._keys) == 2
+
+
 def test_cache_size_zero_disables_cache(ec_ca):
     """cache_size=0 mints every time."""
     leaves = LeafCertificates(ec_ca, cache_size=0)

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from zope.interface import implementer
 
+import tinspect.layers.tls.handshake as handshake_module
 from tinspect.layers.tls.ca import CertificateAuthority, LeafCertificates
 from tinspect.layers.tls.clienthello import ClientHelloReader
 from tinspect.layers.tls.handshake import (
@@ -839,6 +840,44 @@ def test_a_resumed_session_is_refused_for_a_name_its_certificate_lacks(upstream_
         problem = planted.verification_error()
         assert problem is not None and "b.example" in problem
         assert planted.refusal() == (None if insecure else problem)
+
+
+def test_connections_that_get_the_same_certificate_share_what_is_worked_out_of_it(upstream_ca):
+    """Two handshakes with a server sending one certificate share its `ServerCertificate` (patterns,
+    summary); each gets a summary of its own to change; a name the certificate lacks still fails
+    with the reason a fresh check gives, and another certificate gets another record."""
+    root, pem = upstream_ca
+    tls = UpstreamTLS(pem)
+    cert, key = root.issue(["a.example", "www.a.example"])
+    connect, _ = upstream_server(cert, key)
+    first, errors = upstream_handshake(tls, connect)
+    second, errors2 = upstream_handshake(tls, connect)
+    assert errors == errors2 == {}
+    assert first.server_certificate() is second.server_certificate()
+    mine = first.server_certificate().summary()
+    mine["names"].append("evil.example")
+    assert second.server_certificate().summary() == summarize_certificate(cert)
+    wrong, errors = upstream_handshake(tls, connect, sni="b.example")
+    assert "client" in errors
+    assert wrong.verification_error() == check_name(cert, "b.example")
+    assert wrong.verification_error().startswith("hostname mismatch: certificate is for a.example, www.a.example")
+    other, errors = upstream_handshake(tls, upstream_server(*root.issue(["a.example"]))[0])
+    assert errors == {} and other.server_certificate() is not first.server_certificate()
+
+
+def test_the_server_certificates_kept_are_bounded(upstream_ca, monkeypatch):
+    """Past the bound, the least recently seen certificate's record is dropped, and made anew when
+    that certificate comes again."""
+    monkeypatch.setattr(handshake_module, "_CERTIFICATES_KEPT", 2)
+    root, pem = upstream_ca
+    tls = UpstreamTLS(pem)
+    a, b, c = (crypto.X509.from_cryptography(root.issue([name])[0]) for name in ("a.example", "b.example", "c.example"))
+    kept_a, kept_b = tls.server_certificate(a), tls.server_certificate(b)
+    assert tls.server_certificate(a) is kept_a  # a is now the most recent
+    tls.server_certificate(c)
+    assert tls.server_certificate(a) is kept_a
+    assert tls.server_certificate(b) is not kept_b
+    assert len(tls._certificates) == 2
 
 
 def test_handshake_ends_are_counted_by_outcome_version_and_alpn(upstream_ca, tmp_path):

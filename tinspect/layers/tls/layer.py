@@ -55,7 +55,7 @@ from tinspect.layers.tls.clienthello import (
     NotTLS,
     alert_record,
 )
-from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS, summarize_certificate
+from tinspect.layers.tls.handshake import ClientFacingTLS, UpstreamHandshake, UpstreamTLS
 from tinspect.layers.tls.policy import ClientCertificate, PassthroughPolicy, classify_client_failure
 from tinspect.net.addresses import format_addr
 from tinspect.net.handoff import Handoff, Upstream, relay_raw
@@ -304,8 +304,8 @@ class TlsLayer:
                 reason=problem,
             )
         self._learn_client_auth(hs)
-        cert = hs.peer_certificate()
-        summary = summarize_certificate(cert) if cert is not None else None
+        server = hs.server_certificate()
+        summary = server.summary() if server is not None else None
         self.flow.upstream_cert = summary
         self._start_client_tls(summary["names"] if summary else ())
 
