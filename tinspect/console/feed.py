@@ -29,8 +29,9 @@ response belongs to.
 Cost: an exchange's record is an `_Exchange` (a `tinspect.console.ring.LiveRecord`)
 holding references and packed heads, not JSON: its summary and detail are built
 when a page reads it, so the feed's work per exchange is a few attribute stores,
-two `cut_head` joins and the ring's insertion (docs/console.md, "Cost";
-``bench/micro_console.py`` measures it).
+two `cut_head` joins and the ring's insertion: about 21 µs of CPU and 51 Python calls per
+HTTP/1.1 exchange, in-memory figures from ``bench/micro_console.py`` on a loaded 2-core AMD
+EPYC machine (docs/console.md, "Cost").
 
 Bounds: a record holds at most two heads of `tinspect.console.ring.HEAD_CAP`
 bytes, two bodies of ``body_cap`` bytes, and the last ``ws_messages``
@@ -93,32 +94,24 @@ class _Exchange(LiveRecord):
         self.protocol = flow.protocol
         self.sni = flow.sni
         self.server = flow.dst
-        self.status: int | None = None
-        self.size = 0
-        self.duration: float | None = None
-        self.verdict: str | None = None
-        self.error: str | None = None
-        self.done = False
         self.stream = req.stream_id
-        self.reached = False  # the request passed the tail: it went upstream
-        self.seen_response = False  # the head saw the final response
-        self.answered = False  # the tail saw it
         self.d_request = self.d_response = flow.decisions
-        self.tunnel = False  # the explicit proxy's CONNECT: its 200 does not cross the taps
-        # the heads: method, target, scheme, authority, version (status, reason, version), `cut_head`'s two
-        self.request = (req.method, req.target, req.scheme, req.authority, req.version, *cut_head(req.headers.fields))
-        self.response: tuple | None = None
-        self.req_body: bytes | bytearray | None = None  # its first body_cap bytes
-        self.req_size = 0
-        self.resp_body: bytes | bytearray | None = None
-        self.resp_size = 0
-        self.request_end: float | None = None
-        self.response_start: float | None = None
-        self.end: float | None = None
-        self.connection: tuple | None = None  # the flow's `_facts`, once the flow is let go
-        self.ws: deque | None = None  # the latest WebSocket messages: (direction, binary, first bytes, size, time)
-        self.ws_count = 0
-        self.shown: tuple[str, str, str] | None = None  # client, host and URL as text, made at the first read
+        # Chained stores: one constant load for each group of the ~30 slots set per exchange.
+        # reached: the request passed the tail (it went upstream); seen_response: the head saw
+        # the final response; answered: the tail saw it; tunnel: the explicit proxy's CONNECT,
+        # whose 200 does not cross the taps.
+        self.done = self.reached = self.seen_response = self.answered = self.tunnel = False
+        self.size = self.req_size = self.resp_size = self.ws_count = 0
+        # status, duration, verdict, error; the response head (status, reason, version, `cut_head`'s
+        # two); the bodies' first body_cap bytes; the times; the flow's `_facts` once the flow is
+        # let go; the latest WebSocket messages (direction, binary, first bytes, size, time);
+        # client, host and URL as text, made at the first read
+        self.status = self.duration = self.verdict = self.error = self.response = None
+        self.req_body = self.resp_body = self.request_end = self.response_start = self.end = None
+        self.connection = self.ws = self.shown = None
+        # the request head: method, target, scheme, authority, version, `cut_head`'s two
+        kept, cut = cut_head(req.headers.fields)
+        self.request = (req.method, req.target, req.scheme, req.authority, req.version, kept, cut)
 
     def summary(self) -> dict[str, Any]:
         if self.shown is None:
@@ -252,7 +245,9 @@ class ConsoleFeed:
 
     def request(self, req: Request, flow: Flow) -> None:
         """The head saw a request: a new exchange, shown at once."""
-        fs = self._state(flow)
+        fs = flow.state.get(_KEY)
+        if fs is None:
+            fs = flow.state[_KEY] = _FlowState()
         fs.count += 1
         now = self.clock()
         if fs.h1:
@@ -262,11 +257,13 @@ class ConsoleFeed:
             fs.h1.append(ex)
         else:
             fs.h2[req.stream_id] = ex
-        if req.body is None:
+        body = req.body
+        if body is None:
             fs.requests[id(req)] = ex
         else:
-            ex.req_size = len(req.body)
-            ex.req_body = req.body if len(req.body) <= self.body_cap else req.body[: self.body_cap]
+            if body:
+                ex.req_size = len(body)
+                ex.req_body = body if len(body) <= self.body_cap else body[: self.body_cap]
             ex.request_end = now
         self.hub.publish(ex)
 
@@ -288,9 +285,17 @@ class ConsoleFeed:
         fs = flow.state.get(_KEY)
         if fs is None:
             return
-        ex = self._find(fs, req, "reached", False)
-        if ex is None:
-            return
+        stream = req.stream_id
+        if stream is None:
+            for ex in fs.h1:  # the oldest that has not gone upstream
+                if not ex.reached:
+                    break
+            else:
+                return
+        else:
+            ex = fs.h2.get(stream)
+            if ex is None:
+                return
         ex.reached = True
         ex.tunnel = req.method == "CONNECT" and flow.mode == "explicit"
         if flow.decisions != ex.d_request:
@@ -301,17 +306,27 @@ class ConsoleFeed:
         fs = flow.state.get(_KEY)
         if fs is None or (resp.status < 200 and resp.interim):
             return
-        ex = self._find(fs, resp, "seen_response", False)
-        if ex is not None:
-            ex.seen_response = True
-            ex.d_response = flow.decisions
+        request = resp.request
+        stream = request.stream_id if request is not None else None
+        if stream is None:
+            for ex in fs.h1:  # the oldest whose response the head has not seen
+                if not ex.seen_response:
+                    break
+            else:
+                return
+        else:
+            ex = fs.h2.get(stream)
+            if ex is None:
+                return
+        ex.seen_response = True
+        ex.d_response = flow.decisions
 
     def response(self, resp: Response, flow: Flow) -> None:
         """The tail saw a final response: what the client gets."""
         fs = flow.state.get(_KEY)
         if fs is None or (resp.status < 200 and resp.interim):
             return
-        ex = self._find(fs, resp, "answered", False)
+        ex = self._unanswered(fs, resp)
         if ex is None:
             return
         ex.answered = True
@@ -323,16 +338,19 @@ class ConsoleFeed:
         ex.status = resp.status
         if flow.dst:  # an explicit proxy's flow learns it from the request
             ex.server = flow.dst
-        ex.response = (resp.status, resp.reason, resp.version, *cut_head(resp.headers.fields))
+        kept, cut = cut_head(resp.headers.fields)
+        ex.response = (resp.status, resp.reason, resp.version, kept, cut)
         ex.response_start = now
         if resp.status == 101:
             ex.protocol = "websocket"
             fs.ws = ex
             self._finish(fs, ex, now)
         elif resp.body is not None:
-            ex.error = _proxy_error(resp)
-            ex.resp_size = len(resp.body)
-            ex.resp_body = resp.body if len(resp.body) <= self.body_cap else resp.body[: self.body_cap]
+            body = resp.body
+            if resp.status >= 400:
+                ex.error = _proxy_error(resp)
+            ex.resp_size = len(body)
+            ex.resp_body = body if len(body) <= self.body_cap else body[: self.body_cap]
             self._finish(fs, ex, now)
         else:
             self.hub.publish(ex)
@@ -343,7 +361,7 @@ class ConsoleFeed:
         message = unit.message
         if fs is None or message is None:
             return
-        ex = self._find(fs, message, "answered", True)
+        ex = self._answered(fs, message)
         if ex is None:
             return
         if type(unit) is BodyChunk:
@@ -431,8 +449,11 @@ class ConsoleFeed:
 
     def _finish(self, fs: _FlowState, ex: _Exchange, now: float) -> None:
         if ex.stream is None:
-            if ex in fs.h1:
-                fs.h1.remove(ex)
+            h1 = fs.h1
+            if h1 and h1[0] is ex:  # answered in order: the oldest
+                del h1[0]
+            elif ex in h1:
+                h1.remove(ex)
         else:
             fs.h2.pop(ex.stream, None)
         if fs.requests:
@@ -449,17 +470,27 @@ class ConsoleFeed:
         self.hub.publish(ex)
 
     @staticmethod
-    def _find(fs: _FlowState, message: Request | Response, flag: str, value: bool) -> _Exchange | None:
-        """The open exchange of ``message``: its stream's, or the oldest HTTP/1.1 one whose ``flag`` is ``value``."""
-        if type(message) is Request:
-            stream = message.stream_id
-        else:
-            request = message.request
-            stream = request.stream_id if request is not None else None
+    def _unanswered(fs: _FlowState, resp: Response) -> _Exchange | None:
+        """The open exchange ``resp`` answers: its stream's, or the oldest unanswered HTTP/1.1 one."""
+        request = resp.request
+        stream = request.stream_id if request is not None else None
         if stream is not None:
             return fs.h2.get(stream)
         for ex in fs.h1:
-            if getattr(ex, flag) is value:
+            if not ex.answered:
+                return ex
+        return None
+
+    @staticmethod
+    def _answered(fs: _FlowState, resp: Response) -> _Exchange | None:
+        """The open exchange whose response ``resp`` is, now streaming its body: its stream's, or
+        the oldest answered HTTP/1.1 one."""
+        request = resp.request
+        stream = request.stream_id if request is not None else None
+        if stream is not None:
+            return fs.h2.get(stream)
+        for ex in fs.h1:
+            if ex.answered:
                 return ex
         return None
 

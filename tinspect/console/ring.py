@@ -71,15 +71,16 @@ class FlowRing:
         A dictionary updates the kept dictionary of its id; a `LiveRecord` is
         its own latest state, so putting it again changes nothing.
         """
-        key = record.id if isinstance(record, LiveRecord) else record["id"]
-        kept = self._records.get(key)
+        records = self._records
+        key = record["id"] if type(record) is dict else record.id
+        kept = records.get(key)
         if kept is not None:
             if kept is not record:
                 kept.update(record)
             return
-        self._records[key] = record
-        while len(self._records) > self.capacity:
-            self._records.popitem(last=False)
+        records[key] = record
+        if len(records) > self.capacity:
+            records.popitem(last=False)  # one in, one out: the ring was full
 
     def get(self, key: str) -> dict[str, Any] | None:
         """The record ``key`` whole, or ``None`` when it was evicted or never existed."""
