@@ -415,3 +415,28 @@ def test_tls_block_takes_the_first_answer_and_skips_a_tap_that_raises(logged_fai
                      ("alert", "blocked.example", False)]
     assert len(logged_failures) == 1
     assert TapChain([Logged("plain", [])]).tls_block("a.example", flow, True) is None
+
+
+def test_handler_for_gives_each_kind_its_own_function_or_declines_it():
+    """A tap's `handler_for` is asked once per unit class: its function runs instead of `handle`,
+    and a kind it declines (``None``) skips the tap although `kinds` covers it."""
+    asked, seen = [], []
+
+    class PerKind(Tap):
+        kinds = (Data, Datagram)
+
+        def handler_for(self, kind):
+            asked.append(kind)
+            return self.data if kind is Data else None
+
+        def data(self, unit, flow):
+            seen.append(unit.data)
+            return replace(unit, data=unit.data.upper())
+
+    h = Harness([PerKind()])
+    h.submit(b"one")
+    h.submit(b"two")
+    h.arms[TO_SERVER].submit(Datagram(b"dgram", direction=TO_SERVER))
+    assert seen == [b"one", b"two"]
+    assert [u.data for u in h.delivered] == [b"ONE", b"TWO", b"dgram"]
+    assert asked == [Data, Datagram]  # once per class, however many units

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A `TapChain` is the ordered list of taps a proxy was configured with. For each
 unit type it precomputes, once, the taps that want that type (`Tap.kinds`) and
-actually override `Tap.handle`; a tap that does not care about a kind costs
+actually override `Tap.handle` (or `Tap.handler_for`, which may name another
+function per type, or none); a tap that does not care about a kind costs
 nothing for it.
 
 Each flow has two `Arm` objects, one per direction. An arm receives units from
@@ -89,6 +90,17 @@ class Tap:
             A unit, ``None``, or a Deferred or coroutine resolving to one.
         """
         return unit
+
+    def handler_for(self, kind: type[Unit]) -> Callable[[Unit, Flow], Any] | None:
+        """What the chain calls for units of class ``kind`` instead of `handle`; ``None``: none of them.
+
+        Asked once per unit class (of those `kinds` covers), when the chain
+        first routes one. Override it to give each kind its own function (a
+        tap that sees several kinds then does not test each unit's type) or to
+        decline a kind `kinds` covers. The function has `handle`'s contract.
+        Defaults to `handle`.
+        """
+        return self.handle
 
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
         """Whether to buffer this message's body before `handle` sees it.
@@ -210,13 +222,16 @@ class TapChain:
             return self._routes[kind]
         except KeyError:
             metrics = self.metrics
-            routes = tuple(
-                _Route(pos, tap, tap.handle if metrics is None else metrics.timed(str(tap), tap.handle))
-                for pos, tap in enumerate(self.taps)
-                if _overrides(tap, "handle")
-                and (tap.kinds is None or issubclass(kind, tap.kinds))
-            )
-            self._routes[kind] = routes
+            routes = []
+            for pos, tap in enumerate(self.taps):
+                if not (_overrides(tap, "handle") or _overrides(tap, "handler_for")):
+                    continue
+                if tap.kinds is not None and not issubclass(kind, tap.kinds):
+                    continue
+                handle = tap.handler_for(kind)
+                if handle is not None:
+                    routes.append(_Route(pos, tap, handle if metrics is None else metrics.timed(str(tap), handle)))
+            routes = self._routes[kind] = tuple(routes)
             return routes
 
     def wants_whole_body(self, message: Unit, flow: Flow) -> bool:
@@ -385,17 +400,19 @@ class Arm:
     def submit(self, unit: Unit) -> None:
         """Run a unit decoded from the source side through every tap."""
         if not self._busy and not self._dead:
-            chain = self.chain
-            routes = chain._routes.get(type(unit))
-            if routes is not None and not routes:
-                # No tap sees this kind: what `_enter` and `_run` would do, in one call.
+            routes = self.chain._routes.get(type(unit))
+            if routes is not None:
+                # The kind has been routed before: what `_enter` does, without its call.
                 self._busy = True
-                try:
-                    self._deliver(unit)
-                except Exception:
-                    self._fail(Failure(), None)
-                if self._pending:
-                    self._drain()  # what `deliver` submitted meanwhile
+                if routes:
+                    self._run(unit, -1)
+                else:  # no tap sees this kind: `_run`'s delivery, without its call either
+                    try:
+                        self._deliver(unit)
+                    except Exception:
+                        self._fail(Failure(), None)
+                if self._pending or self._waiting:
+                    self._drain()  # what `deliver` submitted meanwhile, or a tap that went asynchronous
                 else:
                     self._busy = False
                 return
@@ -447,7 +464,9 @@ class Arm:
             return
         flow = self.flow
         kind = type(unit)
-        routes = self.chain.route(kind)
+        routes = self.chain._routes.get(kind)
+        if routes is None:
+            routes = self.chain.route(kind)
         i = 0
         n = len(routes)
         while i < n:

@@ -248,3 +248,28 @@ def test_memory_is_bounded_by_the_ring_and_the_caps_not_by_the_traffic():
     per_record = 64 * 1024  # docs/console.md's bound per record, Python's own overhead included
     assert small < 100 * per_record, small
     assert large < small * 1.5, (small, large)  # five times the flows, the same memory
+
+
+class Passing(Tap):
+    """Passes every unit on: a tap between head and tail that decides nothing."""
+
+    def handle(self, unit, flow):
+        return unit
+
+
+def test_with_no_tap_between_head_and_tail_the_records_are_those_of_a_chain_with_one(make_net):
+    """With nothing between head and tail the feed leaves out two of its tap calls per exchange
+    (`ConsoleFeed.wrap`); the records, statuses, verdicts, sizes and tunnels stay the same."""
+    def run(taps):
+        hub, net, c, s = proxied(make_net, taps)
+        c.send(b"GET /a HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        s.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        c.send(b"POST /b HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\nabc")
+        s.send(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n")
+        c.take()
+        keys = ("method", "url", "status", "size", "verdict", "done", "error")
+        return [tuple(r[k] for k in keys) + (r["detail"]["request"]["body"]["size"],) for r in records(hub)]
+
+    plain, with_tap = run([]), run([Passing()])
+    assert plain == with_tap
+    assert [(r[0], r[2], r[3], r[-1]) for r in plain] == [("GET", 200, 5, 0), ("POST", 404, 2, 3)]

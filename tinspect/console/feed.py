@@ -79,10 +79,21 @@ class _Exchange(LiveRecord):
     kept record holds no more than its caps.
     """
 
-    __slots__ = ("feed", "flow", "flow_id", "time", "client", "protocol", "sni", "server", "status", "size",
-                 "duration", "verdict", "error", "done", "stream", "reached", "seen_response", "answered",
-                 "d_request", "d_response", "tunnel", "request", "response", "req_body", "req_size", "resp_body",
-                 "resp_size", "request_end", "response_start", "end", "connection", "ws", "ws_count", "shown")
+    # Class-level defaults: an exchange stores only what it sets (a dozen attributes, not thirty).
+    reached = False  # the request passed the tail: it went upstream
+    seen_response = False  # the head saw the final response
+    answered = False  # the tail saw it
+    tunnel = False  # the explicit proxy's CONNECT: its 200 does not cross the taps
+    done = False
+    size = req_size = resp_size = ws_count = 0
+    status = duration = verdict = error = None
+    response: tuple | None = None  # status, reason, version, `cut_head`'s two
+    req_body: bytes | bytearray | None = None  # the bodies' first body_cap bytes
+    resp_body: bytes | bytearray | None = None
+    request_end = response_start = end = None  # times
+    connection: tuple | None = None  # the flow's `_facts`, once the flow is let go
+    ws: deque | None = None  # the latest WebSocket messages: (direction, binary, first bytes, size, time)
+    shown: tuple[str, str, str] | None = None  # client, host and URL as text, made at the first read
 
     def __init__(self, feed: ConsoleFeed, flow: Flow, key: str, req: Request, now: float) -> None:
         self.feed = feed
@@ -96,19 +107,6 @@ class _Exchange(LiveRecord):
         self.server = flow.dst
         self.stream = req.stream_id
         self.d_request = self.d_response = flow.decisions
-        # Chained stores: one constant load for each group of the ~30 slots set per exchange.
-        # reached: the request passed the tail (it went upstream); seen_response: the head saw
-        # the final response; answered: the tail saw it; tunnel: the explicit proxy's CONNECT,
-        # whose 200 does not cross the taps.
-        self.done = self.reached = self.seen_response = self.answered = self.tunnel = False
-        self.size = self.req_size = self.resp_size = self.ws_count = 0
-        # status, duration, verdict, error; the response head (status, reason, version, `cut_head`'s
-        # two); the bodies' first body_cap bytes; the times; the flow's `_facts` once the flow is
-        # let go; the latest WebSocket messages (direction, binary, first bytes, size, time);
-        # client, host and URL as text, made at the first read
-        self.status = self.duration = self.verdict = self.error = self.response = None
-        self.req_body = self.resp_body = self.request_end = self.response_start = self.end = None
-        self.connection = self.ws = self.shown = None
         # the request head: method, target, scheme, authority, version, `cut_head`'s two
         kept, cut = cut_head(req.headers.fields)
         self.request = (req.method, req.target, req.scheme, req.authority, req.version, kept, cut)
@@ -212,11 +210,19 @@ class ConsoleFeed:
         self.ws_messages = ws_messages
         self.ws_cap = min(ws_cap, body_cap)
         self.clock = clock
+        self.between = True  # taps between head and tail may decide (`wrap` knows)
         self.head = _Head(self)
         self.tail = _Tail(self)
 
     def wrap(self, taps: Iterable[Tap]) -> list[Tap]:
-        """``taps`` between the feed's head and tail."""
+        """``taps`` between the feed's head and tail.
+
+        With none between them nothing can decide on an exchange on its way
+        from head to tail, nor answer it: the tail then sees no requests and
+        the head no responses (the head notes that a request goes upstream),
+        two tap calls fewer per exchange."""
+        taps = list(taps)
+        self.between = bool(taps)
         return [self.head, *taps, self.tail]
 
     # -- records ---------------------------------------------------------------------
@@ -243,8 +249,9 @@ class ConsoleFeed:
                        "connection": times, "tls": tls},
         }
 
-    def request(self, req: Request, flow: Flow) -> None:
-        """The head saw a request: a new exchange, shown at once."""
+    def request(self, req: Request, flow: Flow) -> Request:
+        """The head saw a request: a new exchange, shown at once (with no taps between head and
+        tail, it goes upstream as it is: what `reached` would note is noted here)."""
         fs = flow.state.get(_KEY)
         if fs is None:
             fs = flow.state[_KEY] = _FlowState()
@@ -265,47 +272,55 @@ class ConsoleFeed:
                 ex.req_size = len(body)
                 ex.req_body = body if len(body) <= self.body_cap else body[: self.body_cap]
             ex.request_end = now
+        if not self.between:
+            ex.reached = True
+            ex.tunnel = req.method == "CONNECT" and flow.mode == "explicit"
         self.hub.publish(ex)
+        return req
 
-    def request_part(self, unit: BodyChunk | MessageEnd, flow: Flow) -> None:
-        """The head saw a request's body chunk or end."""
+    def request_part(self, unit: BodyChunk | MessageEnd, flow: Flow) -> BodyChunk | MessageEnd:
+        """The head saw a body chunk or end: a request's is noted."""
         fs = flow.state.get(_KEY)
-        ex = fs.requests.get(id(unit.message)) if fs is not None else None
+        if fs is None or not fs.requests:
+            return unit
+        ex = fs.requests.get(id(unit.message))
         if ex is None:
-            return
+            return unit
         if type(unit) is BodyChunk:
             ex.req_size += len(unit.data)
             ex.req_body = self._keep(ex.req_body, unit.data)
         else:
             del fs.requests[id(unit.message)]
             ex.request_end = self.clock()
+        return unit
 
-    def reached(self, req: Request, flow: Flow) -> None:
+    def reached(self, req: Request, flow: Flow) -> Request:
         """The tail saw a request: it goes upstream (a tap's decision on the way is this exchange's)."""
         fs = flow.state.get(_KEY)
         if fs is None:
-            return
+            return req
         stream = req.stream_id
         if stream is None:
             for ex in fs.h1:  # the oldest that has not gone upstream
                 if not ex.reached:
                     break
             else:
-                return
+                return req
         else:
             ex = fs.h2.get(stream)
             if ex is None:
-                return
+                return req
         ex.reached = True
         ex.tunnel = req.method == "CONNECT" and flow.mode == "explicit"
         if flow.decisions != ex.d_request:
             ex.verdict = flow.verdict
+        return req
 
-    def response_seen(self, resp: Response, flow: Flow) -> None:
+    def response_seen(self, resp: Response, flow: Flow) -> Response:
         """The head saw a final response: decisions from here on are about it."""
         fs = flow.state.get(_KEY)
         if fs is None or (resp.status < 200 and resp.interim):
-            return
+            return resp
         request = resp.request
         stream = request.stream_id if request is not None else None
         if stream is None:
@@ -313,22 +328,23 @@ class ConsoleFeed:
                 if not ex.seen_response:
                     break
             else:
-                return
+                return resp
         else:
             ex = fs.h2.get(stream)
             if ex is None:
-                return
+                return resp
         ex.seen_response = True
         ex.d_response = flow.decisions
+        return resp
 
-    def response(self, resp: Response, flow: Flow) -> None:
+    def response(self, resp: Response, flow: Flow) -> Response:
         """The tail saw a final response: what the client gets."""
         fs = flow.state.get(_KEY)
         if fs is None or (resp.status < 200 and resp.interim):
-            return
+            return resp
         ex = self._unanswered(fs, resp)
         if ex is None:
-            return
+            return resp
         ex.answered = True
         now = self.clock()
         if not ex.reached:
@@ -353,29 +369,31 @@ class ConsoleFeed:
             ex.resp_body = body if len(body) <= self.body_cap else body[: self.body_cap]
             self._finish(fs, ex, now)
         else:
-            self.hub.publish(ex)
+            self.hub.changed(ex)
+        return resp
 
-    def response_part(self, unit: BodyChunk | MessageEnd, flow: Flow) -> None:
-        """The tail saw a response's body chunk or end."""
+    def response_part(self, unit: BodyChunk | MessageEnd, flow: Flow) -> BodyChunk | MessageEnd:
+        """The tail saw a body chunk or end: a response's is noted."""
         fs = flow.state.get(_KEY)
         message = unit.message
-        if fs is None or message is None:
-            return
+        if fs is None or type(message) is not Response:
+            return unit
         ex = self._answered(fs, message)
         if ex is None:
-            return
+            return unit
         if type(unit) is BodyChunk:
             ex.resp_size += len(unit.data)
             ex.resp_body = self._keep(ex.resp_body, unit.data)
         else:
             self._finish(fs, ex, self.clock())
+        return unit
 
-    def websocket(self, msg: WebSocketMessage, flow: Flow) -> None:
+    def websocket(self, msg: WebSocketMessage, flow: Flow) -> WebSocketMessage:
         """The head saw a WebSocket message: kept (the latest few, cut), counted."""
         fs = flow.state.get(_KEY)
         ex = fs.ws if fs is not None else None
         if ex is None:
-            return
+            return msg
         now = self.clock()
         if ex.ws is None:
             ex.ws = deque(maxlen=self.ws_messages)
@@ -385,7 +403,8 @@ class ConsoleFeed:
         ex.size += len(data)
         if now - fs.ws_published >= _WS_REPUBLISH:
             fs.ws_published = now
-            self.hub.publish(ex)
+            self.hub.changed(ex)
+        return msg
 
     def ws_record(self, flow_id: str, direction: Any, binary: bool, kept: bytes, size: int,
                   now: float) -> dict[str, Any]:
@@ -395,7 +414,7 @@ class ConsoleFeed:
         record.update(encode_body(kept, self.ws_cap, size))
         return record
 
-    def payload(self, unit: Data | Datagram, flow: Flow) -> None:
+    def payload(self, unit: Data | Datagram, flow: Flow) -> Data | Datagram:
         """The head saw raw bytes: counted; the flow's own record is shown at the first."""
         fs = self._state(flow)
         if fs.h1:
@@ -407,6 +426,7 @@ class ConsoleFeed:
         if fs.conn is None:
             fs.conn = self._base(flow, flow.id, flow.started)
             self.hub.publish(fs.conn)
+        return unit
 
     def closed(self, flow: Flow) -> None:
         """The flow ended: its open exchanges end with its error; a flow without HTTP gets its record."""
@@ -467,7 +487,9 @@ class ConsoleFeed:
         if ex.flow is not None:  # take the flow's facts as they are now, and let the flow go
             ex.connection = _facts(ex.flow)
             ex.flow = None
-        self.hub.publish(ex)
+        hub = self.hub
+        if hub.subscribers:  # `changed` would do nothing else: no call for it
+            hub.changed(ex)
 
     @staticmethod
     def _unanswered(fs: _FlowState, resp: Response) -> _Exchange | None:
@@ -532,21 +554,22 @@ class _Head(Tap):
     def __init__(self, feed: ConsoleFeed) -> None:
         self.feed = feed
 
-    def handle(self, unit: Unit, flow: Flow) -> Unit:
-        kind = type(unit)
+    def handler_for(self, kind: type[Unit]) -> Callable[[Unit, Flow], Unit] | None:
+        """The feed's function for ``kind``: no test of each unit's type (`tinspect.chain`)."""
         feed = self.feed
         if kind is Request:
-            feed.request(unit, flow)
-        elif kind is Response:
-            feed.response_seen(unit, flow)
-        elif kind is BodyChunk or kind is MessageEnd:
-            if type(unit.message) is Request:
-                feed.request_part(unit, flow)
-        elif kind is WebSocketMessage:
-            feed.websocket(unit, flow)
-        else:
-            feed.payload(unit, flow)
-        return unit
+            return feed.request
+        if kind is Response:  # with no tap between head and tail, no decision to tell apart
+            return feed.response_seen if feed.between else None
+        if kind is BodyChunk or kind is MessageEnd:
+            return feed.request_part
+        if kind is WebSocketMessage:
+            return feed.websocket
+        return feed.payload
+
+    def handle(self, unit: Unit, flow: Flow) -> Unit:
+        handler = self.handler_for(type(unit))
+        return unit if handler is None else handler(unit, flow)
 
     def flow_closed(self, flow: Flow) -> None:
         self.feed.closed(flow)
@@ -561,13 +584,15 @@ class _Tail(Tap):
     def __init__(self, feed: ConsoleFeed) -> None:
         self.feed = feed
 
-    def handle(self, unit: Unit, flow: Flow) -> Unit:
-        kind = type(unit)
+    def handler_for(self, kind: type[Unit]) -> Callable[[Unit, Flow], Unit] | None:
+        """The feed's function for ``kind`` (see `_Head.handler_for`)."""
         feed = self.feed
-        if kind is Request:
-            feed.reached(unit, flow)
-        elif kind is Response:
-            feed.response(unit, flow)
-        elif type(unit.message) is Response:
-            feed.response_part(unit, flow)
-        return unit
+        if kind is Request:  # with no tap between head and tail, the head notes it went upstream
+            return feed.reached if feed.between else None
+        if kind is Response:
+            return feed.response
+        return feed.response_part
+
+    def handle(self, unit: Unit, flow: Flow) -> Unit:
+        handler = self.handler_for(type(unit))
+        return unit if handler is None else handler(unit, flow)

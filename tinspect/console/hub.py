@@ -68,10 +68,21 @@ class Hub:
         """Keep ``record``; the next `flush` sends it (nothing is noted while no page is open)."""
         self.ring.put(record)
         if self.subscribers:
-            changed = self._changed
-            changed[record_id(record)] = record
-            if len(changed) > self.ring.capacity:  # more than the ring holds changed in one interval
-                del changed[next(iter(changed))]
+            self._note(record)
+
+    def changed(self, record: LiveRecord) -> None:
+        """A `LiveRecord` published before has changed: the next `flush` sends it. The ring needs
+        nothing (the record is its own latest state there), so with no page open this does nothing;
+        nor does it bring back a record the ring has already let go."""
+        if self.subscribers and self.ring.entry(record.id) is record:
+            self._note(record)
+
+    def _note(self, record: dict[str, Any] | LiveRecord) -> None:
+        """Remember ``record`` for the next `flush` (at most as many as the ring holds)."""
+        changed = self._changed
+        changed[record_id(record)] = record
+        if len(changed) > self.ring.capacity:  # more than the ring holds changed in one interval
+            del changed[next(iter(changed))]
 
     def flush(self) -> None:
         """Send every record published since the last flush, once each, to every subscriber that keeps up."""
