@@ -545,14 +545,23 @@ def _proxy_error(resp: Response) -> str | None:
     return rest.decode("utf-8", "replace").strip() or None
 
 
-class _Head(Tap):
+class _FeedTap(Tap):
+    """One of the feed's two taps: the chain calls the feed's function for each unit class
+    (`handler_for`); `handle` does the same for a caller that hands it any unit."""
+
+    def __init__(self, feed: ConsoleFeed) -> None:
+        self.feed = feed
+
+    def handle(self, unit: Unit, flow: Flow) -> Unit:
+        handler = self.handler_for(type(unit))
+        return unit if handler is None else handler(unit, flow)
+
+
+class _Head(_FeedTap):
     """First in the chain: units as their sender sent them."""
 
     name = "console"
     kinds = (Request, Response, BodyChunk, MessageEnd, WebSocketMessage, Data, Datagram)
-
-    def __init__(self, feed: ConsoleFeed) -> None:
-        self.feed = feed
 
     def handler_for(self, kind: type[Unit]) -> Callable[[Unit, Flow], Unit] | None:
         """The feed's function for ``kind``: no test of each unit's type (`tinspect.chain`)."""
@@ -567,22 +576,15 @@ class _Head(Tap):
             return feed.websocket
         return feed.payload
 
-    def handle(self, unit: Unit, flow: Flow) -> Unit:
-        handler = self.handler_for(type(unit))
-        return unit if handler is None else handler(unit, flow)
-
     def flow_closed(self, flow: Flow) -> None:
         self.feed.closed(flow)
 
 
-class _Tail(Tap):
+class _Tail(_FeedTap):
     """Last in the chain: what goes upstream and what the client gets."""
 
     name = "console-tail"
     kinds = (Request, Response, BodyChunk, MessageEnd)
-
-    def __init__(self, feed: ConsoleFeed) -> None:
-        self.feed = feed
 
     def handler_for(self, kind: type[Unit]) -> Callable[[Unit, Flow], Unit] | None:
         """The feed's function for ``kind`` (see `_Head.handler_for`)."""
@@ -592,7 +594,3 @@ class _Tail(Tap):
         if kind is Response:
             return feed.response
         return feed.response_part
-
-    def handle(self, unit: Unit, flow: Flow) -> Unit:
-        handler = self.handler_for(type(unit))
-        return unit if handler is None else handler(unit, flow)
