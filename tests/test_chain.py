@@ -440,3 +440,24 @@ def test_handler_for_gives_each_kind_its_own_function_or_declines_it():
     assert seen == [b"one", b"two"]
     assert [u.data for u in h.delivered] == [b"ONE", b"TWO", b"dgram"]
     assert asked == [Data, Datagram]  # once per class, however many units
+
+
+def test_a_tap_whose_handler_for_raises_fails_the_flows_that_send_it_that_kind(logged_failures):
+    """`handler_for` raising is a broken tap: each flow with a unit of that kind fails closed and
+    the log names the tap, as when `handle` raises; kinds it answered for still pass."""
+
+    class Broken(Tap):
+        name = "broken"
+        kinds = (Data, Datagram)
+
+        def handler_for(self, kind):
+            if kind is Data:
+                raise RuntimeError("no handler")
+            return self.handle
+
+    h = Harness([Broken()])
+    h.arms[TO_SERVER].submit(Datagram(b"fine", direction=TO_SERVER))
+    h.submit(b"boom")
+    assert [u.data for u in h.delivered] == [b"fine"]
+    assert len(h.errors) == 1
+    assert any("broken" in str(e.get("tap", "")) or "broken" in str(e.get("where", "")) for e in logged_failures)

@@ -228,7 +228,10 @@ class TapChain:
                     continue
                 if tap.kinds is not None and not issubclass(kind, tap.kinds):
                     continue
-                handle = tap.handler_for(kind)
+                try:
+                    handle = tap.handler_for(kind)
+                except Exception:
+                    handle = _raising(Failure())  # each unit of the kind then fails its flow, naming the tap
                 if handle is not None:
                     routes.append(_Route(pos, tap, handle if metrics is None else metrics.timed(str(tap), handle)))
             routes = self._routes[kind] = tuple(routes)
@@ -326,6 +329,17 @@ class TapChain:
                 self._log.failure(
                     "tap {tap} failed closing flow {flow_id}", tap=str(tap), flow_id=flow.id
                 )
+
+
+def _raising(failure: Failure) -> Callable[[Unit, Flow], Any]:
+    """A handler for a kind whose `Tap.handler_for` raised: it raises that error again for every
+    unit, so the arm fails the unit's flow closed and logs it with the tap's name, as when `handle`
+    raises."""
+
+    def handle(unit: Unit, flow: Flow) -> Any:
+        failure.raiseException()
+
+    return handle
 
 
 def _overrides(tap: Tap, method: str) -> bool:
