@@ -29,9 +29,10 @@ response belongs to.
 Cost: an exchange's record is an `_Exchange` (a `tinspect.console.ring.LiveRecord`)
 holding references and packed heads, not JSON: its summary and detail are built
 when a page reads it, so the feed's work per exchange is a few attribute stores,
-two `cut_head` joins and the ring's insertion: about 21 µs of CPU and 51 Python calls per
-HTTP/1.1 exchange, in-memory figures from ``bench/micro_console.py`` on a loaded 2-core AMD
-EPYC machine (docs/console.md, "Cost").
+two `cut_head` joins and the ring's insertion: about 18 µs of CPU and 36 Python calls per
+HTTP/1.1 exchange with no tap between head and tail, in-memory figures from
+``bench/micro_console.py`` on a 2-core AMD EPYC machine; end to end it costs more
+(docs/console.md, "Cost").
 
 Bounds: a record holds at most two heads of `tinspect.console.ring.HEAD_CAP`
 bytes, two bodies of ``body_cap`` bytes, and the last ``ws_messages``
